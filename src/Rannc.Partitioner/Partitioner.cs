@@ -1,0 +1,180 @@
+namespace Rannc.Partitioner;
+
+/// <summary>
+/// The planner: <c>Plan(graph, costs, cluster, options)</c> returns the partition plan with the smallest
+/// objective (<see cref="PlanObjective"/>) among all plans the options allow that fit in device memory.
+/// Pure: no I/O, no clock, no global state; the same inputs give the same plan, byte for byte.
+/// </summary>
+public static class Partitioner
+{
+    /// <summary>Plans how to run <paramref name="graph"/> on <paramref name="cluster"/>.</summary>
+    /// <exception cref="NoFeasiblePlanException">No plan fits in device memory; the message says how much memory the
+    /// best plan would need.</exception>
+    public static PartitionPlan Plan(Graph graph, CostTable costs, Cluster cluster, PlanningOptions options)
+    {
+        GraphChecks.EnsureValid(graph);
+        costs.EnsureMatches(graph);
+        cluster.EnsureValid();
+        options.EnsureValid();
+
+        IReadOnlyList<IReadOnlyList<int>> blocks =
+            GraphBlocks.Coarsen(graph, costs, GraphBlocks.AtomicUnits(graph), options.MaxBlocks);
+        RangeTable table = RangeTable.Build(graph, costs, blocks);
+        var search = new StageSearch(table, cluster, options);
+        SearchOutcome best = search.FindBest() ?? throw Infeasible(search, table, cluster, options);
+        return BuildPlan(graph, costs, cluster, options, blocks, best);
+    }
+
+    private static PartitionPlan BuildPlan(
+        Graph graph, CostTable costs, Cluster cluster, PlanningOptions options,
+        IReadOnlyList<IReadOnlyList<int>> blocks, SearchOutcome outcome)
+    {
+        var layout = new MicroBatchLayout(options.GlobalBatchSize, outcome.MicroBatchCount);
+        var stageNodes = outcome.Stages
+            .Select(s => (IReadOnlyList<int>)Enumerable.Range(s.FirstBlock, s.EndBlock - s.FirstBlock)
+                .SelectMany(b => blocks[b]).Order().ToList())
+            .ToList();
+        var shape = new PlanShape(
+            stageNodes,
+            outcome.Stages.Select(s => s.Replicas).ToList(),
+            outcome.Stages.Select(s => s.Recompute).ToList(),
+            outcome.MicroBatchCount,
+            outcome.Schedule);
+        PlanEstimate estimate = PlanObjective.Evaluate(graph, costs, cluster, options, shape);
+
+        var stages = new List<StagePlan>();
+        int nextRank = 0;
+        for (int s = 0; s < outcome.Stages.Count; s++)
+        {
+            int replicas = outcome.Stages[s].Replicas;
+            stages.Add(new StagePlan(
+                s,
+                stageNodes[s],
+                Enumerable.Range(nextRank, replicas).ToList(),
+                outcome.Stages[s].Recompute,
+                layout.LargestSlice(replicas),
+                estimate.PeakBytesPerStage[s]));
+            nextRank += replicas;
+        }
+
+        var plan = new PartitionPlan(
+            PlanCacheKey.Compute(graph, costs, cluster, options),
+            cluster.DeviceCount,
+            options.GlobalBatchSize,
+            Enumerable.Range(0, outcome.MicroBatchCount).Select(layout.MicroBatchSize).ToList(),
+            outcome.Schedule,
+            stages,
+            estimate.ObjectiveSeconds,
+            PredictedStepSeconds: 0);
+        SimulationResult simulated = PipelineSimulator.Simulate(plan, graph, costs, cluster, options);
+        return plan with { PredictedStepSeconds = simulated.StepSeconds };
+    }
+
+    private static NoFeasiblePlanException Infeasible(StageSearch search, RangeTable table, Cluster cluster, PlanningOptions options)
+    {
+        long device = cluster.MemoryBytesPerDevice;
+        SearchOutcome? smallest = search.FindSmallestPeak();
+        if (smallest is null)
+        {
+            return new NoFeasiblePlanException(
+                $"No plan shape satisfies the options on {cluster.DeviceCount} devices and {table.BlockCount} blocks "
+                + $"(stages {options.MinStages}…{options.MaxStages}, micro-batches {options.MinMicroBatches}…{options.MaxMicroBatches}, "
+                + $"global batch {options.GlobalBatchSize}"
+                + (options.ForcedReplicasPerStage is { } f ? $", forced replicas [{string.Join(", ", f)}]" : "") + ").",
+                -1, device);
+        }
+
+        long peak = (long)smallest.Value;
+        long neededDevice = (long)Math.Ceiling(peak / (1 - options.MemoryMargin));
+        return new NoFeasiblePlanException(
+            $"No plan fits in device memory: the best plan needs {Units.Gib(peak)} per device, that is "
+            + $"{Units.Gib(neededDevice)} of device memory with the {options.MemoryMargin:P0} margin, but each device has "
+            + $"{Units.Gib(device)} ({Units.Gib(CostModel.UsableBytes(cluster, options))} usable). "
+            + $"That plan has {smallest.Stages.Count} stage(s) with [{string.Join(", ", smallest.Stages.Select(s => s.Replicas))}] "
+            + $"replicas, {smallest.MicroBatchCount} micro-batch(es), {smallest.Schedule}.",
+            peak, device);
+    }
+}
+
+/// <summary>Structural checks of a <see cref="Graph"/> before planning.</summary>
+public static class GraphChecks
+{
+    /// <summary>Throws <see cref="ArgumentException"/> naming the first broken rule: ids equal indices, nodes in
+    /// topological order, each value produced once (or a graph input), references in range.</summary>
+    public static void EnsureValid(Graph graph)
+    {
+        if (graph.Nodes.Count == 0)
+        {
+            throw new ArgumentException("The graph has no nodes.");
+        }
+
+        for (int i = 0; i < graph.Values.Count; i++)
+        {
+            if (graph.Values[i].Id != i || graph.Values[i].BytesPerSample < 0 || graph.Values[i].FixedBytes < 0)
+            {
+                throw new ArgumentException($"Value at index {i} has id {graph.Values[i].Id} or negative bytes.");
+            }
+        }
+
+        for (int i = 0; i < graph.Parameters.Count; i++)
+        {
+            if (graph.Parameters[i].Id != i || graph.Parameters[i].Bytes < 0)
+            {
+                throw new ArgumentException($"Parameter at index {i} has id {graph.Parameters[i].Id} or negative bytes.");
+            }
+        }
+
+        bool[] available = new bool[graph.Values.Count];
+        foreach (int input in graph.Inputs)
+        {
+            CheckValue(graph, input, "graph input");
+            available[input] = true;
+        }
+
+        for (int i = 0; i < graph.Nodes.Count; i++)
+        {
+            GraphNode node = graph.Nodes[i];
+            if (node.Id != i)
+            {
+                throw new ArgumentException($"Node at index {i} has id {node.Id}.");
+            }
+
+            foreach (int v in node.Inputs)
+            {
+                CheckValue(graph, v, $"input of node {i} ('{node.Name}')");
+                if (!available[v])
+                {
+                    throw new ArgumentException(
+                        $"Node {i} ('{node.Name}') reads value {v} ('{graph.Values[v].Name}') before it is produced: nodes must be in topological order.");
+                }
+            }
+
+            foreach (int v in node.Outputs)
+            {
+                CheckValue(graph, v, $"output of node {i} ('{node.Name}')");
+                if (available[v])
+                {
+                    throw new ArgumentException($"Value {v} ('{graph.Values[v].Name}') is produced twice (again by node {i}).");
+                }
+
+                available[v] = true;
+            }
+
+            foreach (int p in node.Parameters)
+            {
+                if (p < 0 || p >= graph.Parameters.Count)
+                {
+                    throw new ArgumentException($"Node {i} ('{node.Name}') uses parameter {p}, outside 0…{graph.Parameters.Count - 1}.");
+                }
+            }
+        }
+    }
+
+    private static void CheckValue(Graph graph, int value, string role)
+    {
+        if (value < 0 || value >= graph.Values.Count)
+        {
+            throw new ArgumentException($"The {role} refers to value {value}, outside 0…{graph.Values.Count - 1}.");
+        }
+    }
+}

@@ -1,0 +1,280 @@
+using System.Globalization;
+using System.Text;
+
+namespace Rannc.Partitioner;
+
+/// <summary>What a rank does in one step of a schedule.</summary>
+public enum ActionKind
+{
+    /// <summary>Forward pass of one micro-batch (text <c>F</c>).</summary>
+    Forward,
+
+    /// <summary>Backward pass of one micro-batch, including recomputation when the stage recomputes (text <c>B</c>).</summary>
+    Backward,
+
+    /// <summary>Send this replica's share of a micro-batch's activations to a rank of the next stage (text <c>SA</c>).</summary>
+    SendActivation,
+
+    /// <summary>Receive activations of a micro-batch from a rank of the previous stage (text <c>RA</c>).</summary>
+    RecvActivation,
+
+    /// <summary>Send the gradient of a micro-batch's received activations to a rank of the previous stage (text <c>SG</c>).</summary>
+    SendGradient,
+
+    /// <summary>Receive the gradient of a micro-batch's sent activations from a rank of the next stage (text <c>RG</c>).</summary>
+    RecvGradient,
+
+    /// <summary>All-reduce the stage's parameter gradients among all its replicas (text <c>AR</c>).</summary>
+    AllReduce,
+}
+
+/// <summary>
+/// One action of one rank. Text form: stage, kind, micro-batch, and for transfers the peer rank:
+/// <c>1F0</c>, <c>1B0</c>, <c>1SA0&gt;3</c> (send to rank 3), <c>1RA0&lt;2</c> (receive from rank 2), <c>1SG0&gt;2</c>,
+/// <c>1RG0&lt;3</c>, <c>1AR</c>. Sends are asynchronous (the sender goes on); receives and all-reduces wait.
+/// </summary>
+/// <param name="Stage">The stage this rank runs.</param>
+/// <param name="Kind">What to do.</param>
+/// <param name="MicroBatch">The micro-batch (-1 for <see cref="ActionKind.AllReduce"/>).</param>
+/// <param name="Peer">The other rank of a transfer (-1 otherwise).</param>
+public readonly record struct PipelineAction(int Stage, ActionKind Kind, int MicroBatch = -1, int Peer = -1)
+{
+    /// <summary>The compact text form, e.g. <c>1F0</c> or <c>2SA3&gt;5</c>.</summary>
+    public override string ToString()
+    {
+        string stage = Stage.ToString(CultureInfo.InvariantCulture);
+        string mb = MicroBatch.ToString(CultureInfo.InvariantCulture);
+        string peer = Peer.ToString(CultureInfo.InvariantCulture);
+        return Kind switch
+        {
+            ActionKind.Forward => $"{stage}F{mb}",
+            ActionKind.Backward => $"{stage}B{mb}",
+            ActionKind.SendActivation => $"{stage}SA{mb}>{peer}",
+            ActionKind.RecvActivation => $"{stage}RA{mb}<{peer}",
+            ActionKind.SendGradient => $"{stage}SG{mb}>{peer}",
+            ActionKind.RecvGradient => $"{stage}RG{mb}<{peer}",
+            ActionKind.AllReduce => $"{stage}AR",
+            _ => throw new InvalidOperationException($"Unknown action kind {Kind}."),
+        };
+    }
+
+    /// <summary>Parses the text form written by <see cref="ToString"/>.</summary>
+    public static PipelineAction Parse(string text)
+    {
+        int i = 0;
+        while (i < text.Length && char.IsAsciiDigit(text[i]))
+        {
+            i++;
+        }
+
+        if (i == 0)
+        {
+            throw new FormatException($"Action '{text}' does not start with a stage number.");
+        }
+
+        int stage = int.Parse(text.AsSpan(0, i), CultureInfo.InvariantCulture);
+        string rest = text[i..];
+        if (rest == "AR")
+        {
+            return new PipelineAction(stage, ActionKind.AllReduce);
+        }
+
+        (ActionKind kind, int codeLength, char? peerMark) = rest switch
+        {
+            _ when rest.StartsWith("SA", StringComparison.Ordinal) => (ActionKind.SendActivation, 2, '>'),
+            _ when rest.StartsWith("RA", StringComparison.Ordinal) => (ActionKind.RecvActivation, 2, '<'),
+            _ when rest.StartsWith("SG", StringComparison.Ordinal) => (ActionKind.SendGradient, 2, '>'),
+            _ when rest.StartsWith("RG", StringComparison.Ordinal) => (ActionKind.RecvGradient, 2, '<'),
+            _ when rest.StartsWith('F') => (ActionKind.Forward, 1, (char?)null),
+            _ when rest.StartsWith('B') => (ActionKind.Backward, 1, (char?)null),
+            _ => throw new FormatException($"Action '{text}' has an unknown kind."),
+        };
+        string body = rest[codeLength..];
+        int peer = -1;
+        if (peerMark is char mark)
+        {
+            int at = body.IndexOf(mark, StringComparison.Ordinal);
+            if (at < 0)
+            {
+                throw new FormatException($"Action '{text}' lacks its peer ('{mark}rank').");
+            }
+
+            peer = int.Parse(body.AsSpan(at + 1), CultureInfo.InvariantCulture);
+            body = body[..at];
+        }
+
+        return new PipelineAction(stage, kind, int.Parse(body, CultureInfo.InvariantCulture), peer);
+    }
+}
+
+/// <summary>The actions of every rank, in order; ranks without a role have an empty list.</summary>
+/// <param name="Ranks">Actions per rank, indexed by rank.</param>
+public sealed record PipelineSchedule(IReadOnlyList<IReadOnlyList<PipelineAction>> Ranks)
+{
+    /// <summary>One line per rank: <c>rank 0: 0F0 0SA0&gt;1 …</c>.</summary>
+    public override string ToString()
+    {
+        var text = new StringBuilder();
+        for (int r = 0; r < Ranks.Count; r++)
+        {
+            text.Append(CultureInfo.InvariantCulture, $"rank {r}:");
+            foreach (PipelineAction action in Ranks[r])
+            {
+                text.Append(' ').Append(action);
+            }
+
+            text.Append('\n');
+        }
+
+        return text.ToString();
+    }
+
+    /// <summary>Parses the form written by <see cref="ToString"/>.</summary>
+    public static PipelineSchedule Parse(string text)
+    {
+        var ranks = new List<IReadOnlyList<PipelineAction>>();
+        foreach (string line in text.Split('\n', StringSplitOptions.RemoveEmptyEntries))
+        {
+            int colon = line.IndexOf(':', StringComparison.Ordinal);
+            string[] tokens = line[(colon + 1)..].Split(' ', StringSplitOptions.RemoveEmptyEntries);
+            ranks.Add(tokens.Select(PipelineAction.Parse).ToList());
+        }
+
+        return new PipelineSchedule(ranks);
+    }
+
+    /// <summary>
+    /// A rank × step grid (one column per action index, aligned), used in error messages. With
+    /// <paramref name="computeOnly"/>, transfers are left out so the pipeline shape is easy to see.
+    /// </summary>
+    public string FormatGrid(bool computeOnly = false, int maxColumns = 48)
+    {
+        var rows = Ranks
+            .Select(actions => actions
+                .Where(a => !computeOnly || a.Kind is ActionKind.Forward or ActionKind.Backward or ActionKind.AllReduce)
+                .Select(a => a.ToString()).ToList())
+            .ToList();
+        int columns = rows.Count == 0 ? 0 : rows.Max(r => r.Count);
+        int shown = Math.Min(columns, maxColumns);
+        int width = Math.Max(4, rows.SelectMany(r => r.Take(shown)).Select(t => t.Length).DefaultIfEmpty(0).Max());
+        var text = new StringBuilder();
+        text.Append("rank".PadRight(6));
+        for (int c = 0; c < shown; c++)
+        {
+            text.Append(c.ToString(CultureInfo.InvariantCulture).PadRight(width + 1));
+        }
+
+        text.Append(columns > shown ? "…\n" : "\n");
+        for (int r = 0; r < rows.Count; r++)
+        {
+            text.Append(r.ToString(CultureInfo.InvariantCulture).PadRight(6));
+            for (int c = 0; c < shown; c++)
+            {
+                text.Append((c < rows[r].Count ? rows[r][c] : ".").PadRight(width + 1));
+            }
+
+            text.Append(rows[r].Count > shown ? "…\n" : "\n");
+        }
+
+        return text.ToString();
+    }
+}
+
+/// <summary>Which ranks run which stage, and how samples map onto micro-batches and replicas.</summary>
+/// <param name="StageRanks">Rank of each replica of each stage.</param>
+/// <param name="Layout">The micro-batch and slice rule.</param>
+/// <param name="WorldSize">Number of ranks (some may be idle).</param>
+public sealed record PipelineTopology(IReadOnlyList<IReadOnlyList<int>> StageRanks, MicroBatchLayout Layout, int WorldSize)
+{
+    /// <summary>The topology of a plan.</summary>
+    public static PipelineTopology FromPlan(PartitionPlan plan) =>
+        new(plan.Stages.Select(s => s.ReplicaRanks).ToList(), plan.Layout, plan.DeviceCount);
+}
+
+/// <summary>Pure builders of the schedules the planner knows.</summary>
+public static class ScheduleBuilder
+{
+    /// <summary>Builds the schedule of <paramref name="kind"/> for <paramref name="topology"/>.</summary>
+    public static PipelineSchedule Build(PipelineScheduleKind kind, PipelineTopology topology) => kind switch
+    {
+        PipelineScheduleKind.GPipe => GPipe(topology),
+        PipelineScheduleKind.OneFOneB => OneFOneB(topology),
+        _ => throw new ArgumentOutOfRangeException(nameof(kind), kind, "Unknown schedule."),
+    };
+
+    /// <summary>Fill-drain: every rank runs all forwards (micro-batch order), then all backwards (same order),
+    /// then the all-reduce of its stage.</summary>
+    public static PipelineSchedule GPipe(PipelineTopology topology) =>
+        Assemble(topology, (stage, stageCount, microBatches) =>
+            Enumerable.Range(0, microBatches).Select(m => (true, m))
+                .Concat(Enumerable.Range(0, microBatches).Select(m => (false, m))));
+
+    /// <summary>1F1B (PipeDream-flush): stage <c>s</c> of <c>S</c> runs <c>min(M, S−s−1)</c> warm-up forwards,
+    /// then alternates one forward and one backward, then drains the remaining backwards.</summary>
+    public static PipelineSchedule OneFOneB(PipelineTopology topology) =>
+        Assemble(topology, (stage, stageCount, microBatches) => OneFOneBOrder(stage, stageCount, microBatches));
+
+    private static IEnumerable<(bool Forward, int MicroBatch)> OneFOneBOrder(int stage, int stageCount, int microBatches)
+    {
+        int warmup = Math.Min(microBatches, stageCount - stage - 1);
+        for (int m = 0; m < warmup; m++)
+        {
+            yield return (true, m);
+        }
+
+        for (int m = 0; m + warmup < microBatches; m++)
+        {
+            yield return (true, m + warmup);
+            yield return (false, m);
+        }
+
+        for (int m = microBatches - warmup; m < microBatches; m++)
+        {
+            yield return (false, m);
+        }
+    }
+
+    /// <summary>Expands an order of compute steps into actions with their transfers.</summary>
+    private static PipelineSchedule Assemble(
+        PipelineTopology topology, Func<int, int, int, IEnumerable<(bool Forward, int MicroBatch)>> order)
+    {
+        var ranks = Enumerable.Range(0, topology.WorldSize).Select(_ => new List<PipelineAction>()).ToList();
+        int stageCount = topology.StageRanks.Count;
+        MicroBatchLayout layout = topology.Layout;
+        for (int s = 0; s < stageCount; s++)
+        {
+            IReadOnlyList<int> ranksOfStage = topology.StageRanks[s];
+            int replicas = ranksOfStage.Count;
+            for (int j = 0; j < replicas; j++)
+            {
+                List<PipelineAction> actions = ranks[ranksOfStage[j]];
+                foreach ((bool forward, int m) in order(s, stageCount, layout.MicroBatchCount))
+                {
+                    IEnumerable<int> upstream = s == 0 ? [] : layout.Transfers(m, topology.StageRanks[s - 1].Count, replicas)
+                        .Where(t => t.ToReplica == j).Select(t => topology.StageRanks[s - 1][t.FromReplica]);
+                    IEnumerable<int> downstream = s == stageCount - 1 ? [] : layout.Transfers(m, replicas, topology.StageRanks[s + 1].Count)
+                        .Where(t => t.FromReplica == j).Select(t => topology.StageRanks[s + 1][t.ToReplica]);
+                    if (forward)
+                    {
+                        actions.AddRange(upstream.Select(p => new PipelineAction(s, ActionKind.RecvActivation, m, p)));
+                        actions.Add(new PipelineAction(s, ActionKind.Forward, m));
+                        actions.AddRange(downstream.Select(p => new PipelineAction(s, ActionKind.SendActivation, m, p)));
+                    }
+                    else
+                    {
+                        actions.AddRange(downstream.Select(p => new PipelineAction(s, ActionKind.RecvGradient, m, p)));
+                        actions.Add(new PipelineAction(s, ActionKind.Backward, m));
+                        actions.AddRange(upstream.Select(p => new PipelineAction(s, ActionKind.SendGradient, m, p)));
+                    }
+                }
+
+                if (replicas > 1)
+                {
+                    actions.Add(new PipelineAction(s, ActionKind.AllReduce));
+                }
+            }
+        }
+
+        return new PipelineSchedule(ranks);
+    }
+}

@@ -1,0 +1,122 @@
+namespace Rannc.Partitioner;
+
+/// <summary>What the simulation of one training step predicts.</summary>
+/// <param name="StepSeconds">Time from the first action to the last rank's end.</param>
+/// <param name="IdleFractionPerStage">Share of the step each stage's devices spend not computing (mean over replicas).</param>
+/// <param name="PeakMemoryBytesPerRank">Peak bytes on each rank while the schedule runs (0 for idle ranks; margin not included).</param>
+/// <param name="ComputeSecondsPerRank">Forward and backward time of each rank.</param>
+public sealed record SimulationResult(
+    double StepSeconds,
+    IReadOnlyList<double> IdleFractionPerStage,
+    IReadOnlyList<long> PeakMemoryBytesPerRank,
+    IReadOnlyList<double> ComputeSecondsPerRank);
+
+/// <summary>
+/// An event simulation of a plan's schedule on the cluster: each rank runs its actions in order (compute,
+/// asynchronous sends on per-pair channels over the real intra- or inter-node link, blocking receives,
+/// all-reduce among a stage's replicas, overlapped with their last backward). Pure and deterministic.
+/// </summary>
+public static class PipelineSimulator
+{
+    /// <summary>Simulates <paramref name="plan"/> with the schedule its <see cref="PartitionPlan.Schedule"/> names.</summary>
+    public static SimulationResult Simulate(PartitionPlan plan, Graph graph, CostTable costs, Cluster cluster, PlanningOptions options) =>
+        Simulate(plan, ScheduleBuilder.Build(plan.Schedule, PipelineTopology.FromPlan(plan)), graph, costs, cluster, options);
+
+    /// <summary>Simulates <paramref name="plan"/> running <paramref name="schedule"/> (which must fit the plan's topology).</summary>
+    public static SimulationResult Simulate(
+        PartitionPlan plan, PipelineSchedule schedule, Graph graph, CostTable costs, Cluster cluster, PlanningOptions options)
+    {
+        RangeTable table = RangeTable.Build(graph, costs, plan.Stages.Select(s => s.NodeIds).ToList());
+        var timer = new PlanTimer(plan, table, cluster);
+        ExecutionResult result = ScheduleEngine.Run(schedule, timer);
+        if (result.Failure is not null)
+        {
+            throw new InvalidOperationException(result.Failure);
+        }
+
+        double step = result.FinishSeconds.DefaultIfEmpty(0).Max();
+        var idle = plan.Stages
+            .Select(s => step <= 0 ? 0 : 1 - s.ReplicaRanks.Average(r => result.ComputeSeconds[r]) / step)
+            .ToList();
+        var peaks = new long[schedule.Ranks.Count];
+        for (int rank = 0; rank < peaks.Length; rank++)
+        {
+            if (plan.RoleOf(rank) is (int stage, int replica))
+            {
+                peaks[rank] = PeakMemory(plan, table, stage, replica, schedule.Ranks[rank], options.OptimizerStateFactor);
+            }
+        }
+
+        return new SimulationResult(step, idle, peaks, result.ComputeSeconds);
+    }
+
+    /// <summary>Peak bytes of one rank: static + buffers + the stashes alive at each point of its action order.</summary>
+    private static long PeakMemory(
+        PartitionPlan plan, RangeTable table, int stage, int replica, IReadOnlyList<PipelineAction> actions, double optimizerStateFactor)
+    {
+        StagePlan stagePlan = plan.Stages[stage];
+        StageProfile profile = table.Get(stage, stage + 1);
+        int replicas = stagePlan.ReplicaRanks.Count;
+        long live = 0, peakLive = 0;
+        foreach (PipelineAction action in actions)
+        {
+            int samples = action.MicroBatch >= 0 ? plan.Layout.ReplicaSlice(action.MicroBatch, replicas, replica).Count : 0;
+            if (action.Kind == ActionKind.Forward)
+            {
+                live += CostModel.StashBytes(profile, samples, stagePlan.Recompute);
+                peakLive = Math.Max(peakLive, live);
+            }
+            else if (action.Kind == ActionKind.Backward)
+            {
+                peakLive = Math.Max(peakLive, live + CostModel.BackwardWorkingBytes(profile, samples, stagePlan.Recompute));
+                live -= CostModel.StashBytes(profile, samples, stagePlan.Recompute);
+            }
+        }
+
+        return CostModel.StaticBytes(profile, optimizerStateFactor)
+            + CostModel.CommunicationBufferBytes(profile, stagePlan.LargestSlice)
+            + peakLive;
+    }
+
+    private sealed class PlanTimer(PartitionPlan plan, RangeTable table, Cluster cluster) : IActionTimer
+    {
+        private readonly (int Stage, int Replica)?[] _roles =
+            Enumerable.Range(0, plan.DeviceCount).Select(plan.RoleOf).ToArray();
+
+        public double ComputeSeconds(int rank, PipelineAction action)
+        {
+            (int stage, int replica) = Role(rank);
+            StageProfile profile = table.Get(stage, stage + 1);
+            int samples = plan.ReplicaSlice(stage, replica, action.MicroBatch).Count;
+            return action.Kind == ActionKind.Forward
+                ? profile.ForwardSeconds(samples)
+                : profile.BackwardSeconds(samples, plan.Stages[stage].Recompute);
+        }
+
+        public double TransferSeconds(int fromRank, PipelineAction send)
+        {
+            (int stage, int replica) = Role(fromRank);
+            (int peerStage, int peerReplica) = Role(send.Peer);
+            SampleRange mine = plan.ReplicaSlice(stage, replica, send.MicroBatch);
+            SampleRange theirs = plan.ReplicaSlice(peerStage, peerReplica, send.MicroBatch);
+            int samples = Math.Min(mine.End, theirs.End) - Math.Max(mine.Start, theirs.Start);
+            ScaledBytes size = send.Kind == ActionKind.SendActivation
+                ? table.Get(stage, stage + 1).ActivationsOut
+                : table.Get(stage, stage + 1).GradientsIn;
+            return cluster.TransferSeconds(fromRank, send.Peer, size.At(samples));
+        }
+
+        public double AllReduceSeconds(int stage, IReadOnlyList<int> ranks)
+        {
+            bool oneNode = ranks.All(r => cluster.NodeOf(r) == cluster.NodeOf(ranks[0]));
+            return CostModel.RingAllReduceSeconds(
+                table.Get(stage, stage + 1).TrainableParameterBytes,
+                ranks.Count,
+                oneNode ? cluster.IntraNodeBandwidth : cluster.InterNodeBandwidth,
+                oneNode ? cluster.IntraNodeLatencySeconds : cluster.InterNodeLatencySeconds);
+        }
+
+        private (int Stage, int Replica) Role(int rank) =>
+            _roles[rank] ?? throw new InvalidOperationException($"Rank {rank} has actions but no role in the plan.");
+    }
+}

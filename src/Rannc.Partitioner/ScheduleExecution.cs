@@ -1,0 +1,242 @@
+using System.Globalization;
+using System.Text;
+
+namespace Rannc.Partitioner;
+
+/// <summary>Durations the execution engine asks for.</summary>
+internal interface IActionTimer
+{
+    double ComputeSeconds(int rank, PipelineAction action);
+
+    double TransferSeconds(int fromRank, PipelineAction send);
+
+    double AllReduceSeconds(int stage, IReadOnlyList<int> ranks);
+}
+
+/// <summary>The outcome of running a schedule: per-rank finish and busy times, or the reason it got stuck.</summary>
+internal sealed record ExecutionResult(double[] FinishSeconds, double[] ComputeSeconds, string? Failure);
+
+/// <summary>
+/// Runs a schedule as an event simulation. Every rank executes its actions in order. Compute takes the rank's
+/// time; a send is posted and moves on a per-(sender, receiver) channel that carries one message at a time;
+/// a receive waits for the matching message (same kind, micro-batch, sender); an all-reduce waits until every
+/// replica of the stage reaches it, starts when the last of them began its final backward (gradients are reduced
+/// in buckets as they are produced), and ends no earlier than every participant's last backward.
+/// </summary>
+internal static class ScheduleEngine
+{
+    public static ExecutionResult Run(PipelineSchedule schedule, IActionTimer timer)
+    {
+        int rankCount = schedule.Ranks.Count;
+        int[] next = new int[rankCount];
+        double[] clock = new double[rankCount];
+        double[] busy = new double[rankCount];
+        double[] lastBackwardStart = new double[rankCount];
+        var channelFree = new Dictionary<(int From, int To), double>();
+        var inFlight = new Dictionary<(int From, int To, bool Gradient, int MicroBatch), Queue<double>>();
+        var groups = new Dictionary<int, List<int>>();
+        for (int r = 0; r < rankCount; r++)
+        {
+            foreach (int stage in schedule.Ranks[r].Where(a => a.Kind == ActionKind.AllReduce).Select(a => a.Stage).Distinct())
+            {
+                (groups.TryGetValue(stage, out List<int>? g) ? g : groups[stage] = []).Add(r);
+            }
+        }
+
+        bool progress = true;
+        while (progress)
+        {
+            progress = false;
+            for (int r = 0; r < rankCount; r++)
+            {
+                IReadOnlyList<PipelineAction> actions = schedule.Ranks[r];
+                while (next[r] < actions.Count)
+                {
+                    PipelineAction action = actions[next[r]];
+                    bool done = action.Kind switch
+                    {
+                        ActionKind.Forward or ActionKind.Backward => Compute(r, action),
+                        ActionKind.SendActivation or ActionKind.SendGradient => Send(r, action),
+                        ActionKind.RecvActivation or ActionKind.RecvGradient => Receive(r, action),
+                        ActionKind.AllReduce => AllReduce(r, action),
+                        _ => throw new InvalidOperationException($"Unknown action kind {action.Kind}."),
+                    };
+                    if (!done)
+                    {
+                        break;
+                    }
+
+                    progress = true;
+                }
+            }
+        }
+
+        if (Enumerable.Range(0, rankCount).Any(r => next[r] < schedule.Ranks[r].Count))
+        {
+            var blocked = new StringBuilder();
+            for (int r = 0; r < rankCount; r++)
+            {
+                if (next[r] < schedule.Ranks[r].Count)
+                {
+                    blocked.Append(CultureInfo.InvariantCulture, $"  rank {r} waits at step {next[r]}: {schedule.Ranks[r][next[r]]}\n");
+                }
+            }
+
+            return new ExecutionResult(clock, busy, "The schedule deadlocks:\n" + blocked + schedule.FormatGrid());
+        }
+
+        var unreceived = inFlight.Where(p => p.Value.Count > 0).Select(p =>
+            $"  {p.Value.Count} {(p.Key.Gradient ? "gradient" : "activation")} message(s) of micro-batch {p.Key.MicroBatch} "
+            + $"from rank {p.Key.From} to rank {p.Key.To}").ToList();
+        if (unreceived.Count > 0)
+        {
+            return new ExecutionResult(clock, busy,
+                "Sends without a matching receive:\n" + string.Join('\n', unreceived) + "\n" + schedule.FormatGrid());
+        }
+
+        return new ExecutionResult(clock, busy, null);
+
+        bool Compute(int r, PipelineAction action)
+        {
+            if (action.Kind == ActionKind.Backward)
+            {
+                lastBackwardStart[r] = clock[r];
+            }
+
+            double seconds = timer.ComputeSeconds(r, action);
+            clock[r] += seconds;
+            busy[r] += seconds;
+            next[r]++;
+            return true;
+        }
+
+        bool Send(int r, PipelineAction action)
+        {
+            var channel = (r, action.Peer);
+            double start = Math.Max(clock[r], channelFree.GetValueOrDefault(channel));
+            double arrival = start + timer.TransferSeconds(r, action);
+            channelFree[channel] = arrival;
+            var key = (r, action.Peer, action.Kind == ActionKind.SendGradient, action.MicroBatch);
+            (inFlight.TryGetValue(key, out Queue<double>? q) ? q : inFlight[key] = new Queue<double>()).Enqueue(arrival);
+            next[r]++;
+            return true;
+        }
+
+        bool Receive(int r, PipelineAction action)
+        {
+            var key = (action.Peer, r, action.Kind == ActionKind.RecvGradient, action.MicroBatch);
+            if (!inFlight.TryGetValue(key, out Queue<double>? q) || q.Count == 0)
+            {
+                return false;
+            }
+
+            clock[r] = Math.Max(clock[r], q.Dequeue());
+            next[r]++;
+            return true;
+        }
+
+        bool AllReduce(int r, PipelineAction action)
+        {
+            List<int> group = groups[action.Stage];
+            bool allArrived = group.All(p => next[p] < schedule.Ranks[p].Count
+                && schedule.Ranks[p][next[p]] is { Kind: ActionKind.AllReduce } a && a.Stage == action.Stage);
+            if (!allArrived)
+            {
+                return false;
+            }
+
+            double start = group.Max(p => lastBackwardStart[p]);
+            double end = Math.Max(group.Max(p => clock[p]), start + timer.AllReduceSeconds(action.Stage, group));
+            foreach (int p in group)
+            {
+                clock[p] = end;
+                next[p]++;
+            }
+
+            return true;
+        }
+    }
+}
+
+/// <summary>Checks a schedule before anyone runs it: each micro-batch runs forward once and then backward once
+/// on every rank with a role, every send has its receive, and nothing deadlocks.</summary>
+public static class ScheduleChecker
+{
+    private sealed class ZeroTimer : IActionTimer
+    {
+        public double ComputeSeconds(int rank, PipelineAction action) => 0;
+
+        public double TransferSeconds(int fromRank, PipelineAction send) => 0;
+
+        public double AllReduceSeconds(int stage, IReadOnlyList<int> ranks) => 0;
+    }
+
+    /// <summary>Every problem found, as readable text with the rank × step grid; empty when the schedule is sound.</summary>
+    public static IReadOnlyList<string> FindProblems(PipelineSchedule schedule, int microBatchCount)
+    {
+        var problems = new List<string>();
+        for (int r = 0; r < schedule.Ranks.Count; r++)
+        {
+            IReadOnlyList<PipelineAction> actions = schedule.Ranks[r];
+            if (actions.Count == 0)
+            {
+                continue;
+            }
+
+            int stage = actions[0].Stage;
+            if (actions.Any(a => a.Stage != stage))
+            {
+                problems.Add($"Rank {r} runs actions of more than one stage.");
+            }
+
+            for (int m = 0; m < microBatchCount; m++)
+            {
+                int forward = IndexOfOnly(actions, ActionKind.Forward, m, out int forwardCount);
+                int backward = IndexOfOnly(actions, ActionKind.Backward, m, out int backwardCount);
+                if (forwardCount != 1 || backwardCount != 1)
+                {
+                    problems.Add($"Rank {r} runs micro-batch {m} forward {forwardCount} and backward {backwardCount} times (expected once each).");
+                }
+                else if (backward < forward)
+                {
+                    problems.Add($"Rank {r} runs the backward of micro-batch {m} before its forward.");
+                }
+            }
+        }
+
+        ExecutionResult result = ScheduleEngine.Run(schedule, new ZeroTimer());
+        if (result.Failure is not null)
+        {
+            problems.Add(result.Failure);
+        }
+
+        return problems;
+    }
+
+    /// <summary>Throws <see cref="InvalidOperationException"/> with every problem and the grid.</summary>
+    public static void EnsureValid(PipelineSchedule schedule, int microBatchCount)
+    {
+        IReadOnlyList<string> problems = FindProblems(schedule, microBatchCount);
+        if (problems.Count > 0)
+        {
+            throw new InvalidOperationException(
+                "The pipeline schedule is invalid:\n" + string.Join('\n', problems) + "\n" + schedule.FormatGrid(computeOnly: true));
+        }
+    }
+
+    private static int IndexOfOnly(IReadOnlyList<PipelineAction> actions, ActionKind kind, int microBatch, out int count)
+    {
+        int index = -1;
+        count = 0;
+        for (int i = 0; i < actions.Count; i++)
+        {
+            if (actions[i].Kind == kind && actions[i].MicroBatch == microBatch)
+            {
+                index = i;
+                count++;
+            }
+        }
+
+        return index;
+    }
+}
