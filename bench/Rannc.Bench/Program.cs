@@ -1,5 +1,18 @@
 using BenchmarkDotNet.Running;
+using Rannc.Bench;
 
-// TorchSharp benchmarks. Harnesses that print ratios run by name (`-- comm`); anything else goes to BenchmarkDotNet
-// (`-- --filter '*Executor*'`).
-BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
+// TorchSharp benchmarks. Harnesses that print ratios run by name:
+//   comm    point-to-point and all-reduce, in-process and MPI (it launches itself under mpiexec for the MPI part)
+// Anything else goes to BenchmarkDotNet, e.g. `-- --filter '*Capture*'`.
+return args.FirstOrDefault() switch
+{
+    "comm" => CommunicationBenchmark.Run(args.Skip(1).ToArray()),
+    "comm-mpi-rank" => CommunicationBenchmark.RunMpiRank(args.Skip(1).ToArray()),
+    _ => RunBenchmarkDotNet(args),
+};
+
+static int RunBenchmarkDotNet(string[] args)
+{
+    BenchmarkSwitcher.FromAssembly(typeof(CommunicationBenchmark).Assembly).Run(args);
+    return 0;
+}

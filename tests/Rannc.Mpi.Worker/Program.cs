@@ -1,1 +1,21 @@
-Console.WriteLine("worker");
+using Rannc.Communication;
+using Rannc.Mpi.Worker;
+
+// Runs one communicator scenario on this MPI rank: `mpiexec -n N dotnet Rannc.Mpi.Worker.dll <scenario>`.
+// Each rank ends with a line "rannc-worker: rank R exit 0" so tests can tell which ranks finished.
+if (args.Length != 1)
+{
+    Console.Error.WriteLine($"usage: Rannc.Mpi.Worker <scenario>; scenarios: {string.Join(", ", CommunicatorScenarios.Passing.Keys.Concat(CommunicatorScenarios.Failing.Keys))}");
+    return 2;
+}
+Action<ICommunicator> scenario = CommunicatorScenarios.Passing.TryGetValue(args[0], out var passing) ? passing
+    : CommunicatorScenarios.Failing.TryGetValue(args[0], out var failing) ? failing.Run
+    : throw new ArgumentException($"unknown scenario '{args[0]}'");
+
+RankLauncher.RunMpi(comm =>
+{
+    scenario(comm);
+    comm.Barrier();
+    Console.WriteLine($"rannc-worker: rank {comm.Rank} exit 0");
+});
+return 0;

@@ -1,0 +1,353 @@
+using System.Runtime.InteropServices;
+using System.Text;
+using System.Text.Json;
+using TorchSharp;
+using static TorchSharp.torch;
+using MpiNative = MPI.Unsafe;
+
+namespace Rannc.Communication;
+
+/// <summary>
+/// A communicator over MPI (MPI.NET's raw calls on an MPICH-ABI library). Tensor data moves straight from and
+/// into the tensors' native storage. Every point-to-point message is preceded by a 16-byte header (dtype, element
+/// count) on a companion tag, so a receive into a tensor of the wrong size or dtype fails with a clear message
+/// instead of corrupting memory. Messages are split into chunks of at most 1 GiB (MPI counts are 32-bit).
+/// </summary>
+public sealed class MpiCommunicator : ICommunicator
+{
+    /// <summary>Bytes per MPI call: well below 2^31-1 so counts fit an int.</summary>
+    internal const int ChunkBytes = 1 << 30;
+
+    private readonly int _comm;
+    private readonly bool _isWorld;
+    private bool _disposed;
+
+    private MpiCommunicator(int comm, bool isWorld)
+    {
+        _comm = comm;
+        _isWorld = isWorld;
+        MpiEnvironment.Check(MpiNative.MPI_Comm_rank(comm, out int rank), "MPI_Comm_rank");
+        MpiEnvironment.Check(MpiNative.MPI_Comm_size(comm, out int size), "MPI_Comm_size");
+        Rank = rank;
+        Size = size;
+    }
+
+    /// <summary>
+    /// Initialises MPI (thread level MULTIPLE) and returns the world communicator; rank and size come from the
+    /// launcher. A program started without a launcher is a single rank. Disposing it finalises MPI.
+    /// </summary>
+    public static MpiCommunicator InitializeWorld()
+    {
+        MpiEnvironment.Initialize();
+        return new MpiCommunicator(MpiNative.MPI_COMM_WORLD, isWorld: true);
+    }
+
+    public int Rank { get; }
+
+    public int Size { get; }
+
+    public void Send(Tensor tensor, int destination, int tag) => StartSend(tensor, destination, tag).Wait();
+
+    public void Receive(Tensor into, int source, int tag) => StartReceive(into, source, tag).Wait();
+
+    public ICommRequest StartSend(Tensor tensor, int destination, int tag)
+    {
+        TensorBuffers.CheckTransferable(tensor, "Send");
+        TensorBuffers.CheckPeer(destination, Size, nameof(destination));
+        TensorBuffers.CheckTag(tag);
+        var request = new MpiRequest(this, tensor, $"Send to rank {destination} tag {tag}");
+        MessageHeader.Write(request.Header, tensor.dtype, tensor.numel());
+        request.Add(Isend(request.Header, MessageHeader.Bytes, destination, HeaderTag(tag)));
+        foreach ((IntPtr address, int count) in Chunks(tensor))
+            request.Add(Isend(address, count, destination, DataTag(tag)));
+        return request;
+    }
+
+    public ICommRequest StartReceive(Tensor into, int source, int tag)
+    {
+        TensorBuffers.CheckTransferable(into, "Receive");
+        TensorBuffers.CheckPeer(source, Size, nameof(source));
+        TensorBuffers.CheckTag(tag);
+        var request = new MpiRequest(this, into, $"Receive from rank {source} tag {tag}");
+        request.Add(Irecv(request.Header, MessageHeader.Bytes, source, HeaderTag(tag)));
+        foreach ((IntPtr address, int count) in Chunks(into))
+            request.Add(Irecv(address, count, source, DataTag(tag)));
+        request.ExpectHeader(source, tag);
+        return request;
+    }
+
+    public void AllReduce(Tensor tensor, ReduceOp op) => AllReduce([tensor], op);
+
+    public void AllReduce(IReadOnlyList<Tensor> tensors, ReduceOp op)
+    {
+        ArgumentNullException.ThrowIfNull(tensors);
+        foreach (Tensor t in tensors)
+        {
+            TensorBuffers.CheckTransferable(t, "AllReduce");
+            InProcessCommunicator.CheckReducible(t.dtype, op);
+        }
+        CheckSameEverywhere(Signature(tensors), "AllReduce", "the tensors' count, dtypes or sizes differ between ranks");
+        using var noGrad = torch.no_grad();
+        foreach (Tensor tensor in tensors)
+        {
+            ScalarType accumulate = InProcessCommunicator.ReductionType(tensor.dtype);
+            if (accumulate != tensor.dtype)
+            {
+                // MPI has no 16-bit float sum: reduce a float32 copy, as the in-process implementation does.
+                using Tensor wide = tensor.to(accumulate);
+                ReduceInPlace(wide, op);
+                tensor.copy_(wide);
+            }
+            else
+            {
+                ReduceInPlace(tensor, op);
+            }
+        }
+    }
+
+    private void ReduceInPlace(Tensor tensor, ReduceOp op)
+    {
+        int dataType = ElementType(tensor.dtype);
+        int mpiOp = op == ReduceOp.Max ? MpiNative.MPI_MAX : MpiNative.MPI_SUM;
+        foreach ((IntPtr address, int count) in Chunks(tensor))
+        {
+            MpiEnvironment.Check(MpiNative.MPI_Allreduce(MpiEnvironment.InPlace, address, count / (int)tensor.ElementSize,
+                dataType, mpiOp, _comm), "MPI_Allreduce");
+        }
+        if (op == ReduceOp.Average) tensor.div_(Size);
+    }
+
+    public void Broadcast(Tensor tensor, int root)
+    {
+        TensorBuffers.CheckTransferable(tensor, "Broadcast");
+        TensorBuffers.CheckPeer(root, Size, nameof(root));
+        // Everyone compares its tensor with the root's before any data moves.
+        long[] rootShape = [(long)tensor.dtype, tensor.numel()];
+        BroadcastBytes(MemoryMarshal.AsBytes(rootShape.AsSpan()), root);
+        if (rootShape[0] != (long)tensor.dtype || rootShape[1] != tensor.numel())
+        {
+            throw new CommunicationException(
+                $"Broadcast: rank {root} sends {TensorBuffers.Describe((ScalarType)rootShape[0], rootShape[1])} " +
+                $"but rank {Rank} expects {TensorBuffers.Describe(tensor.dtype, tensor.numel())}.");
+        }
+        foreach ((IntPtr address, int count) in Chunks(tensor))
+            MpiEnvironment.Check(MpiNative.MPI_Bcast(address, count, MpiNative.MPI_BYTE, root, _comm), "MPI_Bcast");
+    }
+
+    public void Barrier() => MpiEnvironment.Check(MpiNative.MPI_Barrier(_comm), "MPI_Barrier");
+
+    public T[] AllGather<T>(T value)
+    {
+        byte[] mine = JsonSerializer.SerializeToUtf8Bytes(value);
+        var lengths = new int[Size];
+        unsafe
+        {
+            int myLength = mine.Length;
+            fixed (int* lengthsPtr = lengths)
+            {
+                MpiEnvironment.Check(MpiNative.MPI_Allgather((IntPtr)(&myLength), 1, MpiNative.MPI_INT, (IntPtr)lengthsPtr, 1,
+                    MpiNative.MPI_INT, _comm), "MPI_Allgather");
+            }
+            var offsets = new int[Size];
+            for (int r = 1; r < Size; r++) offsets[r] = offsets[r - 1] + lengths[r - 1];
+            var all = new byte[offsets[^1] + lengths[^1]];
+            fixed (byte* minePtr = mine)
+            fixed (byte* allPtr = all)
+            {
+                MpiEnvironment.Check(MpiNative.MPI_Allgatherv((IntPtr)minePtr, mine.Length, MpiNative.MPI_BYTE, (IntPtr)allPtr,
+                    lengths, offsets, MpiNative.MPI_BYTE, _comm), "MPI_Allgatherv");
+            }
+            return Enumerable.Range(0, Size)
+                .Select(r => JsonSerializer.Deserialize<T>(all.AsSpan(offsets[r], lengths[r]))!)
+                .ToArray();
+        }
+    }
+
+    public ICommunicator Split(int color, int key)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(color);
+        MpiEnvironment.Check(MpiNative.MPI_Comm_split(_comm, color, key, out int newComm), "MPI_Comm_split");
+        return new MpiCommunicator(newComm, isWorld: false);
+    }
+
+    [System.Diagnostics.CodeAnalysis.DoesNotReturn]
+    public void Abort(string message)
+    {
+        MpiNative.MPI_Comm_rank(MpiNative.MPI_COMM_WORLD, out int worldRank);
+        Console.Error.WriteLine($"Rannc: rank {worldRank} aborts the job: {message}");
+        Console.Error.Flush();
+        MpiNative.MPI_Abort(MpiNative.MPI_COMM_WORLD, 1);
+        Environment.Exit(1); // MPI_Abort does not return; this line is for the compiler and for broken MPI libraries
+    }
+
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        if (_isWorld)
+        {
+            MpiEnvironment.FinalizeMpi();
+        }
+        else
+        {
+            int comm = _comm;
+            MpiNative.MPI_Comm_free(ref comm);
+        }
+    }
+
+    private static int HeaderTag(int tag) => 2 * tag;
+
+    private static int DataTag(int tag) => 2 * tag + 1;
+
+    private int Isend(IntPtr buffer, int bytes, int destination, int tag)
+    {
+        MpiEnvironment.Check(MpiNative.MPI_Isend(buffer, bytes, MpiNative.MPI_BYTE, destination, tag, _comm, out int request), "MPI_Isend");
+        return request;
+    }
+
+    private int Irecv(IntPtr buffer, int bytes, int source, int tag)
+    {
+        MpiEnvironment.Check(MpiNative.MPI_Irecv(buffer, bytes, MpiNative.MPI_BYTE, source, tag, _comm, out int request), "MPI_Irecv");
+        return request;
+    }
+
+    /// <summary>The tensor's storage as (address, bytes) pieces of at most <see cref="ChunkBytes"/>; none for an empty tensor.</summary>
+    private static IEnumerable<(IntPtr Address, int Bytes)> Chunks(Tensor tensor)
+    {
+        IntPtr start = TensorBuffers.Address(tensor);
+        long total = TensorBuffers.ByteCount(tensor);
+        for (long offset = 0; offset < total; offset += ChunkBytes)
+            yield return (start + (nint)offset, (int)Math.Min(ChunkBytes, total - offset));
+    }
+
+    private static int ElementType(ScalarType dtype) => dtype switch
+    {
+        ScalarType.Float32 => MpiNative.MPI_FLOAT,
+        ScalarType.Float64 => MpiNative.MPI_DOUBLE,
+        ScalarType.Int64 => MpiEnvironment.Int64Type,
+        ScalarType.Bool => MpiNative.MPI_UNSIGNED_CHAR, // stored as one byte, 0 or 1: Max is logical or
+        _ => throw new ArgumentException($"AllReduce does not support {dtype} directly."),
+    };
+
+    private static long Signature(IReadOnlyList<Tensor> tensors)
+    {
+        long signature = tensors.Count;
+        foreach (Tensor t in tensors) signature = unchecked(signature * 1_000_003 + t.numel() * 31 + (long)t.dtype);
+        return signature;
+    }
+
+    /// <summary>Throws on every rank when <paramref name="value"/> differs between ranks (one small all-reduce).</summary>
+    private void CheckSameEverywhere(long value, string operation, string problem)
+    {
+        long[] minMax = [value, -value];
+        unsafe
+        {
+            fixed (long* p = minMax)
+            {
+                MpiEnvironment.Check(MpiNative.MPI_Allreduce(MpiEnvironment.InPlace, (IntPtr)p, 2, MpiEnvironment.Int64Type,
+                    MpiNative.MPI_MAX, _comm), "MPI_Allreduce");
+            }
+        }
+        if (minMax[0] != value || -minMax[1] != value) throw new CommunicationException($"{operation}: {problem}.");
+    }
+
+    private void BroadcastBytes(Span<byte> bytes, int root)
+    {
+        unsafe
+        {
+            fixed (byte* p = bytes)
+                MpiEnvironment.Check(MpiNative.MPI_Bcast((IntPtr)p, bytes.Length, MpiNative.MPI_BYTE, root, _comm), "MPI_Bcast");
+        }
+    }
+
+    /// <summary>(dtype, element count) sent ahead of every point-to-point message.</summary>
+    internal static class MessageHeader
+    {
+        public const int Bytes = 16;
+
+        public static unsafe void Write(IntPtr header, ScalarType dtype, long elements)
+        {
+            var words = (long*)header;
+            words[0] = (long)dtype;
+            words[1] = elements;
+        }
+
+        public static unsafe (ScalarType DType, long Elements) Read(IntPtr header)
+        {
+            var words = (long*)header;
+            return ((ScalarType)words[0], words[1]);
+        }
+    }
+
+    /// <summary>The MPI requests of one transfer (header and data chunks), the tensor they use, and the header memory.</summary>
+    private sealed class MpiRequest : ICommRequest
+    {
+        private readonly List<int> _requests = [];
+        private readonly MpiCommunicator _owner;
+        private readonly Tensor _tensor; // referenced until completion so its storage stays alive
+        private readonly string _description;
+        private (int Source, int Tag)? _expectHeaderFrom;
+        private bool _completed;
+
+        public MpiRequest(MpiCommunicator owner, Tensor tensor, string description)
+        {
+            _owner = owner;
+            _tensor = tensor;
+            _description = description;
+            Header = Marshal.AllocHGlobal(MessageHeader.Bytes);
+        }
+
+        public IntPtr Header { get; }
+
+        public bool IsCompleted
+        {
+            get
+            {
+                if (_completed) return true;
+                // MPI_Test would free completed requests; peek instead and leave them to Wait.
+                return _requests.All(MpiEnvironment.RequestIsComplete);
+            }
+        }
+
+        public void Add(int request) => _requests.Add(request);
+
+        public void ExpectHeader(int source, int tag) => _expectHeaderFrom = (source, tag);
+
+        public void Wait()
+        {
+            if (_completed) return;
+            try
+            {
+                for (int i = 0; i < _requests.Count; i++)
+                {
+                    int handle = _requests[i];
+                    int code = MpiNative.MPI_Wait(ref handle, out MpiNative.MPI_Status status);
+                    _requests[i] = handle;
+                    if (i == 0 && _expectHeaderFrom is { } from) CheckHeader(from.Source, from.Tag);
+                    if (code != MpiNative.MPI_SUCCESS)
+                    {
+                        MpiEnvironment.Check(code, $"{_description} (MPI_Wait)");
+                    }
+                }
+            }
+            finally
+            {
+                _completed = true;
+                Marshal.FreeHGlobal(Header);
+                GC.KeepAlive(_tensor);
+                GC.KeepAlive(_owner);
+            }
+        }
+
+        private void CheckHeader(int source, int tag)
+        {
+            (ScalarType dtype, long elements) = MessageHeader.Read(Header);
+            if (dtype != _tensor.dtype || elements != _tensor.numel())
+            {
+                throw new CommunicationException(
+                    $"Receive from rank {source} (tag {tag}) expected {TensorBuffers.Describe(_tensor.dtype, _tensor.numel())} " +
+                    $"but rank {source} sent {TensorBuffers.Describe(dtype, elements)}.");
+            }
+        }
+    }
+}

@@ -1,0 +1,66 @@
+using System.Runtime.CompilerServices;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Rannc.Communication;
+
+/// <summary>Checks and raw memory access shared by the communicator implementations.</summary>
+public static class TensorBuffers
+{
+    /// <summary>The dtypes tensors may have when they cross ranks.</summary>
+    public static readonly IReadOnlyList<ScalarType> SupportedTypes =
+    [
+        ScalarType.Float32, ScalarType.Float64, ScalarType.BFloat16, ScalarType.Float16, ScalarType.Int64, ScalarType.Bool,
+    ];
+
+    /// <summary>Largest user tag (the MPI implementation derives two wire tags from each).</summary>
+    public const int MaxTag = (1 << 20) - 1;
+
+    /// <summary>Throws a clear error unless <paramref name="tensor"/> can be sent or received as raw memory.</summary>
+    public static void CheckTransferable(Tensor tensor, string operation)
+    {
+        ArgumentNullException.ThrowIfNull(tensor);
+        if (tensor.IsInvalid) throw new ObjectDisposedException(nameof(tensor), $"{operation}: the tensor has been disposed.");
+        if (!SupportedTypes.Contains(tensor.dtype))
+        {
+            throw new ArgumentException(
+                $"{operation}: dtype {tensor.dtype} is not supported; use one of {string.Join(", ", SupportedTypes)}.",
+                nameof(tensor));
+        }
+        if (!tensor.is_contiguous())
+        {
+            throw new ArgumentException(
+                $"{operation}: the tensor (shape [{string.Join(", ", tensor.shape)}]) is not contiguous; pass tensor.contiguous().",
+                nameof(tensor));
+        }
+        if (tensor.device_type != DeviceType.CPU)
+        {
+            throw new ArgumentException($"{operation}: only CPU tensors are supported here (got {tensor.device}).", nameof(tensor));
+        }
+    }
+
+    public static void CheckTag(int tag)
+    {
+        if (tag < 0 || tag > MaxTag) throw new ArgumentOutOfRangeException(nameof(tag), tag, $"Tags must be in [0, {MaxTag}].");
+    }
+
+    public static void CheckPeer(int peer, int size, string name)
+    {
+        if (peer < 0 || peer >= size) throw new ArgumentOutOfRangeException(name, peer, $"Rank must be in [0, {size}).");
+    }
+
+    /// <summary>The tensor's storage bytes (a view over native memory; the tensor must be contiguous).</summary>
+    public static Span<byte> Bytes(Tensor tensor) => tensor.numel() == 0 ? Span<byte>.Empty : tensor.bytes;
+
+    /// <summary>Stable address of the tensor's storage (native memory does not move); null for an empty tensor.</summary>
+    public static unsafe IntPtr Address(Tensor tensor)
+    {
+        Span<byte> bytes = Bytes(tensor);
+        return bytes.IsEmpty ? IntPtr.Zero : (IntPtr)Unsafe.AsPointer(ref bytes[0]);
+    }
+
+    public static long ByteCount(Tensor tensor) => tensor.numel() * tensor.ElementSize;
+
+    /// <summary>A readable description for error messages: "float32[3, 4]".</summary>
+    public static string Describe(ScalarType dtype, long elements) => $"{dtype} with {elements} element(s)";
+}

@@ -1,0 +1,102 @@
+using System.Diagnostics;
+using System.Text;
+using System.Text.RegularExpressions;
+
+namespace Rannc.Tests;
+
+/// <summary>The outcome of one mpiexec launch.</summary>
+/// <param name="ExitCode">mpiexec's exit code (-1 when it was killed on timeout).</param>
+/// <param name="Output">stdout and stderr of all ranks, lines prefixed "[rank] " by the launcher.</param>
+/// <param name="RankOutput">Each rank's own lines, prefix removed.</param>
+/// <param name="RankExitCodes">Each rank's exit code as reported by its last line, or null if it never got there.</param>
+public sealed record MpiJobResult(int ExitCode, bool TimedOut, TimeSpan Elapsed, string Output,
+    IReadOnlyList<string> RankOutput, IReadOnlyList<int?> RankExitCodes);
+
+/// <summary>
+/// Launches a program on N MPI ranks with MPICH's mpiexec, with a timeout that kills the whole process tree.
+/// Ranks may outnumber cores (oversubscription is slow but correct).
+/// </summary>
+public static partial class MpiJob
+{
+    public static readonly string WorkerPath = Path.Combine(AppContext.BaseDirectory, "Rannc.Mpi.Worker.dll");
+
+    /// <summary>The MPICH launcher, or null when MPICH is not installed.</summary>
+    public static string? Launcher { get; } = new[] { "mpiexec.hydra", "mpiexec.mpich" }.Select(FindOnPath).FirstOrDefault(p => p is not null);
+
+    public static MpiJobResult Run(int ranks, IEnumerable<string> programAndArgs, TimeSpan timeout)
+    {
+        if (Launcher is null)
+            throw new InvalidOperationException("MPICH's mpiexec (mpiexec.hydra / mpiexec.mpich) is not installed: run ./test.sh as root, or apt-get install mpich.");
+        var start = new ProcessStartInfo(Launcher)
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        foreach (string arg in new[] { "-n", ranks.ToString(), "-prepend-rank", "dotnet" }.Concat(programAndArgs))
+            start.ArgumentList.Add(arg);
+        start.Environment["TERM"] = "dumb";
+        start.Environment["MALLOC_MMAP_THRESHOLD_"] = "131072";
+        start.Environment["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1";
+
+        var output = new StringBuilder();
+        var clock = Stopwatch.StartNew();
+        using var process = new Process { StartInfo = start };
+        process.OutputDataReceived += (_, e) => Append(output, e.Data);
+        process.ErrorDataReceived += (_, e) => Append(output, e.Data);
+        process.Start();
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+        bool exited = process.WaitForExit(timeout);
+        if (!exited)
+        {
+            process.Kill(entireProcessTree: true);
+            process.WaitForExit(10_000);
+        }
+        process.WaitForExit(); // drains the asynchronous readers
+        string text;
+        lock (output) text = output.ToString();
+        return new MpiJobResult(exited ? process.ExitCode : -1, !exited, clock.Elapsed, text, SplitByRank(text, ranks), ExitCodes(text, ranks));
+    }
+
+    /// <summary>Runs a scenario of the worker program.</summary>
+    public static MpiJobResult RunWorker(int ranks, string scenario, TimeSpan timeout) => Run(ranks, [WorkerPath, scenario], timeout);
+
+    private static void Append(StringBuilder output, string? line)
+    {
+        if (line is null) return;
+        lock (output) output.AppendLine(line);
+    }
+
+    private static string[] SplitByRank(string text, int ranks)
+    {
+        var perRank = Enumerable.Range(0, ranks).Select(_ => new StringBuilder()).ToArray();
+        foreach (string line in text.Split('\n'))
+        {
+            Match m = RankPrefix().Match(line);
+            if (m.Success && int.Parse(m.Groups[1].Value) is int r && r < ranks) perRank[r].AppendLine(m.Groups[2].Value.TrimEnd('\r'));
+        }
+        return perRank.Select(b => b.ToString()).ToArray();
+    }
+
+    private static int?[] ExitCodes(string text, int ranks)
+    {
+        var codes = new int?[ranks];
+        foreach (Match m in ExitLine().Matches(text))
+        {
+            int r = int.Parse(m.Groups[1].Value);
+            if (r < ranks) codes[r] = int.Parse(m.Groups[2].Value);
+        }
+        return codes;
+    }
+
+    private static string? FindOnPath(string name) =>
+        (Environment.GetEnvironmentVariable("PATH") ?? "").Split(':')
+            .Select(dir => Path.Combine(dir, name)).FirstOrDefault(File.Exists);
+
+    [GeneratedRegex(@"^\[(\d+)\] ?(.*)$")]
+    private static partial Regex RankPrefix();
+
+    [GeneratedRegex(@"rannc-worker: rank (\d+) exit (-?\d+)")]
+    private static partial Regex ExitLine();
+}
