@@ -44,6 +44,43 @@ internal sealed partial class ForwardWalker
             resultType: null);
     }
 
+    /// <summary>An 'if' on configuration whose arms both end in 'return': the branch's result is what is returned.</summary>
+    private void ReturningBranch(IConditionalOperation conditional, List<IOperation> otherwise)
+    {
+        var condition = Eval(conditional.Condition);
+        if (condition.DependsOnValues)
+        {
+            Report(DiagnosticDescriptors.DataDependentControlFlow, conditional.Condition.Syntax.GetLocation(), TypeName,
+                "'if (" + conditional.Condition.Syntax + ")'");
+            return;
+        }
+        var resultType = _return.ReturnType;
+        if (resultType is INamedTypeSymbol { IsTupleType: true })
+        {
+            Report(DiagnosticDescriptors.UnsupportedConstruct, conditional.Syntax.GetLocation(), TypeName,
+                "'return' of a tuple inside a branch", "assign the tuple elements to locals and return them once at the end");
+            return;
+        }
+        Operand? WalkArm(IReadOnlyList<IOperation> statements)
+        {
+            var outer = _return;
+            _return = new ReturnSink(_loopDepth, _branchDepth, outer.ReturnType);
+            Statements(statements);
+            var value = _return.Value;
+            _return = outer;
+            return value ?? ErrorValue(resultType);
+        }
+        var result = Branch(
+            conditional,
+            "if (" + conditional.Condition.Syntax + ") return",
+            "return (" + condition.Code + ") ? 0 : 1;",
+            new List<Func<Operand?>> { () => WalkArm(new[] { conditional.WhenTrue }), () => WalkArm(otherwise) },
+            new List<IOperation> { conditional.WhenTrue }.Concat(otherwise).ToList(),
+            resultType);
+        _return.Value = result;
+        _return.Returned = true;
+    }
+
     /// <summary>A conditional expression on configuration: a branch whose arms each produce the result.</summary>
     private Operand ConditionalExpression(IConditionalOperation conditional)
     {

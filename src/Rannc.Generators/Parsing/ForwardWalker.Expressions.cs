@@ -541,7 +541,7 @@ internal sealed partial class ForwardWalker
         var outerReturn = _return;
         _scope = helperScope;
         // 'return' is allowed at the end of the helper's own body, whatever loops or branches surround the call
-        _return = new ReturnSink(_loopDepth, _branchDepth);
+        _return = new ReturnSink(_loopDepth, _branchDepth, method.ReturnType);
         _inlining.Add(method);
         WalkMethodBody(body, method);
         _inlining.RemoveAt(_inlining.Count - 1);

@@ -34,7 +34,7 @@ internal sealed partial class ForwardWalker
     private readonly List<IMethodSymbol> _inlining = new();
     private Body _body = new(null);
     private Scope _scope = new(null);
-    private ReturnSink _return = new(0, 0);
+    private ReturnSink _return = new(0, 0, null);
     private int _nextNodeId;
     private int _nextLoopId;
     private int _nextBranchId;
@@ -65,6 +65,7 @@ internal sealed partial class ForwardWalker
             _scope.Bind(parameter, Operand.Value(id, parameter.Type));
         }
         _inlining.Add(forward);
+        _return = new ReturnSink(0, 0, forward.ReturnType);
         WalkMethodBody(body, forward);
         if (!_return.Returned)
         {
@@ -147,11 +148,14 @@ internal sealed partial class ForwardWalker
 
     private sealed class ReturnSink
     {
-        public ReturnSink(int loopDepth, int branchDepth)
+        public ReturnSink(int loopDepth, int branchDepth, ITypeSymbol? returnType)
         {
             LoopDepth = loopDepth;
             BranchDepth = branchDepth;
+            ReturnType = returnType;
         }
+
+        public ITypeSymbol? ReturnType { get; }
 
         /// <summary>Loop and branch depth of the method body that may return.</summary>
         public int LoopDepth { get; }
@@ -418,10 +422,7 @@ internal sealed partial class ForwardWalker
         switch (operation)
         {
             case IBlockOperation block:
-                foreach (var statement in block.Operations)
-                {
-                    Statement(statement);
-                }
+                Statements(block.Operations);
                 break;
             case IVariableDeclarationGroupOperation group:
                 Declarations(group);
@@ -473,6 +474,32 @@ internal sealed partial class ForwardWalker
         }
     }
 
+    /// <summary>
+    /// A statement list. <c>if (configuration) { ...; return a; } ...; return b;</c> becomes a branch whose arms are the
+    /// 'then' part and the rest of the list, each ending in its own return.
+    /// </summary>
+    private void Statements(IReadOnlyList<IOperation> statements)
+    {
+        for (var i = 0; i < statements.Count; i++)
+        {
+            if (!_return.Returned && statements[i] is IConditionalOperation conditional && EndsWithReturn(conditional.WhenTrue)
+                && (conditional.WhenFalse is null || EndsWithReturn(conditional.WhenFalse)))
+            {
+                var rest = conditional.WhenFalse is null ? statements.Skip(i + 1).ToList() : new List<IOperation> { conditional.WhenFalse };
+                ReturningBranch(conditional, rest);
+                return;
+            }
+            Statement(statements[i]);
+        }
+    }
+
+    private static bool EndsWithReturn(IOperation operation) => operation switch
+    {
+        IReturnOperation => true,
+        IBlockOperation block => block.Operations.Length > 0 && EndsWithReturn(block.Operations[block.Operations.Length - 1]),
+        _ => false,
+    };
+
     private void Declarations(IVariableDeclarationGroupOperation group)
     {
         foreach (var declaration in group.Declarations)
@@ -482,6 +509,8 @@ internal sealed partial class ForwardWalker
                 var initializer = declarator.Initializer?.Value ?? declaration.Initializer?.Value;
                 if (initializer is null)
                 {
+                    // assigned later (C# checks definite assignment); known from here on so branches can assign it
+                    _scope.Bind(declarator.Symbol, new Operand("default(" + declarator.Symbol.Type.ToDisplayString(FullyQualified) + ")", declarator.Symbol.Type));
                     continue;
                 }
                 BindLocal(declarator.Symbol, Eval(initializer));

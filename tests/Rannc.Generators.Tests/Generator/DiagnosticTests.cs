@@ -1,0 +1,252 @@
+using System.Text.RegularExpressions;
+using Microsoft.CodeAnalysis;
+using Microsoft.CodeAnalysis.Text;
+
+namespace Rannc.Generators.Tests.Generator;
+
+/// <summary>
+/// Every diagnostic ID, with its exact span. Sources mark expected diagnostics as <c>{|RANNC0001:text|}</c>.
+/// </summary>
+public sealed class DiagnosticTests
+{
+    private const string Usings = """
+        using System;
+        using Rannc;
+        using TorchSharp;
+        using TorchSharp.Modules;
+        using static TorchSharp.torch;
+        using static TorchSharp.torch.nn;
+
+        """;
+
+    [Fact]
+    public void Rannc0001_IfOnTensorValue_IsReportedOnTheCondition() => Verify("""
+        [RaNNC]
+        public partial class Net : Module<Tensor, Tensor>
+        {
+            public Net() : base("net") { }
+            public override Tensor forward(Tensor x)
+            {
+                if ({|RANNC0001:x.sum().item<double>() > 0|})
+                {
+                    x = x * 2;
+                }
+                return x;
+            }
+        }
+        """);
+
+    [Fact]
+    public void Rannc0001_LoopBoundFromShape_IsReportedOnTheCondition() => Verify("""
+        [RaNNC]
+        public partial class Net : Module<Tensor, Tensor>
+        {
+            public Net() : base("net") { }
+            public override Tensor forward(Tensor x)
+            {
+                for (var i = 0; {|RANNC0001:i < x.shape[0]|}; i++)
+                {
+                    x = x + 1;
+                }
+                return x;
+            }
+        }
+        """);
+
+    [Fact]
+    public void Rannc0002_CallOfAnUnknownMethod_IsReportedOnTheCall() => Verify("""
+        public static class Helpers
+        {
+            public static Tensor Scale(Tensor t) => t * 2;
+        }
+
+        [RaNNC]
+        public partial class Net : Module<Tensor, Tensor>
+        {
+            public Net() : base("net") { }
+            public override Tensor forward(Tensor x)
+            {
+                var y = {|RANNC0002:Helpers.Scale(x)|};
+                return y;
+            }
+        }
+        """);
+
+    [Fact]
+    public void Rannc0002_Lambda_IsReported() => Verify("""
+        [RaNNC]
+        public partial class Net : Module<Tensor, Tensor>
+        {
+            public Net() : base("net") { }
+            public override Tensor forward(Tensor x)
+            {
+                Func<Tensor, Tensor> twice = {|RANNC0002:t => t * 2|};
+                return x;
+            }
+        }
+        """);
+
+    [Fact]
+    public void Rannc0003_FieldWrite_IsReportedOnTheAssignment() => Verify("""
+        [RaNNC]
+        public partial class Net : Module<Tensor, Tensor>
+        {
+            private int calls;
+            public Net() : base("net") { }
+            public override Tensor forward(Tensor x)
+            {
+                {|RANNC0003:calls = 1|};
+                return x * calls;
+            }
+        }
+        """);
+
+    [Fact]
+    public void Rannc0004_InPlaceOnSharedValue_IsReportedButInPlaceOnAFreshValueIsNot() => Verify("""
+        [RaNNC]
+        public partial class Net : Module<Tensor, Tensor>
+        {
+            private readonly Linear fc = Linear(3, 3);
+            public Net() : base("net") { RegisterComponents(); }
+            public override Tensor forward(Tensor x)
+            {
+                var y = fc.forward(x);
+                var z = {|RANNC0004:y.add_(1)|};
+                var fresh = fc.forward(z).relu_();
+                return y + fresh;
+            }
+        }
+        """);
+
+    [Fact]
+    public void Rannc0005_ClassNotPartial_IsReportedOnTheName() => Verify("""
+        [RaNNC]
+        public class {|RANNC0005:Net|} : Module<Tensor, Tensor>
+        {
+            public Net() : base("net") { }
+            public override Tensor forward(Tensor x) => x * 2;
+        }
+        """);
+
+    [Fact]
+    public void Rannc0006_ClassThatIsNotATypedModule_IsReportedOnTheName() => Verify("""
+        [RaNNC]
+        public partial class {|RANNC0006:Net|} : Module
+        {
+            public Net() : base("net") { }
+        }
+        """);
+
+    [Fact]
+    public void Rannc0006_ForwardReturningAList_IsReportedOnForward() => Verify("""
+        [RaNNC]
+        public partial class Net : Module<Tensor, System.Collections.Generic.List<Tensor>>
+        {
+            public Net() : base("net") { }
+            public override System.Collections.Generic.List<Tensor> {|RANNC0006:forward|}(Tensor x) => new() { x };
+        }
+        """);
+
+    [Fact]
+    public void Rannc0007_UserSubmoduleWithoutRaNNC_IsAnInfoOnTheCall() => Verify("""
+        public class Plain : Module<Tensor, Tensor>
+        {
+            public Plain() : base("plain") { }
+            public override Tensor forward(Tensor x) => x * 2;
+        }
+
+        [RaNNC]
+        public partial class Net : Module<Tensor, Tensor>
+        {
+            private readonly Plain inner = new();
+            public Net() : base("net") { RegisterComponents(); }
+            public override Tensor forward(Tensor x) => {|RANNC0007:inner.forward(x)|} + 1;
+        }
+        """);
+
+    [Fact]
+    public void Rannc0008_ReturnInsideALoop_IsReportedOnTheReturn() => Verify("""
+        [RaNNC]
+        public partial class Net : Module<Tensor, Tensor>
+        {
+            private readonly int repeats = 2;
+            public Net() : base("net") { }
+            public override Tensor forward(Tensor x)
+            {
+                for (var i = 0; i < repeats; i++)
+                {
+                    {|RANNC0008:return x;|}
+                }
+                return x;
+            }
+        }
+        """);
+
+    [Fact]
+    public void CapturableModel_HasNoDiagnostics() => Verify("""
+        [RaNNC]
+        public partial class Net : Module<Tensor, Tensor>
+        {
+            private readonly ModuleList<Linear> layers = new();
+            private readonly bool residual = true;
+            public Net() : base("net") { layers.Add(Linear(3, 3)); RegisterComponents(); }
+            public override Tensor forward(Tensor x)
+            {
+                foreach (var layer in layers)
+                {
+                    x = residual ? x + layer.forward(x) : layer.forward(x);
+                }
+                return functional.relu(x);
+            }
+        }
+        """);
+
+    [Fact]
+    public void Diagnostics_HaveMessagesThatSayWhatToChange()
+    {
+        var diagnostic = Assert.Single(CompilationHelper.Analyze(Usings + """
+            [RaNNC]
+            public partial class Net : Module<Tensor, Tensor>
+            {
+                public Net() : base("net") { }
+                public override Tensor forward(Tensor x)
+                {
+                    if (x.sum().item<double>() > 0) { x = x * 2; }
+                    return x;
+                }
+            }
+            """));
+
+        Assert.Equal(DiagnosticSeverity.Warning, diagnostic.Severity);
+        Assert.Contains("torch.where", diagnostic.GetMessage(), StringComparison.Ordinal);
+        Assert.Contains("docs/diagnostics/RANNC0001.md", diagnostic.Descriptor.Description.ToString(), StringComparison.Ordinal);
+    }
+
+    private static readonly Regex s_markup = new(@"\{\|(RANNC\d{4}):(.*?)\|\}", RegexOptions.Singleline);
+
+    /// <summary>Strips the markup, runs generator and analyzer, and compares (id, span) pairs exactly.</summary>
+    private static void Verify(string markedSource)
+    {
+        var source = Usings + markedSource;
+        var expected = new List<(string Id, TextSpan Span)>();
+        var plain = new System.Text.StringBuilder();
+        var position = 0;
+        foreach (Match match in s_markup.Matches(source))
+        {
+            plain.Append(source, position, match.Index - position);
+            expected.Add((match.Groups[1].Value, new TextSpan(plain.Length, match.Groups[2].Length)));
+            plain.Append(match.Groups[2].Value);
+            position = match.Index + match.Length;
+        }
+        plain.Append(source, position, source.Length - position);
+
+        var actual = CompilationHelper.Analyze(plain.ToString())
+            .Select(d => (d.Id, d.Location.SourceSpan))
+            .OrderBy(d => d.SourceSpan.Start)
+            .ToList();
+
+        Assert.Equal(expected.OrderBy(e => e.Span.Start).Select(e => $"{e.Id} {plain.ToString(e.Span.Start, e.Span.Length)}"),
+            actual.Select(a => $"{a.Id} {plain.ToString(a.SourceSpan.Start, a.SourceSpan.Length)}"));
+        Assert.Equal(expected.OrderBy(e => e.Span.Start).Select(e => e.Span), actual.Select(a => a.SourceSpan));
+    }
+}
