@@ -1,0 +1,430 @@
+using System;
+using System.Collections.Generic;
+using System.Globalization;
+using System.Linq;
+using System.Text;
+using Microsoft.CodeAnalysis;
+using Microsoft.CodeAnalysis.Operations;
+using Rannc.Generators.Helpers;
+using Rannc.Generators.Model;
+
+namespace Rannc.Generators.Parsing;
+
+// Loops over module containers and branches on configuration. Both become template steps: the runtime asks the
+// instance for the trip count or the arm, so one template serves every configuration.
+internal sealed partial class ForwardWalker
+{
+    private static string LoopIndex(int depth) => "loopIndices[" + depth.ToString(CultureInfo.InvariantCulture) + "]";
+
+    // ------------------------------------------------------------------ branches
+
+    private void IfStatement(IConditionalOperation conditional)
+    {
+        var condition = Eval(conditional.Condition);
+        if (condition.DependsOnValues)
+        {
+            Report(DiagnosticDescriptors.DataDependentControlFlow, conditional.Condition.Syntax.GetLocation(), TypeName,
+                "'if (" + conditional.Condition.Syntax + ")'");
+            return;
+        }
+        var arms = new List<IOperation?> { conditional.WhenTrue, conditional.WhenFalse };
+        Branch(
+            conditional,
+            "if (" + conditional.Condition.Syntax + ")",
+            "return (" + condition.Code + ") ? 0 : 1;",
+            arms.Select(arm => (Func<Operand?>)(() =>
+            {
+                if (arm is not null)
+                {
+                    Statement(arm);
+                }
+                return null;
+            })).ToList(),
+            arms.Where(arm => arm is not null).Cast<IOperation>().ToList(),
+            resultType: null);
+    }
+
+    /// <summary>A conditional expression on configuration: a branch whose arms each produce the result.</summary>
+    private Operand ConditionalExpression(IConditionalOperation conditional)
+    {
+        var condition = Eval(conditional.Condition);
+        if (condition.DependsOnValues)
+        {
+            Report(DiagnosticDescriptors.DataDependentControlFlow, conditional.Condition.Syntax.GetLocation(), TypeName,
+                "'" + conditional.Syntax + "'");
+            return Operand.Value(NewValue("error", conditional.Type), conditional.Type);
+        }
+        var whenTrue = conditional.WhenTrue;
+        var whenFalse = conditional.WhenFalse!;
+        if (!ContainsGraphWork(whenTrue) && !ContainsGraphWork(whenFalse))
+        {
+            var trueValue = Eval(whenTrue);
+            var falseValue = Eval(whenFalse);
+            if (!trueValue.DependsOnValues && !falseValue.DependsOnValues)
+            {
+                return new Operand("((" + condition.Code + ") ? (" + trueValue.Code + ") : (" + falseValue.Code + "))", conditional.Type);
+            }
+        }
+        return Branch(
+            conditional,
+            conditional.Condition.Syntax + " ? ... : ...",
+            "return (" + condition.Code + ") ? 0 : 1;",
+            new List<Func<Operand?>> { () => Eval(whenTrue), () => Eval(whenFalse) },
+            new List<IOperation> { whenTrue, whenFalse },
+            conditional.Type)!;
+    }
+
+    /// <summary>True when evaluating <paramref name="operation"/> may add nodes (so it cannot be folded into a ?: fragment).</summary>
+    private bool ContainsGraphWork(IOperation operation)
+    {
+        foreach (var descendant in operation.DescendantsAndSelf())
+        {
+            if (descendant is IInvocationOperation or IBinaryOperation or IUnaryOperation or ICompoundAssignmentOperation)
+            {
+                return true;
+            }
+            if (descendant is IFieldReferenceOperation field && _known.IsTensor(field.Type))
+            {
+                return true;
+            }
+            if (descendant is IPropertyReferenceOperation property && _known.IsTensor(property.Type))
+            {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    private void SwitchStatement(ISwitchOperation switchOperation)
+    {
+        var selector = Eval(switchOperation.Value);
+        if (selector.DependsOnValues)
+        {
+            Report(DiagnosticDescriptors.DataDependentControlFlow, switchOperation.Value.Syntax.GetLocation(), TypeName,
+                "'switch (" + switchOperation.Value.Syntax + ")'");
+            return;
+        }
+        var select = new StringBuilder();
+        select.Append("switch (").Append(selector.Code).Append(") { ");
+        var hasDefault = false;
+        var arms = new List<Func<Operand?>>();
+        var armOperations = new List<IOperation>();
+        for (var i = 0; i < switchOperation.Cases.Length; i++)
+        {
+            var section = switchOperation.Cases[i];
+            foreach (var clause in section.Clauses)
+            {
+                switch (clause)
+                {
+                    case ISingleValueCaseClauseOperation single:
+                        select.Append("case ").Append(Eval(single.Value).Code).Append(": ");
+                        break;
+                    case IDefaultCaseClauseOperation:
+                        select.Append("default: ");
+                        hasDefault = true;
+                        break;
+                    default:
+                        Report(DiagnosticDescriptors.UnsupportedConstruct, clause.Syntax.GetLocation(), TypeName,
+                            "a pattern 'case'", "use constant case labels");
+                        return;
+                }
+            }
+            select.Append("return ").Append(i.ToString(CultureInfo.InvariantCulture)).Append("; ");
+            var body = section.Body;
+            arms.Add(() =>
+            {
+                for (var k = 0; k < body.Length; k++)
+                {
+                    // the 'break' that ends a switch section is not control flow of the graph
+                    if (k == body.Length - 1 && body[k] is IBranchOperation { BranchKind: BranchKind.Break })
+                    {
+                        break;
+                    }
+                    Statement(body[k]);
+                }
+                return null;
+            });
+            armOperations.AddRange(body);
+        }
+        if (!hasDefault)
+        {
+            // no case matched: an empty arm that leaves every local as it was
+            select.Append("default: return ").Append(arms.Count.ToString(CultureInfo.InvariantCulture)).Append("; ");
+            arms.Add(() => null);
+        }
+        select.Append('}');
+        Branch(switchOperation, "switch (" + switchOperation.Value.Syntax + ")", select.ToString(), arms, armOperations, resultType: null);
+    }
+
+    /// <summary>
+    /// Adds a branch step. Locals from outside that any arm assigns become the branch's results; when
+    /// <paramref name="resultType"/> is set, each arm's returned operand is the first result.
+    /// </summary>
+    private Operand? Branch(
+        IOperation origin, string description, string selectCode, List<Func<Operand?>> arms, List<IOperation> armOperations,
+        ITypeSymbol? resultType)
+    {
+        var assigned = AssignedOuterSymbols(armOperations);
+        var outerBody = _body;
+        var outerScope = _scope;
+        var armModels = new List<ArmModel>();
+        _branchDepth++;
+        foreach (var arm in arms)
+        {
+            _body = new Body(outerBody);
+            _scope = new Scope(outerScope);
+            var outputs = new List<int>();
+            var result = arm();
+            if (resultType is not null)
+            {
+                outputs.Add(Materialize(result!, origin));
+            }
+            foreach (var symbol in assigned)
+            {
+                outputs.Add(Materialize(_scope.Lookup(symbol)!, origin));
+            }
+            armModels.Add(new ArmModel(_body.Steps.ToEquatableArray(), outputs.ToEquatableArray()));
+        }
+        _branchDepth--;
+        _body = outerBody;
+        _scope = outerScope;
+        var results = new List<int>();
+        Operand? branchResult = null;
+        if (resultType is not null)
+        {
+            var id = NewValue("branch", resultType);
+            results.Add(id);
+            branchResult = Operand.Value(id, resultType);
+        }
+        foreach (var symbol in assigned)
+        {
+            var type = TypeOfSymbol(symbol);
+            var id = NewValue(symbol.Name, type, fromLocal: true);
+            results.Add(id);
+            _scope.Bind(symbol, Operand.Value(id, type));
+        }
+        _body.Steps.Add(new BranchModel(
+            _nextBranchId++, description, LocationText(origin.Syntax.GetLocation()), selectCode,
+            armModels.ToEquatableArray(), results.ToEquatableArray()));
+        return branchResult;
+    }
+
+    // ------------------------------------------------------------------ loops
+
+    private void WhileLoop(IWhileLoopOperation whileLoop)
+    {
+        if (whileLoop.Condition is { } condition && Eval(condition).DependsOnValues)
+        {
+            Report(DiagnosticDescriptors.DataDependentControlFlow, condition.Syntax.GetLocation(), TypeName,
+                "'while (" + condition.Syntax + ")'");
+            return;
+        }
+        Report(DiagnosticDescriptors.UnsupportedConstruct, whileLoop.Syntax.GetLocation(), TypeName,
+            "a 'while' or 'do' loop", "use 'for (int i = 0; i < count; i++)' with a count from a field, or 'foreach' over a module container");
+    }
+
+    private void ForEachLoop(IForEachLoopOperation forEach)
+    {
+        var collectionOperation = Strip(forEach.Collection);
+        var collection = Eval(collectionOperation);
+        if (collection.DependsOnValues)
+        {
+            Report(DiagnosticDescriptors.DataDependentControlFlow, forEach.Collection.Syntax.GetLocation(), TypeName,
+                "'foreach' over '" + forEach.Collection.Syntax + "'");
+            return;
+        }
+        if (forEach.LoopControlVariable is not IVariableDeclaratorOperation variable)
+        {
+            Report(DiagnosticDescriptors.UnsupportedConstruct, forEach.Syntax.GetLocation(), TypeName,
+                "'foreach' with a deconstructed variable", "declare one loop variable");
+            return;
+        }
+        var collectionType = collectionOperation.Type;
+        string countCode;
+        Func<string, string> element;
+        if (collectionType is IArrayTypeSymbol)
+        {
+            countCode = collection.Code + ".Length";
+            element = index => collection.Code + "[" + index + "]";
+        }
+        else if (HasCountAndIndexer(collectionType))
+        {
+            countCode = collection.Code + ".Count";
+            element = index => collection.Code + "[" + index + "]";
+        }
+        else
+        {
+            countCode = "global::System.Linq.Enumerable.Count(" + collection.Code + ")";
+            element = index => "global::System.Linq.Enumerable.ElementAt(" + collection.Code + ", " + index + ")";
+        }
+        var variableType = variable.Symbol.Type;
+        Loop(forEach, forEach.Body, countCode, "foreach (" + variable.Symbol.Name + " in " + forEach.Collection.Syntax + ")", depth =>
+            _scope.Bind(variable.Symbol, new Operand(
+                "((" + variableType.ToDisplayString(FullyQualified) + ")" + element(LoopIndex(depth)) + ")",
+                variableType,
+                isModule: _known.IsModule(variableType))));
+    }
+
+    private static bool HasCountAndIndexer(ITypeSymbol? type)
+    {
+        var hasCount = false;
+        var hasIndexer = false;
+        for (var current = type; current is not null; current = current.BaseType)
+        {
+            foreach (var member in current.GetMembers())
+            {
+                if (member is not IPropertySymbol { DeclaredAccessibility: Accessibility.Public, IsStatic: false } property)
+                {
+                    continue;
+                }
+                if (property.Name == "Count" && property.Type.SpecialType == SpecialType.System_Int32)
+                {
+                    hasCount = true;
+                }
+                if (property.IsIndexer && property.Parameters.Length == 1 && property.Parameters[0].Type.SpecialType == SpecialType.System_Int32)
+                {
+                    hasIndexer = true;
+                }
+            }
+        }
+        return hasCount && hasIndexer;
+    }
+
+    /// <summary>Captures <c>for (int i = A; i &lt; B; i++)</c> with A and B independent of tensors.</summary>
+    private void ForLoop(IForLoopOperation forLoop)
+    {
+        ILocalSymbol? variable = null;
+        Operand? start = null;
+        Operand? bound = null;
+        if (forLoop.Before.Length == 1
+            && forLoop.Before[0] is IVariableDeclarationGroupOperation group
+            && group.Declarations.Length == 1
+            && group.Declarations[0].Declarators.Length == 1
+            && group.Declarations[0].Declarators[0] is { Initializer: { } initializer } declarator)
+        {
+            variable = declarator.Symbol;
+            start = Eval(initializer.Value);
+        }
+        if (variable is not null
+            && forLoop.Condition is IBinaryOperation { OperatorKind: BinaryOperatorKind.LessThan } comparison
+            && LocalSymbolOf(comparison.LeftOperand) is ILocalSymbol compared
+            && SymbolEqualityComparer.Default.Equals(compared, variable))
+        {
+            bound = Eval(comparison.RightOperand);
+        }
+        if ((start?.DependsOnValues ?? false) || (bound?.DependsOnValues ?? false))
+        {
+            Report(DiagnosticDescriptors.DataDependentControlFlow, (forLoop.Condition ?? forLoop).Syntax.GetLocation(), TypeName,
+                "'for' bounds '" + forLoop.Condition?.Syntax + "'");
+            return;
+        }
+        var steps = forLoop.AtLoopBottom.Length == 1
+            && forLoop.AtLoopBottom[0] is IExpressionStatementOperation { Operation: IIncrementOrDecrementOperation { Kind: OperationKind.Increment } increment }
+            && LocalSymbolOf(increment.Target) is ILocalSymbol incremented
+            && SymbolEqualityComparer.Default.Equals(incremented, variable);
+        if (variable is null || start is null || bound is null || !steps || AssignedOuterSymbols(new[] { forLoop.Body }).Contains(variable, SymbolEqualityComparer.Default))
+        {
+            Report(DiagnosticDescriptors.UnsupportedConstruct, forLoop.Syntax.GetLocation(), TypeName,
+                "a 'for' loop that is not 'for (int i = A; i < B; i++)'", "rewrite it in that form, with A and B from fields or constants and i not assigned in the body");
+            return;
+        }
+        var startCode = start.Code;
+        Loop(forLoop, forLoop.Body, "global::System.Math.Max(0, (" + bound.Code + ") - (" + startCode + "))",
+            "for (" + forLoop.Condition!.Syntax + ")", depth =>
+            _scope.Bind(variable, new Operand("((" + startCode + ") + " + LoopIndex(depth) + ")", variable.Type)));
+    }
+
+    /// <summary>
+    /// Adds a loop step: locals from outside that the body assigns are carried from one iteration to the next.
+    /// </summary>
+    private void Loop(IOperation origin, IOperation body, string countCode, string description, Action<int> bindLoopVariable)
+    {
+        var carried = AssignedOuterSymbols(new[] { body });
+        var carriedIn = carried.Select(symbol => Materialize(_scope.Lookup(symbol)!, origin)).ToList();
+        var loopId = _nextLoopId++;
+        var outerBody = _body;
+        var outerScope = _scope;
+        var outerLoopId = _currentLoopId;
+        _body = new Body(outerBody);
+        _scope = new Scope(outerScope);
+        _currentLoopId = loopId;
+        var bodyIn = new List<int>();
+        foreach (var symbol in carried)
+        {
+            var type = TypeOfSymbol(symbol);
+            var phi = NewValue(symbol.Name, type, fromLocal: true);
+            bodyIn.Add(phi);
+            _scope.Bind(symbol, Operand.Value(phi, type));
+        }
+        bindLoopVariable(_loopDepth);
+        _loopDepth++;
+        Statement(body);
+        var bodyOut = carried.Select(symbol => Materialize(_scope.Lookup(symbol)!, origin)).ToList();
+        _loopDepth--;
+        var bodySteps = _body.Steps;
+        _body = outerBody;
+        _scope = outerScope;
+        _currentLoopId = outerLoopId;
+        var results = new List<int>();
+        foreach (var symbol in carried)
+        {
+            var type = TypeOfSymbol(symbol);
+            var id = NewValue(symbol.Name, type, fromLocal: true);
+            results.Add(id);
+            _scope.Bind(symbol, Operand.Value(id, type));
+        }
+        _body.Steps.Add(new LoopModel(
+            loopId, description, LocationText(origin.Syntax.GetLocation()), countCode,
+            carriedIn.ToEquatableArray(), bodyIn.ToEquatableArray(), bodySteps.ToEquatableArray(),
+            bodyOut.ToEquatableArray(), results.ToEquatableArray()));
+    }
+
+    /// <summary>Locals and parameters bound outside <paramref name="operations"/> that they assign, in order.</summary>
+    private List<ISymbol> AssignedOuterSymbols(IEnumerable<IOperation> operations)
+    {
+        var assigned = new List<ISymbol>();
+        void Add(IOperation? target)
+        {
+            if (target is not null && LocalSymbolOf(target) is { } symbol && _scope.Lookup(symbol) is not null
+                && !assigned.Contains(symbol, SymbolEqualityComparer.Default))
+            {
+                assigned.Add(symbol);
+            }
+        }
+        foreach (var operation in operations)
+        {
+            foreach (var descendant in operation.DescendantsAndSelf())
+            {
+                switch (descendant)
+                {
+                    case ISimpleAssignmentOperation assignment:
+                        Add(assignment.Target);
+                        break;
+                    case ICompoundAssignmentOperation compound:
+                        Add(compound.Target);
+                        break;
+                    case IIncrementOrDecrementOperation increment:
+                        Add(increment.Target);
+                        break;
+                    case IDeconstructionAssignmentOperation deconstruction:
+                        var targets = new List<IOperation>();
+                        FlattenTargets(deconstruction.Target, targets);
+                        targets.ForEach(Add);
+                        break;
+                    case IExpressionStatementOperation { Operation: IInvocationOperation invocation }
+                        when invocation.Instance is not null && IsInPlaceName(invocation.TargetMethod.Name):
+                        Add(invocation.Instance);
+                        break;
+                }
+            }
+        }
+        return assigned;
+    }
+
+    private static ITypeSymbol? TypeOfSymbol(ISymbol symbol) => symbol switch
+    {
+        ILocalSymbol local => local.Type,
+        IParameterSymbol parameter => parameter.Type,
+        _ => null,
+    };
+}

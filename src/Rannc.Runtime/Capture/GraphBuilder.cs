@@ -1,0 +1,255 @@
+using System.Globalization;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Rannc.Capture;
+
+/// <summary>
+/// Unrolls a <see cref="CaptureTemplate"/> for one module instance: asks the instance for loop trip counts and branch
+/// arms, inlines <c>[RaNNC]</c> submodules under their module path, and names every node, value and parameter.
+/// </summary>
+internal sealed class GraphBuilder
+{
+    private readonly List<CapturedNode> _nodes = [];
+    private readonly List<CapturedValue> _values = [];
+    private readonly List<CapturedParameter> _parameters = [];
+    private readonly Dictionary<string, int> _parameterIndex = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, int> _nameUses = new(StringComparer.Ordinal);
+    private readonly Dictionary<nn.Module, string> _modulePaths = new(ReferenceEqualityComparer.Instance);
+    private readonly Dictionary<IntPtr, (string Name, bool IsBuffer, Tensor Tensor)> _tensorNames = [];
+    private readonly Dictionary<string, (bool IsBuffer, Tensor Tensor)> _tensorsByName = new(StringComparer.Ordinal);
+
+    private GraphBuilder(nn.Module model)
+    {
+        _modulePaths[model] = string.Empty;
+        foreach (var (name, module) in model.named_modules())
+        {
+            _modulePaths.TryAdd(module, name);
+        }
+        foreach (var (name, parameter) in model.named_parameters())
+        {
+            _tensorNames.TryAdd(parameter.Handle, (name, false, parameter));
+            _tensorsByName.TryAdd(name, (false, parameter));
+        }
+        foreach (var (name, buffer) in model.named_buffers())
+        {
+            _tensorNames.TryAdd(buffer.Handle, (name, true, buffer));
+            _tensorsByName.TryAdd(name, (true, buffer));
+        }
+    }
+
+    public static CapturedGraph Build(nn.Module model)
+    {
+        if (model is not ICapturedModule captured)
+        {
+            throw new CaptureException(
+                $"{model.GetType().FullName} has no captured graph: mark the class [RaNNC] and partial, and reference the Rannc package (it carries the generator).");
+        }
+        var template = captured.CaptureTemplate;
+        if (!template.IsCaptured)
+        {
+            throw new CaptureException(
+                $"forward() of {template.ModuleType} could not be captured at build time:{Environment.NewLine}  "
+                + string.Join(Environment.NewLine + "  ", template.Errors));
+        }
+        var builder = new GraphBuilder(model);
+        var scope = new Scope(null);
+        var inputs = new List<int>();
+        foreach (var input in template.Inputs)
+        {
+            var value = template.Values[input];
+            var id = builder.NewValue(value.Name, value, producer: -1);
+            scope.Bind(input, id);
+            inputs.Add(id);
+        }
+        builder.Unroll(captured, template, template.Body, scope, string.Empty, []);
+        var outputs = template.Outputs.Select(scope.Lookup).ToList();
+        return new CapturedGraph(model, builder._nodes, builder._values, builder._parameters, inputs, outputs);
+    }
+
+    /// <summary>Maps template value ids to concrete value ids; one scope per loop iteration and per inlined module.</summary>
+    private sealed class Scope(Scope? parent)
+    {
+        private readonly Dictionary<int, int> _map = [];
+
+        public void Bind(int templateValue, int value) => _map[templateValue] = value;
+
+        public int Lookup(int templateValue) =>
+            _map.TryGetValue(templateValue, out var value) ? value
+            : parent is not null ? parent.Lookup(templateValue)
+            : throw new InvalidOperationException($"Template value %{templateValue} is used before it is defined; the template is malformed.");
+    }
+
+    private int NewValue(string name, TemplateValue template, int producer)
+    {
+        var id = _values.Count;
+        _values.Add(new CapturedValue(id, name, template.Kind, template.TypeName, producer));
+        return id;
+    }
+
+    private void Unroll(ICapturedModule owner, CaptureTemplate template, TemplateStep[] steps, Scope scope, string prefix, List<int> loopIndices)
+    {
+        foreach (var step in steps)
+        {
+            switch (step)
+            {
+                case TemplateNode node:
+                    AddNode(owner, template, node, scope, prefix, loopIndices);
+                    break;
+                case TemplateLoop loop:
+                    var count = owner.GetLoopCount(loop.Id, loopIndices.ToArray());
+                    var carried = loop.CarriedIn.Select(scope.Lookup).ToArray();
+                    for (var iteration = 0; iteration < count; iteration++)
+                    {
+                        var body = new Scope(scope);
+                        for (var j = 0; j < carried.Length; j++)
+                        {
+                            body.Bind(loop.BodyIn[j], carried[j]);
+                        }
+                        loopIndices.Add(iteration);
+                        Unroll(owner, template, loop.Body, body, prefix, loopIndices);
+                        loopIndices.RemoveAt(loopIndices.Count - 1);
+                        carried = loop.BodyOut.Select(body.Lookup).ToArray();
+                    }
+                    for (var j = 0; j < carried.Length; j++)
+                    {
+                        scope.Bind(loop.Results[j], carried[j]);
+                    }
+                    break;
+                case TemplateBranch branch:
+                    var armIndex = owner.SelectBranch(branch.Id, loopIndices.ToArray());
+                    if (armIndex < 0 || armIndex >= branch.Arms.Length)
+                    {
+                        throw new InvalidOperationException($"Branch {branch.Description} chose arm {armIndex} of {branch.Arms.Length}.");
+                    }
+                    var arm = branch.Arms[armIndex];
+                    var armScope = new Scope(scope);
+                    Unroll(owner, template, arm.Body, armScope, prefix, loopIndices);
+                    for (var j = 0; j < branch.Results.Length; j++)
+                    {
+                        scope.Bind(branch.Results[j], armScope.Lookup(arm.Outputs[j]));
+                    }
+                    break;
+                default:
+                    throw new InvalidOperationException($"Unknown template step {step.GetType().Name}.");
+            }
+        }
+    }
+
+    private void AddNode(ICapturedModule owner, CaptureTemplate template, TemplateNode node, Scope scope, string prefix, List<int> loopIndices)
+    {
+        var inputs = node.Inputs.Select(scope.Lookup).ToArray();
+        var parameters = new List<string>();
+        var buffers = new List<string>();
+        string name;
+        var modulePath = prefix;
+        switch (node.Kind)
+        {
+            case NodeKind.Module:
+                var module = owner.ResolveTarget(node.Id, loopIndices.ToArray()) as nn.Module
+                    ?? throw new InvalidOperationException($"Submodule {node.Target} of {template.ModuleType} is null.");
+                modulePath = _modulePaths.TryGetValue(module, out var path) ? path : Join(prefix, node.Target);
+                if (module is ICapturedModule inner && inner.CaptureTemplate.IsCaptured)
+                {
+                    Inline(inner, node, inputs, scope, modulePath);
+                    return;
+                }
+                name = UniqueName(modulePath);
+                foreach (var (parameterName, _) in module.named_parameters())
+                {
+                    parameters.Add(Join(modulePath, parameterName));
+                }
+                foreach (var (bufferName, _) in module.named_buffers())
+                {
+                    buffers.Add(Join(modulePath, bufferName));
+                }
+                break;
+            case NodeKind.Attribute:
+                var tensor = owner.ResolveTarget(node.Id, loopIndices.ToArray()) as Tensor;
+                if (tensor is not null && _tensorNames.TryGetValue(tensor.Handle, out var known))
+                {
+                    (known.IsBuffer ? buffers : parameters).Add(known.Name);
+                    name = UniqueName(known.Name);
+                }
+                else
+                {
+                    name = UniqueName(Join(prefix, node.Target));
+                }
+                break;
+            default:
+                name = UniqueName(Join(prefix, OperationName(node)));
+                break;
+        }
+        var id = _nodes.Count;
+        var outputs = new int[node.Outputs.Length];
+        for (var k = 0; k < outputs.Length; k++)
+        {
+            var valueName = outputs.Length == 1 ? name : name + "." + k.ToString(CultureInfo.InvariantCulture);
+            outputs[k] = NewValue(valueName, template.Values[node.Outputs[k]], id);
+            scope.Bind(node.Outputs[k], outputs[k]);
+        }
+        foreach (var parameter in parameters.Concat(buffers))
+        {
+            RegisterParameter(parameter, id);
+        }
+        _nodes.Add(new CapturedNode(
+            id, name, node.Kind, node.Operation, modulePath, node.Location, inputs, outputs, parameters, buffers,
+            owner, node.Id, loopIndices.ToArray()));
+    }
+
+    /// <summary>Replaces a call of a <c>[RaNNC]</c> submodule by the nodes of its own template.</summary>
+    private void Inline(ICapturedModule inner, TemplateNode call, int[] inputs, Scope callerScope, string modulePath)
+    {
+        var template = inner.CaptureTemplate;
+        if (template.Inputs.Length != inputs.Length || template.Outputs.Length != call.Outputs.Length)
+        {
+            throw new CaptureException(
+                $"The call {call.Target}.{call.Operation} at {call.Location} passes {inputs.Length} value(s) and expects {call.Outputs.Length}, "
+                + $"but forward() of {template.ModuleType} takes {template.Inputs.Length} and returns {template.Outputs.Length}.");
+        }
+        var scope = new Scope(null);
+        for (var i = 0; i < inputs.Length; i++)
+        {
+            scope.Bind(template.Inputs[i], inputs[i]);
+        }
+        Unroll(inner, template, template.Body, scope, modulePath, []);
+        for (var k = 0; k < call.Outputs.Length; k++)
+        {
+            callerScope.Bind(call.Outputs[k], scope.Lookup(template.Outputs[k]));
+        }
+    }
+
+    private void RegisterParameter(string name, int node)
+    {
+        if (_parameterIndex.ContainsKey(name) || !_tensorsByName.TryGetValue(name, out var tensor))
+        {
+            return;
+        }
+        _parameterIndex[name] = _parameters.Count;
+        _parameters.Add(new CapturedParameter(name, tensor.IsBuffer, tensor.Tensor.dtype, tensor.Tensor.NumberOfElements * tensor.Tensor.ElementSize, node));
+    }
+
+    private static string OperationName(TemplateNode node)
+    {
+        var operation = node.Operation.StartsWith("op_", StringComparison.Ordinal) ? node.Operation[3..] : node.Operation;
+        operation = operation switch
+        {
+            "this[]" => "index",
+            _ => operation,
+        };
+        return operation.ToLowerInvariant();
+    }
+
+    private static string Join(string prefix, string name) => prefix.Length == 0 ? name : prefix + "." + name;
+
+    private string UniqueName(string name)
+    {
+        if (!_nameUses.TryGetValue(name, out var uses))
+        {
+            _nameUses[name] = 1;
+            return name;
+        }
+        _nameUses[name] = uses + 1;
+        return name + "_" + uses.ToString(CultureInfo.InvariantCulture);
+    }
+}
