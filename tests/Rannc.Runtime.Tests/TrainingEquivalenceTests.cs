@@ -1,6 +1,7 @@
 using Rannc.Communication;
 using Rannc.Execution;
 using Rannc.Partitioner;
+using Rannc.Samples;
 using Rannc.Samples.Models;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -18,24 +19,35 @@ public sealed class TrainingEquivalenceTests
     private const double Tolerance = 1e-9;
     private static readonly object ModelInitLock = new();
 
-    public static TheoryData<int, int, string> MlpPlans() => new()
+    /// <summary>The plans the issue asks for, each with both schedules.</summary>
+    public static TheoryData<int, int, string> Plans()
     {
-        { 1, 1, "gpipe" }, { 2, 1, "gpipe" }, { 2, 1, "1f1b" }, { 1, 2, "gpipe" }, { 2, 2, "1f1b" }, { 3, 1, "1f1b" }, { 4, 1, "gpipe" },
-    };
-
-    [Theory]
-    [MemberData(nameof(MlpPlans))]
-    public void Mlp_MatchesSingleProcessTraining(int stages, int replicas, string schedule)
-    {
-        Func<nn.Module> create = () => new Mlp(inputSize: 6, hiddenSize: 10, hiddenLayers: 4, classes: 3);
-        using var inputs = torch.randn([Batch, 6], ScalarType.Float64, generator: new Generator(11));
-        using var labels = torch.randint(0, 3, [Batch], ScalarType.Int64, generator: new Generator(12));
-        AssertMatchesReference(create, [inputs, labels], stages, replicas, schedule);
+        var data = new TheoryData<int, int, string>();
+        foreach ((int stages, int replicas) in new[] { (1, 1), (2, 1), (1, 2), (2, 2), (3, 1), (4, 1) })
+        {
+            data.Add(stages, replicas, "gpipe");
+            data.Add(stages, replicas, "1f1b");
+        }
+        return data;
     }
 
-    private static void AssertMatchesReference(Func<nn.Module> create, Tensor[] data, int stages, int replicas, string schedule)
+    [Theory]
+    [MemberData(nameof(Plans))]
+    public void Mlp_MatchesSingleProcessTraining(int stages, int replicas, string schedule) =>
+        AssertMatchesReference(SampleTasks.Mlp(inputSize: 6, hiddenSize: 10, hiddenLayers: 4, classes: 3), stages, replicas, schedule);
+
+    [Theory]
+    [MemberData(nameof(Plans))]
+    public void Bert_MatchesSingleProcessTraining(int stages, int replicas, string schedule) =>
+        AssertMatchesReference(
+            SampleTasks.Bert(new BertConfig(VocabularySize: 40, HiddenSize: 16, Layers: 2, Heads: 2, IntermediateSize: 24, MaxPositions: 8, DropoutProbability: 0),
+                sequenceLength: 6, maskedPerSequence: 2),
+            stages, replicas, schedule);
+
+    private static void AssertMatchesReference(SampleTask task, int stages, int replicas, string schedule)
     {
-        (double[] referenceLosses, Dictionary<string, Tensor> referenceParameters) = TrainReference(create, data);
+        Tensor[][] batches = Enumerable.Range(0, Steps).Select(step => ToFloat64(task.CreateBatch(Batch, step))).ToArray();
+        (double[] referenceLosses, Dictionary<string, Tensor> referenceParameters) = TrainReference(task, batches);
         int ranks = stages * replicas;
         var options = new RanncOptions
         {
@@ -47,14 +59,14 @@ public sealed class TrainingEquivalenceTests
         };
         var results = InProcessLauncher.Run(ranks, comm =>
         {
-            nn.Module model = CreateSeeded(create);
+            nn.Module model = CreateSeeded(task);
             var optimizer = torch.optim.Adam(model.parameters(), lr: 0.01);
             using var rannc = new RanncModule(model, optimizer, comm, options);
             var losses = new List<double>();
             for (int step = 0; step < Steps; step++)
             {
                 optimizer.zero_grad();
-                Tensor loss = rannc.forward(data);
+                Tensor loss = rannc.forward(batches[step]);
                 loss.backward();
                 optimizer.step();
                 losses.Add(loss.item<double>());
@@ -87,15 +99,15 @@ public sealed class TrainingEquivalenceTests
         Assert.Equal(referenceParameters.Keys.Order(), seen.Order());
     }
 
-    private static (double[] Losses, Dictionary<string, Tensor> Parameters) TrainReference(Func<nn.Module> create, Tensor[] data)
+    private static (double[] Losses, Dictionary<string, Tensor> Parameters) TrainReference(SampleTask task, Tensor[][] batches)
     {
-        nn.Module model = CreateSeeded(create);
+        nn.Module model = CreateSeeded(task);
         var optimizer = torch.optim.Adam(model.parameters(), lr: 0.01);
         var losses = new double[Steps];
         for (int step = 0; step < Steps; step++)
         {
             optimizer.zero_grad();
-            Tensor loss = Forward(model, data);
+            Tensor loss = SampleTask.Forward(model, batches[step]);
             loss.backward();
             optimizer.step();
             losses[step] = loss.item<double>();
@@ -103,19 +115,16 @@ public sealed class TrainingEquivalenceTests
         return (losses, model.named_parameters().ToDictionary(p => p.name, p => p.parameter.detach().clone()));
     }
 
-    private static Tensor Forward(nn.Module model, Tensor[] data) => model switch
-    {
-        nn.Module<Tensor, Tensor, Tensor> two => two.forward(data[0], data[1]),
-        _ => throw new NotSupportedException(model.GetType().Name),
-    };
+    private static Tensor[] ToFloat64(Tensor[] batch) =>
+        batch.Select(t => t.is_floating_point() ? t.to_type(ScalarType.Float64) : t).ToArray();
 
     /// <summary>Every rank builds its model from the same seed; the lock keeps the threads' draws apart.</summary>
-    private static nn.Module CreateSeeded(Func<nn.Module> create)
+    private static nn.Module CreateSeeded(SampleTask task)
     {
         lock (ModelInitLock)
         {
             torch.manual_seed(1234);
-            return create().to(ScalarType.Float64);
+            return task.CreateModel().to(ScalarType.Float64);
         }
     }
 

@@ -239,7 +239,7 @@ internal sealed class PipelineExecutor
 
             for (int i = 0; i < parameters.Count; i++)
             {
-                if (gradients[i] is not Tensor g) continue;
+                if (Defined(gradients[i]) is not Tensor g) continue;
                 string name = parameters[i].Name;
                 if (_gradients.TryGetValue(name, out Tensor? sum)) sum.add_(g);
                 else _gradients[name] = g.detach().clone();
@@ -248,7 +248,7 @@ internal sealed class PipelineExecutor
             int k = parameters.Count;
             foreach ((int v, Tensor leaf) in leaves)
             {
-                Tensor g = gradients[k++] is Tensor computed ? computed.detach() : torch.zeros_like(leaf);
+                Tensor g = Defined(gradients[k++]) is Tensor computed ? computed.detach() : torch.zeros_like(leaf);
                 if (received.TryGetValue(v, out Tensor? passedThrough)) g = g + passedThrough; // the value went on unchanged
                 inputGradients[v] = g;
             }
@@ -397,6 +397,9 @@ internal sealed class PipelineExecutor
             for (int i = 0; i < ranks.Count; i++) if (ranks[i] == rank) return i;
             throw new InvalidOperationException($"Rank {rank} is not in the neighbouring stage.");
         }
+
+        /// <summary>autograd.grad returns an undefined tensor (no handle) for an input the outputs do not depend on.</summary>
+        private static Tensor? Defined(Tensor? gradient) => gradient is { IsInvalid: false } ? gradient : null;
 
         private static object? SliceInput(object? input, SampleRange slice) =>
             input is Tensor t && t.dim() > 0 ? t.narrow(0, slice.Start, slice.Count) : input;

@@ -24,6 +24,8 @@ internal static class ValueTransfer
         Float64 = 4,
         Boolean = 5,
         Float32 = 6,
+        Device = 7,
+        DType = 8,
     }
 
     /// <summary>Starts sending <paramref name="value"/>; the returned requests keep its tensors alive until done.</summary>
@@ -62,6 +64,8 @@ internal static class ValueTransfer
         double d => (ValueKind.Float64, torch.tensor(d)),
         float f => (ValueKind.Float32, torch.tensor((double)f)),
         bool b => (ValueKind.Boolean, torch.tensor(b ? 1L : 0L)),
+        Device device => (ValueKind.Device, torch.tensor(new[] { (long)device.type, device.index })),
+        ScalarType dtype => (ValueKind.DType, torch.tensor((long)dtype)),
         null => throw new NotSupportedException("A null value cannot cross a stage boundary."),
         _ => throw new NotSupportedException(
             $"A value of type {value.GetType().Name} cannot cross a stage boundary; only tensors, shapes and numbers can."),
@@ -80,6 +84,8 @@ internal static class ValueTransfer
                 ValueKind.Float64 => data.item<double>(),
                 ValueKind.Float32 => (float)data.item<double>(),
                 ValueKind.Boolean => data.item<long>() != 0,
+                ValueKind.Device => new Device((DeviceType)data[0].item<long>(), (int)data[1].item<long>()),
+                ValueKind.DType => (ScalarType)data.item<long>(),
                 _ => throw new CommunicationException($"Unknown value kind {(long)kind} in a stage message."),
             };
         }
