@@ -1,4 +1,41 @@
+using System.Diagnostics;
+using System.Globalization;
 using BenchmarkDotNet.Running;
+using Rannc.Bench.Planning;
 
-// Planner benchmarks. `dotnet run -c Release --project bench/Rannc.Bench.Planner -- --filter '*'`
-BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
+// Planner benchmarks.
+//   dotnet run -c Release --project bench/Rannc.Bench.Planner -- tables   planning-time and plan-quality tables (Stopwatch)
+//   dotnet run -c Release --project bench/Rannc.Bench.Planner -- plan 96 1024 80   one planning run with its plan
+//   dotnet run -c Release --project bench/Rannc.Bench.Planner -- bdn      BenchmarkDotNet short run of the headline case
+CultureInfo.DefaultThreadCurrentCulture = CultureInfo.InvariantCulture;
+CultureInfo.CurrentCulture = CultureInfo.InvariantCulture;
+string mode = args.Length > 0 ? args[0] : "tables";
+if (mode == "bdn")
+{
+    BenchmarkSwitcher.FromAssembly(typeof(PlanningBenchmarks).Assembly).Run(args[1..]);
+    return 0;
+}
+
+if (mode == "plan" && args.Length == 4)
+{
+    // One planning run: plan <layers> <devices> <memory GiB>
+    Tables.PrintOne(Console.Out, int.Parse(args[1], CultureInfo.InvariantCulture), int.Parse(args[2], CultureInfo.InvariantCulture),
+        int.Parse(args[3], CultureInfo.InvariantCulture));
+    return 0;
+}
+
+if (mode != "tables")
+{
+    Console.Error.WriteLine("usage: Rannc.Bench.Planner [tables | plan <layers> <devices> <memory GiB> | bdn [BenchmarkDotNet arguments]]");
+    return 2;
+}
+
+if (OperatingSystem.IsLinux() || OperatingSystem.IsWindows())
+{
+    Process.GetCurrentProcess().ProcessorAffinity = 1; // the planner is single-threaded; measure it on one core
+}
+
+Tables.PrintPlanningTime(Console.Out);
+Tables.PrintLargestWithin(Console.Out, seconds: 10);
+Tables.PrintQuality(Console.Out);
+return 0;

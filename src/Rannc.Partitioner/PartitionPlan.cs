@@ -30,6 +30,8 @@ public sealed record StagePlan(
 /// <param name="Stages">The stages in pipeline order.</param>
 /// <param name="ObjectiveSeconds">The search objective (<see cref="PlanObjective"/>) of this plan.</param>
 /// <param name="PredictedStepSeconds">The simulated step time (<see cref="PipelineSimulator"/>) of this plan.</param>
+/// <param name="SearchWasExhaustive">True when the search kept every Pareto-optimal candidate and tried every replica
+/// count, so no allowed plan has a smaller objective; false when the beam width or the replica grid cut something.</param>
 public sealed record PartitionPlan(
     string Fingerprint,
     int DeviceCount,
@@ -38,7 +40,8 @@ public sealed record PartitionPlan(
     PipelineScheduleKind Schedule,
     IReadOnlyList<StagePlan> Stages,
     double ObjectiveSeconds,
-    double PredictedStepSeconds)
+    double PredictedStepSeconds,
+    bool SearchWasExhaustive)
 {
     /// <summary>Number of micro-batches per step.</summary>
     [JsonIgnore]

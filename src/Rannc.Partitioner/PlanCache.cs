@@ -155,7 +155,7 @@ public sealed class FilePlanStore(string directory, Action<string>? warn = null)
         }
     }
 
-    /// <summary>The cached plan of these inputs, or a new one from <see cref="Partitioner.Plan"/> that is then saved.</summary>
+    /// <summary>The cached plan of these inputs, or a new one from <see cref="Planner.Plan"/> that is then saved.</summary>
     public PartitionPlan GetOrPlan(Graph graph, CostTable costs, Cluster cluster, PlanningOptions options)
     {
         PlanCacheLookup lookup = TryLoad(graph, costs, cluster, options);
@@ -164,7 +164,7 @@ public sealed class FilePlanStore(string directory, Action<string>? warn = null)
             return cached;
         }
 
-        PartitionPlan plan = Partitioner.Plan(graph, costs, cluster, options);
+        PartitionPlan plan = Planner.Plan(graph, costs, cluster, options);
         Save(plan);
         return plan;
     }

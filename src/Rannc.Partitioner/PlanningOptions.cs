@@ -42,6 +42,16 @@ public sealed record PlanningOptions(int GlobalBatchSize)
     /// <summary>Most blocks the graph is coarsened into before the stage search (more: finer stages, slower search).</summary>
     public int MaxBlocks { get; init; } = 32;
 
+    /// <summary>
+    /// Most entries kept per dynamic-programming state (the best by lower bound); 0 keeps every Pareto-optimal
+    /// entry, which makes the search exact for its objective. <see cref="PartitionPlan.SearchWasExhaustive"/>
+    /// says whether the limit cut anything.
+    /// </summary>
+    public int SearchBeamWidth { get; init; } = 32;
+
+    /// <summary>Replica counts up to this are all tried; above it, counts grow by at least 20 % per step.</summary>
+    public int DenseReplicaLimit { get; init; } = 16;
+
     /// <summary>For tests: force the plan shape, one replica count per stage (the stage count is its length).</summary>
     public IReadOnlyList<int>? ForcedReplicasPerStage { get; init; }
 
@@ -63,10 +73,11 @@ public sealed record PlanningOptions(int GlobalBatchSize)
             throw new ArgumentException("At least one schedule must be allowed.");
         }
 
-        if (MinStages < 1 || MaxStages < MinStages || MinMicroBatches < 1 || MaxMicroBatches < MinMicroBatches || MaxBlocks < 1)
+        if (MinStages < 1 || MaxStages < MinStages || MinMicroBatches < 1 || MaxMicroBatches < MinMicroBatches || MaxBlocks < 1
+            || SearchBeamWidth < 0 || DenseReplicaLimit < 1)
         {
             throw new ArgumentException(
-                $"Bounds must satisfy 1 ≤ MinStages ≤ MaxStages, 1 ≤ MinMicroBatches ≤ MaxMicroBatches and MaxBlocks ≥ 1: {this}.");
+                $"Bounds must satisfy 1 ≤ MinStages ≤ MaxStages, 1 ≤ MinMicroBatches ≤ MaxMicroBatches, MaxBlocks ≥ 1, SearchBeamWidth ≥ 0 and DenseReplicaLimit ≥ 1: {this}.");
         }
 
         if (ForcedReplicasPerStage is { } forced && (forced.Count == 0 || forced.Any(r => r < 1)))

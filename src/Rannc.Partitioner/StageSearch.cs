@@ -18,6 +18,8 @@ internal sealed class StageSearch(RangeTable table, Cluster cluster, PlanningOpt
     private struct Entry
     {
         public int Devices;
+        public int Stages;
+        public double Score;
         public double Sum;
         public double Bottleneck;
         public double Tail;
@@ -47,23 +49,39 @@ internal sealed class StageSearch(RangeTable table, Cluster cluster, PlanningOpt
         return counts;
     }
 
-    /// <summary>The best plan over all configurations, or null when none fits in memory.</summary>
+    /// <summary>The best plan over all configurations, or null when none fits in memory. Configurations are tried
+    /// in order of a lower bound on their objective, and the search stops once that bound reaches the best plan.</summary>
     public SearchOutcome? FindBest()
     {
+        var configurations = MicroBatchCandidates()
+            .SelectMany(m => options.Schedules.Distinct().Select((schedule, order) => (m, schedule, order)))
+            .Select(c => (c.m, c.schedule, c.order, bound: ConfigurationLowerBound(c.m)))
+            .OrderBy(c => c.bound).ThenBy(c => c.m).ThenBy(c => c.order)
+            .ToList();
         SearchOutcome? best = null;
-        foreach (int microBatches in MicroBatchCandidates())
+        foreach ((int microBatches, PipelineScheduleKind schedule, _, double bound) in configurations)
         {
-            foreach (PipelineScheduleKind schedule in options.Schedules.Distinct())
+            if (best is not null && bound >= best.Value)
             {
-                SearchOutcome? outcome = Run(microBatches, schedule, minimizeMemory: false, best?.Value ?? double.PositiveInfinity);
-                if (outcome is not null && (best is null || outcome.Value < best.Value))
-                {
-                    best = outcome;
-                }
+                break;
+            }
+
+            SearchOutcome? outcome = Run(microBatches, schedule, minimizeMemory: false, best?.Value ?? double.PositiveInfinity);
+            if (outcome is not null && (best is null || outcome.Value < best.Value))
+            {
+                best = outcome;
             }
         }
 
         return best;
+    }
+
+    /// <summary>A lower bound on the objective of any plan with <paramref name="microBatches"/> micro-batches.</summary>
+    private double ConfigurationLowerBound(int microBatches)
+    {
+        var layout = new MicroBatchLayout(options.GlobalBatchSize, microBatches);
+        var bounds = new PrefixBounds(table, layout, Math.Min(cluster.DeviceCount, layout.SmallestMicroBatch));
+        return bounds.SumBound(_blockCount, cluster.DeviceCount) + (microBatches - 1) * bounds.BottleneckBound(_blockCount, cluster.DeviceCount);
     }
 
     /// <summary>The smallest per-device peak any allowed plan shape needs, ignoring the device's memory; null when
@@ -86,14 +104,19 @@ internal sealed class StageSearch(RangeTable table, Cluster cluster, PlanningOpt
         return best;
     }
 
-    /// <summary>Replica counts worth trying: for each distinct slice size, the fewest replicas that give it.</summary>
-    internal static List<int> ReplicaCandidates(int largestMicroBatch, int limit)
+    /// <summary>Replica counts worth trying: for each distinct slice size, the fewest replicas that give it; above
+    /// <paramref name="denseLimit"/>, only counts at least 20 % above the previous one.</summary>
+    internal static List<int> ReplicaCandidates(int largestMicroBatch, int limit, int denseLimit)
     {
         var candidates = new List<int>();
         int r = 1;
         while (r <= limit)
         {
-            candidates.Add(r);
+            if (r <= denseLimit || r * 5 >= candidates[^1] * 6)
+            {
+                candidates.Add(r);
+            }
+
             int slice = CostModel.CeilDiv(largestMicroBatch, r);
             if (slice == 1)
             {
@@ -124,66 +147,52 @@ internal sealed class StageSearch(RangeTable table, Cluster cluster, PlanningOpt
             maxStages = forced.Count;
         }
 
-        bool countExact = forced is not null || options.MinStages > 1 || maxStages < _blockCount;
-        int cap = countExact ? maxStages : 1;
-        if (!countExact && schedule == PipelineScheduleKind.OneFOneB)
+        // With stage-count constraints the count is part of the state; otherwise it is one more Pareto criterion
+        // (fewer stages after a stage means fewer 1F1B micro-batches in flight there), or irrelevant for GPipe.
+        bool countInState = forced is not null || options.MinStages > 1 || maxStages < _blockCount;
+        int countStates = countInState ? maxStages + 1 : 1;
+        bool countInFront = !countInState && schedule == PipelineScheduleKind.OneFOneB && !minimizeMemory;
+        // The memory search (for the infeasibility message) is always exhaustive.
+        List<int> candidates = ReplicaCandidates(layout.LargestMicroBatch, replicaLimit, minimizeMemory ? int.MaxValue : options.DenseReplicaLimit);
+        if (candidates.Count < ReplicaCandidates(layout.LargestMicroBatch, replicaLimit, int.MaxValue).Count)
         {
-            cap = Math.Max(cap, Math.Min(microBatches, _blockCount));
+            Truncated = true;
         }
 
-        List<int> candidates = ReplicaCandidates(layout.LargestMicroBatch, replicaLimit);
-        double[] prefixLowerBound = PrefixLowerBound(layout.LargestSlice(candidates[^1]));
+        var bounds = new PrefixBounds(table, layout, candidates[^1]);
         bool[] recomputeChoices = options.AllowRecompute ? [false, true] : [false];
 
         _arena.Clear();
-        var fronts = new List<int>?[(_blockCount + 1) * (cap + 1)];
+        var fronts = new List<int>?[(_blockCount + 1) * countStates];
         _arena.Add(new Entry { Next = -1 });
-        fronts[_blockCount * (cap + 1)] = [0];
+        fronts[_blockCount * countStates] = [0];
+        var context = new ExtendContext(microBatches, schedule, minimizeMemory, countInFront, incumbent, bounds);
 
         for (int first = _blockCount - 1; first >= 0; first--)
         {
             for (int end = first + 1; end <= _blockCount; end++)
             {
                 StageProfile profile = table.Get(first, end);
-                for (int k = 0; k <= cap; k++)
+                for (int countState = 0; countState < countStates; countState++)
                 {
-                    List<int>? suffix = fronts[end * (cap + 1) + k];
-                    if (suffix is null || suffix.Count == 0)
+                    List<int>? suffix = fronts[end * countStates + countState];
+                    if (suffix is null || suffix.Count == 0 || (countInState && countState + 1 > maxStages))
                     {
                         continue;
                     }
 
-                    int stagesFromHere = k + 1;
-                    if (countExact && stagesFromHere > cap)
-                    {
-                        continue;
-                    }
-
-                    int inFlight = CostModel.InFlightMicroBatches(schedule, microBatches, stagesFromHere);
-                    int stored = Math.Min(stagesFromHere, cap);
-                    IReadOnlyList<int> replicaOptions = forced is null ? candidates : [forced[forced.Count - stagesFromHere]];
+                    int target = first * countStates + (countInState ? countState + 1 : 0);
+                    IReadOnlyList<int> replicaOptions = forced is null ? candidates : [forced[forced.Count - countState - 1]];
                     foreach (int replicas in replicaOptions)
                     {
                         int slice = layout.LargestSlice(replicas);
-                        bool fitsWithoutRecompute = false;
                         foreach (bool recompute in recomputeChoices)
                         {
-                            long peak = CostModel.PeakBytes(profile, slice, inFlight, recompute, options.OptimizerStateFactor);
-                            if (!minimizeMemory)
-                            {
-                                // Recomputation only costs time; it is worth trying only where the plain stage does not fit.
-                                if (peak > _usable || (recompute && fitsWithoutRecompute))
-                                {
-                                    continue;
-                                }
-
-                                fitsWithoutRecompute |= !recompute;
-                            }
-
-                            StageTerms terms = StageTerms.Compute(profile, slice, replicas, recompute, first > 0, cluster);
                             var stage = new ChosenStage(first, end, replicas, recompute);
-                            Extend(suffix, stage, peak, terms, microBatches, minimizeMemory, incumbent,
-                                prefixLowerBound[first], ref fronts[first * (cap + 1) + stored]);
+                            var memory = new StageMemory(profile, slice, recompute, options.OptimizerStateFactor);
+                            var plainMemory = new StageMemory(profile, slice, recompute: false, options.OptimizerStateFactor);
+                            StageTerms terms = StageTerms.Compute(profile, slice, replicas, recompute, first > 0, cluster);
+                            Extend(suffix, stage, memory, plainMemory, terms, context, ref fronts[target]);
                         }
                     }
                 }
@@ -193,16 +202,16 @@ internal sealed class StageSearch(RangeTable table, Cluster cluster, PlanningOpt
         // Complete plans start at block 0.
         int bestIndex = -1;
         double bestValue = double.PositiveInfinity;
-        for (int k = 1; k <= cap; k++)
+        for (int countState = 0; countState < countStates; countState++)
         {
-            if ((countExact && k < options.MinStages) || (forced is not null && k != forced.Count))
-            {
-                continue;
-            }
-
-            foreach (int index in fronts[k] ?? [])
+            foreach (int index in fronts[countState] ?? [])
             {
                 Entry e = _arena[index];
+                if (e.Stages < options.MinStages || e.Stages > options.MaxStages || (forced is not null && e.Stages != forced.Count))
+                {
+                    continue;
+                }
+
                 double value = minimizeMemory ? e.Peak : e.Sum + (microBatches - 1) * e.Bottleneck + e.Tail;
                 if (value < bestValue && value < incumbent)
                 {
@@ -226,16 +235,38 @@ internal sealed class StageSearch(RangeTable table, Cluster cluster, PlanningOpt
         return new SearchOutcome(microBatches, schedule, bestValue, stages);
     }
 
+    private sealed record ExtendContext(
+        int MicroBatches, PipelineScheduleKind Schedule, bool MinimizeMemory, bool CountInFront, double Incumbent, PrefixBounds Bounds);
+
+    /// <summary>A stage's peak as a function of its in-flight micro-batches: <c>Base + InFlight × Stash</c>.</summary>
+    private readonly struct StageMemory(StageProfile profile, int slice, bool recompute, double optimizerStateFactor)
+    {
+        private readonly long _base = CostModel.PeakBytes(profile, slice, 0, recompute, optimizerStateFactor);
+        private readonly long _stash = CostModel.StashBytes(profile, slice, recompute);
+
+        public long Peak(int inFlight) => _base + inFlight * _stash;
+    }
+
     private void Extend(
-        List<int> suffix, ChosenStage stage, long peak, StageTerms terms, int microBatches, bool minimizeMemory,
-        double incumbent, double prefixLowerBound, ref List<int>? front)
+        List<int> suffix, ChosenStage stage, StageMemory memory, StageMemory plainMemory, StageTerms terms,
+        ExtendContext context, ref List<int>? front)
     {
         foreach (int index in suffix)
         {
             Entry e = _arena[index];
+            int inFlight = CostModel.InFlightMicroBatches(context.Schedule, context.MicroBatches, e.Stages + 1);
+            long peak = memory.Peak(inFlight);
+            if (!context.MinimizeMemory
+                && (peak > _usable || (stage.Recompute && plainMemory.Peak(inFlight) <= _usable)))
+            {
+                // Too big, or recomputation where the plain stage fits (it would only cost time).
+                continue;
+            }
+
             var candidate = new Entry
             {
                 Devices = e.Devices + stage.Replicas,
+                Stages = e.Stages + 1,
                 Sum = e.Sum + terms.Sum,
                 Bottleneck = Math.Max(e.Bottleneck, terms.Cycle),
                 Tail = Math.Max(e.Tail, terms.ExposedAllReduce),
@@ -243,54 +274,102 @@ internal sealed class StageSearch(RangeTable table, Cluster cluster, PlanningOpt
                 Next = index,
                 Stage = stage,
             };
-            if (candidate.Devices > cluster.DeviceCount)
+            int remaining = cluster.DeviceCount - candidate.Devices;
+            if (remaining < 0 || (stage.FirstBlock > 0 && remaining == 0))
             {
-                continue;
+                continue; // too many devices, or blocks left but no device for them
             }
 
-            double lowerBound = minimizeMemory
+            candidate.Score = context.MinimizeMemory
                 ? candidate.Peak
-                : candidate.Sum + prefixLowerBound + (microBatches - 1) * candidate.Bottleneck + candidate.Tail;
-            if (lowerBound >= incumbent)
+                : candidate.Sum + context.Bounds.SumBound(stage.FirstBlock, remaining)
+                  + (context.MicroBatches - 1) * Math.Max(candidate.Bottleneck, context.Bounds.BottleneckBound(stage.FirstBlock, remaining))
+                  + candidate.Tail;
+            if (candidate.Score >= context.Incumbent)
             {
                 continue;
             }
 
             front ??= [];
-            Insert(front, candidate, minimizeMemory);
+            Insert(front, candidate, context);
         }
     }
 
-    private void Insert(List<int> front, Entry candidate, bool minimizeMemory)
+    private void Insert(List<int> front, Entry candidate, ExtendContext context)
     {
         foreach (int index in front)
         {
-            if (Dominates(_arena[index], candidate, minimizeMemory))
+            if (Dominates(_arena[index], candidate, context))
             {
                 return;
             }
         }
 
-        front.RemoveAll(index => Dominates(candidate, _arena[index], minimizeMemory));
+        front.RemoveAll(index => Dominates(candidate, _arena[index], context));
         front.Add(_arena.Count);
         _arena.Add(candidate);
+        int width = options.SearchBeamWidth;
+        if (width > 0 && !context.MinimizeMemory && front.Count > width)
+        {
+            // Beam: drop the entry with the worst lower bound (the latest one on ties).
+            int worst = 0;
+            for (int i = 1; i < front.Count; i++)
+            {
+                if (_arena[front[i]].Score >= _arena[front[worst]].Score)
+                {
+                    worst = i;
+                }
+            }
+
+            front.RemoveAt(worst);
+            Truncated = true;
+        }
     }
 
-    private static bool Dominates(in Entry a, in Entry b, bool minimizeMemory) =>
-        minimizeMemory
-            ? a.Devices <= b.Devices && a.Peak <= b.Peak
-            : a.Devices <= b.Devices && a.Sum <= b.Sum && a.Bottleneck <= b.Bottleneck && a.Tail <= b.Tail;
+    /// <summary>Whether any front was cut by the beam width since this search was made (then the result may not be optimal).</summary>
+    public bool Truncated { get; private set; }
 
-    /// <summary>For each block index, a lower bound on the compute of all blocks before it at the smallest slice.</summary>
-    private double[] PrefixLowerBound(int smallestSlice)
+    private static bool Dominates(in Entry a, in Entry b, ExtendContext context) =>
+        context.MinimizeMemory
+            ? a.Devices <= b.Devices && a.Peak <= b.Peak && (!context.CountInFront || a.Stages <= b.Stages)
+            : a.Devices <= b.Devices && a.Sum <= b.Sum && a.Bottleneck <= b.Bottleneck && a.Tail <= b.Tail
+              && (!context.CountInFront || a.Stages <= b.Stages);
+
+    /// <summary>
+    /// Lower bounds for the blocks before a state, given the devices still free. Compute: each stage's slice is at
+    /// least the largest micro-batch over the most replicas. Bottleneck: a stage on <c>r</c> replicas takes at least
+    /// <c>perSample · mb / r</c> per micro-batch, so the slowest of stages sharing <c>R</c> devices takes at least
+    /// <c>Σ perSample · mb / R</c>.
+    /// </summary>
+    private sealed class PrefixBounds
     {
-        double[] bound = new double[_blockCount + 1];
-        for (int b = 0; b < _blockCount; b++)
+        private readonly double[] _fixed;
+        private readonly double[] _perSample;
+        private readonly int _largestMicroBatch;
+        private readonly int _replicaLimit;
+
+        public PrefixBounds(RangeTable table, MicroBatchLayout layout, int replicaLimit)
         {
-            StageProfile block = table.Get(b, b + 1);
-            bound[b + 1] = bound[b] + block.ForwardSeconds(smallestSlice) + block.BackwardSeconds(smallestSlice, recompute: false);
+            int blocks = table.BlockCount;
+            _fixed = new double[blocks + 1];
+            _perSample = new double[blocks + 1];
+            for (int b = 0; b < blocks; b++)
+            {
+                StageProfile block = table.Get(b, b + 1);
+                _fixed[b + 1] = _fixed[b] + block.ForwardFixedSeconds + block.BackwardFixedSeconds;
+                _perSample[b + 1] = _perSample[b] + block.ForwardSecondsPerSample + block.BackwardSecondsPerSample;
+            }
+
+            _largestMicroBatch = layout.LargestMicroBatch;
+            _replicaLimit = replicaLimit;
         }
 
-        return bound;
+        public double SumBound(int blocks, int freeDevices) =>
+            blocks == 0 || freeDevices <= 0
+                ? 0
+                : _fixed[blocks] + _perSample[blocks] * CostModel.CeilDiv(_largestMicroBatch, Math.Min(_replicaLimit, freeDevices));
+
+        public double BottleneckBound(int blocks, int freeDevices) =>
+            blocks == 0 || freeDevices <= 0 ? 0 : _perSample[blocks] * _largestMicroBatch / freeDevices;
     }
 }

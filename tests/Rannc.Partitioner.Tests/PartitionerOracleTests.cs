@@ -31,6 +31,7 @@ public class PartitionerOracleTests
         }
 
         PartitionPlan plan = input.Plan();
+        Assert.True(plan.SearchWasExhaustive);
         Assert.Equal(oracle.BestObjective, plan.ObjectiveSeconds, 1e-9 * oracle.BestObjective);
         Assert.Empty(plan.FindViolations(input.Graph, input.Costs, input.Cluster, input.Options));
         long usable = CostModel.UsableBytes(input.Cluster, input.Options);

@@ -5,7 +5,7 @@ namespace Rannc.Partitioner.Tests;
 /// <summary>A complete set of planning inputs.</summary>
 internal sealed record PlanningCase(Graph Graph, CostTable Costs, Cluster Cluster, PlanningOptions Options)
 {
-    public PartitionPlan Plan() => Partitioner.Plan(Graph, Costs, Cluster, Options);
+    public PartitionPlan Plan() => Planner.Plan(Graph, Costs, Cluster, Options);
 
     public PlanningCase WithMemory(long bytes) => this with { Cluster = Cluster with { MemoryBytesPerDevice = bytes } };
 }

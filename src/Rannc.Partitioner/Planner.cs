@@ -5,7 +5,7 @@ namespace Rannc.Partitioner;
 /// objective (<see cref="PlanObjective"/>) among all plans the options allow that fit in device memory.
 /// Pure: no I/O, no clock, no global state; the same inputs give the same plan, byte for byte.
 /// </summary>
-public static class Partitioner
+public static class Planner
 {
     /// <summary>Plans how to run <paramref name="graph"/> on <paramref name="cluster"/>.</summary>
     /// <exception cref="NoFeasiblePlanException">No plan fits in device memory; the message says how much memory the
@@ -22,12 +22,12 @@ public static class Partitioner
         RangeTable table = RangeTable.Build(graph, costs, blocks);
         var search = new StageSearch(table, cluster, options);
         SearchOutcome best = search.FindBest() ?? throw Infeasible(search, table, cluster, options);
-        return BuildPlan(graph, costs, cluster, options, blocks, best);
+        return BuildPlan(graph, costs, cluster, options, blocks, best, exhaustive: !search.Truncated);
     }
 
     private static PartitionPlan BuildPlan(
         Graph graph, CostTable costs, Cluster cluster, PlanningOptions options,
-        IReadOnlyList<IReadOnlyList<int>> blocks, SearchOutcome outcome)
+        IReadOnlyList<IReadOnlyList<int>> blocks, SearchOutcome outcome, bool exhaustive)
     {
         var layout = new MicroBatchLayout(options.GlobalBatchSize, outcome.MicroBatchCount);
         var stageNodes = outcome.Stages
@@ -65,7 +65,8 @@ public static class Partitioner
             outcome.Schedule,
             stages,
             estimate.ObjectiveSeconds,
-            PredictedStepSeconds: 0);
+            PredictedStepSeconds: 0,
+            exhaustive);
         SimulationResult simulated = PipelineSimulator.Simulate(plan, graph, costs, cluster, options);
         return plan with { PredictedStepSeconds = simulated.StepSeconds };
     }
