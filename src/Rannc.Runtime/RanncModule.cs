@@ -157,17 +157,17 @@ public sealed class RanncModule : IDisposable
         if (storedJson is not null)
         {
             plan = PlanJson.Deserialize(storedJson);
-            Log($"Rannc: loaded the plan from {(_options.LoadDeploymentPath ?? "the plan cache")} (no profiling).");
+            LogOnce($"Rannc: loaded the plan from {(_options.LoadDeploymentPath ?? "the plan cache")} (no profiling).");
         }
         else
         {
             var profileClock = Stopwatch.StartNew();
             int profileSamples = Math.Max(1, batch / Math.Max(1, _world.Size));
             CostTable costs = NodeProfiler.Profile(graph, SampleInputs(profileSamples), profileSamples, _world, _options.ProfileRepeats);
-            Log($"Rannc: profiled {graph.Nodes.Count} nodes on {_world.Size} rank(s) in {profileClock.Elapsed.TotalSeconds:0.0} s.");
+            LogOnce($"Rannc: profiled {graph.Nodes.Count} nodes on {_world.Size} rank(s) in {profileClock.Elapsed.TotalSeconds:0.0} s.");
             try
             {
-                plan = Partitioner.Partitioner.Plan(planningGraph, costs, cluster, planning);
+                plan = Planner.Plan(planningGraph, costs, cluster, planning);
             }
             catch (NoFeasiblePlanException e)
             {
@@ -185,7 +185,7 @@ public sealed class RanncModule : IDisposable
         ICommunicator replicas = _world.Split(role?.Stage ?? plan.Stages.Count, _world.Rank);
         var owned = OwnedParameters(graph, plan, role?.Stage);
         var executor = new PipelineExecutor(graph, layout, plan, schedule, _world, replicas, owned);
-        if (_world.Rank == 0) Log(Summary(plan, graph, planningGraph, loaded, clock.Elapsed));
+        LogOnce(Summary(plan, graph, planningGraph, loaded, clock.Elapsed));
         return new Deployed(graph, plan, executor, replicas, owned, output.Shape!.Length == 0, outputDType, loaded);
     }
 
@@ -309,6 +309,12 @@ public sealed class RanncModule : IDisposable
         bytes >= 1L << 30 ? $"{bytes / (double)(1L << 30):0.00} GiB" : bytes >= 1L << 20 ? $"{bytes / (double)(1L << 20):0.0} MiB" : $"{bytes / 1024.0:0.0} KiB";
 
     private void Log(string line) => (_options.Log ?? (l => Console.Error.WriteLine(l)))(line);
+
+    /// <summary>Logs on rank 0 only: every rank knows the same thing.</summary>
+    private void LogOnce(string line)
+    {
+        if (_world.Rank == 0) Log(line);
+    }
 
     private sealed record Deployed(
         CapturedGraph Graph, PartitionPlan Plan, PipelineExecutor Executor, ICommunicator? Replicas,
