@@ -31,11 +31,19 @@ if (options.Reference)
     return 0;
 }
 
-RankLauncher.Run(options.Ranks, comm =>
+try
 {
-    (double[] losses, double stepMs, PlanSummary plan) = TrainWithRannc(comm);
-    if (comm.Rank == 0) Report((losses, stepMs), comm.Size, plan.Stages, plan.Replicas, plan.MicroBatches, plan.Schedule, plan.Cache);
-});
+    RankLauncher.Run(options.Ranks, comm =>
+    {
+        (double[] losses, double stepMs, PlanSummary plan) = TrainWithRannc(comm);
+        if (comm.Rank == 0) Report((losses, stepMs), comm.Size, plan.Stages, plan.Replicas, plan.MicroBatches, plan.Schedule, plan.Cache);
+    });
+}
+catch (RankFailedException e)
+{
+    Console.Error.WriteLine($"Training failed on rank {e.Rank}: {e.InnerException?.Message}");
+    return 1;
+}
 return 0;
 
 nn.Module CreateModel()

@@ -64,7 +64,7 @@ public sealed class SampleProgramTests
             process.Kill(entireProcessTree: true);
             throw new TimeoutException($"The sample did not finish in {Timeout}.");
         }
-        Assert.True(process.ExitCode == 0, $"exit code {process.ExitCode}:\n{output.Result}\n{errors.Result}");
+        if (process.ExitCode != 0) throw new InvalidOperationException($"exit code {process.ExitCode}:\n{output.Result}\n{errors.Result}");
         return output.Result + errors.Result;
     }
 
