@@ -6,6 +6,7 @@ using Rannc.Communication;
 using Rannc.Execution;
 using Rannc.Partitioner;
 using TorchSharp;
+using TorchSharp.Modules;
 using static TorchSharp.torch;
 using PlanningGraph = Rannc.Partitioner.Graph;
 
@@ -82,10 +83,115 @@ public sealed class RanncModule : IDisposable
     }
 
     /// <summary>Switches the model (every stage) to training mode.</summary>
-    public void train(bool on = true) => _model.train(on);
+    public void Train(bool on = true) => _model.train(on);
 
     /// <summary>Switches the model to evaluation mode: forward runs the pipeline without gradients.</summary>
-    public void eval() => _model.eval();
+    public void Eval() => _model.eval();
+
+    /// <summary>
+    /// Every parameter and buffer of the model under its own name, up to date on every rank (each comes from the
+    /// rank that trains it). Every rank must call it. The model on every rank is brought up to date too.
+    /// </summary>
+    public Dictionary<string, Tensor> StateDict()
+    {
+        IReadOnlyDictionary<string, int> owners = _deployed?.Owners ?? new Dictionary<string, int>();
+        var state = new Dictionary<string, Tensor>();
+        using (torch.no_grad())
+        {
+            foreach ((string name, Tensor local) in _model.state_dict())
+            {
+                Tensor gathered = local.detach().clone();
+                if (owners.TryGetValue(name, out int owner)) _world.Broadcast(gathered, owner);
+                local.copy_(gathered);
+                state[name] = gathered;
+            }
+        }
+        return state;
+    }
+
+    /// <summary>
+    /// Gathers the optimizer's per-parameter state (e.g. Adam's moments and step counts) from the ranks that own the
+    /// parameters, so that every rank's optimizer holds the whole model's state. Every rank must call it.
+    /// </summary>
+    public void GatherOptimizerState()
+    {
+        if (Optimizer is not OptimizerHelper optimizer) throw new NotSupportedException($"{Optimizer.GetType().Name} does not expose its state.");
+        IReadOnlyDictionary<string, int> owners = _deployed?.Owners ?? new Dictionary<string, int>();
+        var nameOfHandle = _model.named_parameters().ToDictionary(p => p.parameter.Handle, p => p.name);
+        List<OptimizerState> states = optimizer.state_dict().State;
+        var parameters = optimizer.parameters().ToList();
+        var mine = new Dictionary<int, byte[]>();
+        for (int i = 0; i < parameters.Count; i++)
+        {
+            if (nameOfHandle.TryGetValue(parameters[i].Handle, out string? name) && name is not null && owners.TryGetValue(name, out int owner) && owner == _world.Rank)
+            {
+                using var buffer = new MemoryStream();
+                using (var writer = new BinaryWriter(buffer, Encoding.UTF8, leaveOpen: true)) states[i].SaveStateDict(writer);
+                mine[i] = buffer.ToArray();
+            }
+        }
+        foreach (Dictionary<int, byte[]> fromRank in _world.AllGather(mine))
+        {
+            foreach ((int index, byte[] bytes) in fromRank)
+            {
+                using var reader = new BinaryReader(new MemoryStream(bytes));
+                states[index].LoadStateDict(reader);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Writes the whole model (<c>model.bin</c>, TorchSharp's format, loadable by a plain model with
+    /// <c>module.load</c>) and the whole optimizer state (<c>optimizer.bin</c>) into <paramref name="directory"/>
+    /// from rank 0. Every rank must call it.
+    /// </summary>
+    public void SaveCheckpoint(string directory)
+    {
+        StateDict();
+        GatherOptimizerState();
+        if (_world.Rank == 0)
+        {
+            Directory.CreateDirectory(directory);
+            _model.save(Path.Combine(directory, "model.bin"));
+            ((OptimizerHelper)Optimizer).save_state_dict(Path.Combine(directory, "optimizer.bin"));
+        }
+        _world.Barrier();
+    }
+
+    /// <summary>Loads a checkpoint written by <see cref="SaveCheckpoint"/>, on any plan and world size. Every rank calls it.</summary>
+    public void LoadCheckpoint(string directory)
+    {
+        _model.load(Path.Combine(directory, "model.bin"));
+        string optimizerFile = Path.Combine(directory, "optimizer.bin");
+        if (File.Exists(optimizerFile)) ((OptimizerHelper)Optimizer).load_state_dict(optimizerFile);
+    }
+
+    /// <summary>
+    /// Scales the gradients of all parameters, across all ranks, so that their global L2 norm is at most
+    /// <paramref name="maxNorm"/>; returns the norm before clipping. Call after <c>loss.backward()</c> on every rank.
+    /// </summary>
+    public double ClipGradNorm(double maxNorm)
+    {
+        IReadOnlyDictionary<string, int> owners = _deployed?.Owners ?? new Dictionary<string, int>();
+        var owned = _model.named_parameters().Where(p => p.parameter.grad is not null).ToList();
+        double sumOfSquares = 0;
+        foreach ((string name, Parameter parameter) in owned)
+        {
+            // Replicas hold equal gradients: count each parameter once, on the rank that owns it.
+            bool counts = owners.TryGetValue(name, out int owner) ? owner == _world.Rank : _world.Rank == 0;
+            if (counts) sumOfSquares += parameter.grad!.to_type(ScalarType.Float64).square().sum().item<double>();
+        }
+        using var total = torch.tensor(sumOfSquares, ScalarType.Float64);
+        _world.AllReduce(total, ReduceOp.Sum);
+        double norm = Math.Sqrt(total.item<double>());
+        double scale = maxNorm / (norm + 1e-6);
+        if (scale < 1)
+        {
+            using var noGrad = torch.no_grad();
+            foreach ((_, Parameter parameter) in owned) parameter.grad!.mul_(scale);
+        }
+        return norm;
+    }
 
     public void Dispose()
     {
@@ -186,7 +292,7 @@ public sealed class RanncModule : IDisposable
         var owned = OwnedParameters(graph, plan, role?.Stage);
         var executor = new PipelineExecutor(graph, layout, plan, schedule, _world, replicas, owned);
         LogOnce(Summary(plan, graph, planningGraph, loaded, clock.Elapsed));
-        return new Deployed(graph, plan, executor, replicas, owned, output.Shape!.Length == 0, outputDType, loaded);
+        return new Deployed(graph, plan, executor, replicas, owned, Owners(graph, plan), output.Shape!.Length == 0, outputDType, loaded);
     }
 
     /// <summary>One shared-memory link between CPU ranks (measured here at 4–7 GB/s; see bench/RESULTS.md).</summary>
@@ -316,9 +422,24 @@ public sealed class RanncModule : IDisposable
         if (_world.Rank == 0) Log(line);
     }
 
+    /// <summary>The rank whose copy of each parameter and buffer is authoritative: replica 0 of the stage that uses it.</summary>
+    private static Dictionary<string, int> Owners(CapturedGraph graph, PartitionPlan plan)
+    {
+        var owners = new Dictionary<string, int>();
+        foreach (StagePlan stage in plan.Stages)
+        {
+            foreach (int node in stage.NodeIds)
+            {
+                foreach (string name in graph.Nodes[node].Parameters.Concat(graph.Nodes[node].Buffers)) owners.TryAdd(name, stage.ReplicaRanks[0]);
+            }
+        }
+        return owners;
+    }
+
     private sealed record Deployed(
         CapturedGraph Graph, PartitionPlan Plan, PipelineExecutor Executor, ICommunicator? Replicas,
-        IReadOnlyList<(string Name, Tensor Parameter)> OwnedParameters, bool OutputIsScalar, ScalarType OutputDType, bool Loaded);
+        IReadOnlyList<(string Name, Tensor Parameter)> OwnedParameters, IReadOnlyDictionary<string, int> Owners,
+        bool OutputIsScalar, ScalarType OutputDType, bool Loaded);
 
     /// <summary>Saves the model's buffers and the random state, and puts them back on dispose.</summary>
     private sealed class PreservedState : IDisposable
