@@ -240,31 +240,29 @@ public static class ScheduleBuilder
     {
         var ranks = Enumerable.Range(0, topology.WorldSize).Select(_ => new List<PipelineAction>()).ToList();
         int stageCount = topology.StageRanks.Count;
-        MicroBatchLayout layout = topology.Layout;
+        int microBatches = topology.Layout.MicroBatchCount;
         for (int s = 0; s < stageCount; s++)
         {
             IReadOnlyList<int> ranksOfStage = topology.StageRanks[s];
             int replicas = ranksOfStage.Count;
+            List<int>[,] upstream = PeersPerReplica(topology, s - 1, s, microBatches, receiving: true);
+            List<int>[,] downstream = PeersPerReplica(topology, s, s + 1, microBatches, receiving: false);
             for (int j = 0; j < replicas; j++)
             {
                 List<PipelineAction> actions = ranks[ranksOfStage[j]];
-                foreach ((bool forward, int m) in order(s, stageCount, layout.MicroBatchCount))
+                foreach ((bool forward, int m) in order(s, stageCount, microBatches))
                 {
-                    IEnumerable<int> upstream = s == 0 ? [] : layout.Transfers(m, topology.StageRanks[s - 1].Count, replicas)
-                        .Where(t => t.ToReplica == j).Select(t => topology.StageRanks[s - 1][t.FromReplica]);
-                    IEnumerable<int> downstream = s == stageCount - 1 ? [] : layout.Transfers(m, replicas, topology.StageRanks[s + 1].Count)
-                        .Where(t => t.FromReplica == j).Select(t => topology.StageRanks[s + 1][t.ToReplica]);
                     if (forward)
                     {
-                        actions.AddRange(upstream.Select(p => new PipelineAction(s, ActionKind.RecvActivation, m, p)));
+                        actions.AddRange(upstream[j, m].Select(p => new PipelineAction(s, ActionKind.RecvActivation, m, p)));
                         actions.Add(new PipelineAction(s, ActionKind.Forward, m));
-                        actions.AddRange(downstream.Select(p => new PipelineAction(s, ActionKind.SendActivation, m, p)));
+                        actions.AddRange(downstream[j, m].Select(p => new PipelineAction(s, ActionKind.SendActivation, m, p)));
                     }
                     else
                     {
-                        actions.AddRange(downstream.Select(p => new PipelineAction(s, ActionKind.RecvGradient, m, p)));
+                        actions.AddRange(downstream[j, m].Select(p => new PipelineAction(s, ActionKind.RecvGradient, m, p)));
                         actions.Add(new PipelineAction(s, ActionKind.Backward, m));
-                        actions.AddRange(upstream.Select(p => new PipelineAction(s, ActionKind.SendGradient, m, p)));
+                        actions.AddRange(upstream[j, m].Select(p => new PipelineAction(s, ActionKind.SendGradient, m, p)));
                     }
                 }
 
@@ -276,5 +274,45 @@ public static class ScheduleBuilder
         }
 
         return new PipelineSchedule(ranks);
+    }
+
+    /// <summary>For each replica of one side of the boundary between stages <paramref name="from"/> and
+    /// <paramref name="to"/> and each micro-batch, the ranks of the other side it exchanges slices with, in sample order.
+    /// Empty lists at the ends of the pipeline.</summary>
+    private static List<int>[,] PeersPerReplica(PipelineTopology topology, int from, int to, int microBatches, bool receiving)
+    {
+        int side = receiving ? to : from;
+        int replicas = side >= 0 && side < topology.StageRanks.Count ? topology.StageRanks[side].Count : 0;
+        var peers = new List<int>[replicas, microBatches];
+        for (int j = 0; j < replicas; j++)
+        {
+            for (int m = 0; m < microBatches; m++)
+            {
+                peers[j, m] = [];
+            }
+        }
+
+        if (from < 0 || to >= topology.StageRanks.Count)
+        {
+            return peers;
+        }
+
+        IReadOnlyList<int> fromRanks = topology.StageRanks[from], toRanks = topology.StageRanks[to];
+        for (int m = 0; m < microBatches; m++)
+        {
+            foreach (SliceTransfer transfer in topology.Layout.Transfers(m, fromRanks.Count, toRanks.Count))
+            {
+                if (receiving)
+                {
+                    peers[transfer.ToReplica, m].Add(fromRanks[transfer.FromReplica]);
+                }
+                else
+                {
+                    peers[transfer.FromReplica, m].Add(toRanks[transfer.ToReplica]);
+                }
+            }
+        }
+
+        return peers;
     }
 }

@@ -39,11 +39,12 @@ public static class PipelineSimulator
             .Select(s => step <= 0 ? 0 : 1 - s.ReplicaRanks.Average(r => result.ComputeSeconds[r]) / step)
             .ToList();
         var peaks = new long[schedule.Ranks.Count];
-        for (int rank = 0; rank < peaks.Length; rank++)
+        foreach (StagePlan stage in plan.Stages)
         {
-            if (plan.RoleOf(rank) is (int stage, int replica))
+            for (int replica = 0; replica < stage.ReplicaRanks.Count; replica++)
             {
-                peaks[rank] = PeakMemory(plan, table, stage, replica, schedule.Ranks[rank], options.OptimizerStateFactor);
+                int rank = stage.ReplicaRanks[replica];
+                peaks[rank] = PeakMemory(plan, table, stage.Index, replica, schedule.Ranks[rank], options.OptimizerStateFactor);
             }
         }
 
@@ -80,8 +81,7 @@ public static class PipelineSimulator
 
     private sealed class PlanTimer(PartitionPlan plan, RangeTable table, Cluster cluster) : IActionTimer
     {
-        private readonly (int Stage, int Replica)?[] _roles =
-            Enumerable.Range(0, plan.DeviceCount).Select(plan.RoleOf).ToArray();
+        private readonly (int Stage, int Replica)?[] _roles = Roles(plan);
 
         public double ComputeSeconds(int rank, PipelineAction action)
         {
@@ -114,6 +114,20 @@ public static class PipelineSimulator
                 ranks.Count,
                 oneNode ? cluster.IntraNodeBandwidth : cluster.InterNodeBandwidth,
                 oneNode ? cluster.IntraNodeLatencySeconds : cluster.InterNodeLatencySeconds);
+        }
+
+        private static (int Stage, int Replica)?[] Roles(PartitionPlan plan)
+        {
+            var roles = new (int Stage, int Replica)?[plan.DeviceCount];
+            foreach (StagePlan stage in plan.Stages)
+            {
+                for (int replica = 0; replica < stage.ReplicaRanks.Count; replica++)
+                {
+                    roles[stage.ReplicaRanks[replica]] = (stage.Index, replica);
+                }
+            }
+
+            return roles;
         }
 
         private (int Stage, int Replica) Role(int rank) =>

@@ -86,6 +86,6 @@ internal static class TestInputs
     public static PlanningCase SmallResNet()
     {
         SyntheticModel model = SyntheticModels.ResNetLike([2, 2, 2, 2], widthFactor: 2, imageSize: 64, deviceFlopsPerSecond: 10e12);
-        return new PlanningCase(model.Graph, model.Costs, Cluster.Typical(2, 4, 256 * Mib), new PlanningOptions(64));
+        return new PlanningCase(model.Graph, model.Costs, Cluster.Typical(2, 4, 512 * Mib), new PlanningOptions(64));
     }
 }

@@ -58,6 +58,8 @@ internal sealed partial class ForwardWalker
                 return ConditionalExpression(conditional);
             case IRangeOperation range:
                 return Range(range);
+            case IIsPatternOperation isPattern when NullTest(isPattern.Pattern) is { } negated:
+                return NullCheck(isPattern, isPattern.Value, negated);
             case IAnonymousFunctionOperation:
             case IDelegateCreationOperation:
                 Report(DiagnosticDescriptors.UncapturableCall, operation.Syntax.GetLocation(), operation.Syntax.ToString(), TypeName,
@@ -230,6 +232,27 @@ internal sealed partial class ForwardWalker
             return new Operand(code, creation.Type);
         }
         return AddNode("Expression", string.Empty, "new " + creation.Type.Name, creation, creation.Type, code, valueName: creation.Type.Name);
+    }
+
+    /// <summary>For the patterns 'null' and 'not null', whether the test is negated; otherwise null.</summary>
+    private static bool? NullTest(IPatternOperation pattern) => pattern switch
+    {
+        IConstantPatternOperation { Value.ConstantValue: { HasValue: true, Value: null } } => false,
+        INegatedPatternOperation { Pattern: IConstantPatternOperation { Value.ConstantValue: { HasValue: true, Value: null } } } => true,
+        _ => null,
+    };
+
+    /// <summary><c>field is null</c> / <c>field is not null</c> on configuration (an optional submodule).</summary>
+    private Operand NullCheck(IOperation operation, IOperation tested, bool negated)
+    {
+        var value = Eval(tested);
+        if (value.DependsOnValues)
+        {
+            Report(DiagnosticDescriptors.UnsupportedConstruct, operation.Syntax.GetLocation(), TypeName,
+                "a null test of a graph value", "graph values are never null; test configuration fields instead");
+            return ErrorValue(operation.Type);
+        }
+        return new Operand("((object?)(" + value.Code + ") " + (negated ? "!=" : "==") + " null)", operation.Type);
     }
 
     private Operand Range(IRangeOperation range)
