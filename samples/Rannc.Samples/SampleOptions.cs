@@ -95,6 +95,7 @@ public sealed record SampleOptions
     {
         "mlp" => SampleTasks.Mlp(hiddenSize: Hidden, hiddenLayers: Layers),
         "bert" => SampleTasks.Bert(SampleTasks.BertConfig(Layers, Hidden), SequenceLength, maskedPerSequence: Math.Max(1, SequenceLength / 8)),
+        "resnet" => SampleTasks.ResNet(blocks: Layers, baseWidth: Math.Max(4, Hidden / 8)),
         _ => throw new ArgumentException(Model),
     };
 

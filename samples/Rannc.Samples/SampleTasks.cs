@@ -51,6 +51,20 @@ public static class SampleTasks
             return [ids, labels];
         });
 
+    /// <summary>The ResNet with bottleneck blocks and batch norm on random 16×16 images.</summary>
+    public static SampleTask ResNet(int blocks, int baseWidth, int classes = 10, int imageSize = 16) => new(
+        "resnet",
+        () => new ResNet(new ResNetConfig(SplitBlocks(blocks), BaseWidth: baseWidth, Classes: classes)),
+        (batch, step) =>
+        {
+            using var generator = new Generator((ulong)(3000 + step));
+            return [torch.randn([batch, 3, imageSize, imageSize], generator: generator), torch.randint(0, classes, [batch], ScalarType.Int64, generator: generator)];
+        });
+
+    /// <summary>Spreads <paramref name="blocks"/> bottleneck blocks over up to three resolution stages.</summary>
+    private static int[] SplitBlocks(int blocks) =>
+        Enumerable.Range(0, Math.Min(3, blocks)).Select(s => blocks / Math.Min(3, blocks) + (s < blocks % Math.Min(3, blocks) ? 1 : 0)).ToArray();
+
     /// <summary>Default sizes of the BERT sample, scaled by <paramref name="layers"/> and <paramref name="hidden"/>.</summary>
     public static BertConfig BertConfig(int layers, int hidden, double dropout = 0) =>
         new(VocabularySize: 1000, HiddenSize: hidden, Layers: layers, Heads: Math.Max(1, hidden / 32), IntermediateSize: 4 * hidden,

@@ -44,10 +44,22 @@ public sealed class TrainingEquivalenceTests
                 sequenceLength: 6, maskedPerSequence: 2),
             stages, replicas, schedule);
 
-    private static void AssertMatchesReference(SampleTask task, int stages, int replicas, string schedule)
+    /// <summary>
+    /// Batch norm normalises over the samples one forward pass sees, so its reference runs the same micro-batch
+    /// slices as the plan (2 micro-batches, split among the replicas) and accumulates their weighted gradients.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Plans))]
+    public void ResNet_MatchesSingleProcessTrainingOverTheSameSlices(int stages, int replicas, string schedule) =>
+        AssertMatchesReference(SampleTasks.ResNet(blocks: 3, baseWidth: 4, classes: 5, imageSize: 8), stages, replicas, schedule, microBatches: 2);
+
+    private static void AssertMatchesReference(SampleTask task, int stages, int replicas, string schedule, int? microBatches = null)
     {
         Tensor[][] batches = Enumerable.Range(0, Steps).Select(step => ToFloat64(task.CreateBatch(Batch, step))).ToArray();
-        (double[] referenceLosses, Dictionary<string, Tensor> referenceParameters) = TrainReference(task, batches);
+        SampleRange[] slices = microBatches is int m
+            ? Enumerable.Range(0, m).SelectMany(mb => Enumerable.Range(0, replicas).Select(r => new MicroBatchLayout(Batch, m).ReplicaSlice(mb, replicas, r))).ToArray()
+            : [new SampleRange(0, Batch)];
+        (double[] referenceLosses, Dictionary<string, Tensor> referenceParameters) = TrainReference(task, batches, slices);
         int ranks = stages * replicas;
         var options = new RanncOptions
         {
@@ -55,6 +67,7 @@ public sealed class TrainingEquivalenceTests
             Schedule = RanncOptions.ParseSchedule(schedule),
             PlanCacheDirectory = "",
             ProfileRepeats = 1,
+            MicroBatches = microBatches,
             Log = _ => { },
         };
         var results = InProcessLauncher.Run(ranks, comm =>
@@ -99,7 +112,7 @@ public sealed class TrainingEquivalenceTests
         Assert.Equal(referenceParameters.Keys.Order(), seen.Order());
     }
 
-    private static (double[] Losses, Dictionary<string, Tensor> Parameters) TrainReference(SampleTask task, Tensor[][] batches)
+    private static (double[] Losses, Dictionary<string, Tensor> Parameters) TrainReference(SampleTask task, Tensor[][] batches, SampleRange[] slices)
     {
         nn.Module model = CreateSeeded(task);
         var optimizer = torch.optim.Adam(model.parameters(), lr: 0.01);
@@ -107,10 +120,14 @@ public sealed class TrainingEquivalenceTests
         for (int step = 0; step < Steps; step++)
         {
             optimizer.zero_grad();
-            Tensor loss = SampleTask.Forward(model, batches[step]);
-            loss.backward();
+            foreach (SampleRange slice in slices)
+            {
+                Tensor[] part = batches[step].Select(t => t.narrow(0, slice.Start, slice.Count)).ToArray();
+                Tensor loss = SampleTask.Forward(model, part) * ((double)slice.Count / Batch);
+                loss.backward();
+                losses[step] += loss.item<double>();
+            }
             optimizer.step();
-            losses[step] = loss.item<double>();
         }
         return (losses, model.named_parameters().ToDictionary(p => p.name, p => p.parameter.detach().clone()));
     }
