@@ -174,8 +174,12 @@ public sealed class MpiCommunicator : ICommunicator
     public void Abort(string message)
     {
         MpiNative.MPI_Comm_rank(MpiNative.MPI_COMM_WORLD, out int worldRank);
+        Console.Out.Flush();
         Console.Error.WriteLine($"Rannc: rank {worldRank} aborts the job: {message}");
         Console.Error.Flush();
+        // The launcher forwards output asynchronously and stops forwarding when it kills the job: give it a moment
+        // so the reason for the abort reaches the user.
+        Thread.Sleep(500);
         MpiNative.MPI_Abort(MpiNative.MPI_COMM_WORLD, 1);
         Environment.Exit(1); // MPI_Abort does not return; this line is for the compiler and for broken MPI libraries
     }

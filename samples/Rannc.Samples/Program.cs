@@ -1,0 +1,141 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using Rannc;
+using Rannc.Communication;
+using Rannc.Samples;
+using TorchSharp;
+using static TorchSharp.torch;
+
+// Trains a sample model with Rannc: `dotnet run --project samples/Rannc.Samples -- --model bert --ranks 4`, or one
+// process per rank: `mpiexec.hydra -n 4 dotnet samples/Rannc.Samples/bin/Release/net10.0/linux-x64/Rannc.Samples.dll`.
+SampleOptions options;
+try
+{
+    options = SampleOptions.Parse(args);
+}
+catch (ArgumentException e)
+{
+    Console.Error.WriteLine($"{e.Message}\n\n{SampleOptions.Usage}");
+    return 2;
+}
+if (args.Contains("--help")) { Console.WriteLine(SampleOptions.Usage); return 0; }
+
+SampleTask task = options.Task();
+object initLock = new();
+
+if (options.Reference)
+{
+    torch.set_num_threads(Environment.ProcessorCount);
+    Report(TrainReference(), ranks: 1, stages: 1, replicas: [1], microBatches: 1, schedule: "none", planCache: "none");
+    return 0;
+}
+
+try
+{
+    RankLauncher.Run(options.Ranks, comm =>
+    {
+        (double[] losses, double stepMs, PlanSummary plan) = TrainWithRannc(comm);
+        if (comm.Rank == 0) Report((losses, stepMs), comm.Size, plan.Stages, plan.Replicas, plan.MicroBatches, plan.Schedule, plan.Cache);
+    });
+}
+catch (RankFailedException e)
+{
+    Console.Error.WriteLine($"Training failed on rank {e.Rank}: {e.InnerException?.Message}");
+    return 1;
+}
+return 0;
+
+nn.Module CreateModel()
+{
+    // In-process ranks are threads of one process sharing torch's random generator: build one model at a time.
+    lock (initLock)
+    {
+        torch.manual_seed(options.Seed);
+        return task.CreateModel().to(options.DType);
+    }
+}
+
+Tensor[] Batch(int step) =>
+    task.CreateBatch(options.Batch, options.Seed * 1000 + step).Select(t => t.is_floating_point() ? t.to_type(options.DType) : t).ToArray();
+
+(double[] Losses, double StepMs, PlanSummary Plan) TrainWithRannc(ICommunicator comm)
+{
+    nn.Module model = CreateModel();
+    var optimizer = torch.optim.Adam(model.parameters(), lr: options.LearningRate);
+    using var rannc = new RanncModule(model, optimizer, comm, options.ToRanncOptions());
+    var losses = new List<double>();
+    var times = new List<double>();
+    for (int step = 0; step < options.Steps; step++)
+    {
+        using var scope = torch.NewDisposeScope();
+        Tensor[] batch = Batch(step);
+        var clock = Stopwatch.StartNew();
+        optimizer.zero_grad();
+        Tensor loss = rannc.forward(batch);
+        loss.backward();
+        optimizer.step();
+        times.Add(clock.Elapsed.TotalMilliseconds);
+        losses.Add(loss.to_type(ScalarType.Float64).item<double>());
+        if (comm.Rank == 0 && !options.Json) Console.WriteLine($"step {step + 1}/{options.Steps}: loss {losses[^1]:0.000000} ({times[^1]:0} ms)");
+    }
+    var plan = rannc.Plan!;
+    return (losses.ToArray(), MedianAfterFirst(times), new PlanSummary(plan.Stages.Count, plan.Stages.Select(s => s.ReplicaRanks.Count).ToArray(),
+        plan.MicroBatchCount, plan.Schedule == Rannc.Partitioner.PipelineScheduleKind.GPipe ? "gpipe" : "1f1b", rannc.PlanLoaded ? "hit" : "miss"));
+}
+
+(double[] Losses, double StepMs) TrainReference()
+{
+    nn.Module model = CreateModel();
+    var optimizer = torch.optim.Adam(model.parameters(), lr: options.LearningRate);
+    var losses = new List<double>();
+    var times = new List<double>();
+    for (int step = 0; step < options.Steps; step++)
+    {
+        using var scope = torch.NewDisposeScope();
+        Tensor[] batch = Batch(step);
+        var clock = Stopwatch.StartNew();
+        optimizer.zero_grad();
+        Tensor loss = SampleTask.Forward(model, batch);
+        loss.backward();
+        optimizer.step();
+        times.Add(clock.Elapsed.TotalMilliseconds);
+        losses.Add(loss.to_type(ScalarType.Float64).item<double>());
+        if (!options.Json) Console.WriteLine($"step {step + 1}/{options.Steps}: loss {losses[^1]:0.000000} ({times[^1]:0} ms)");
+    }
+    return (losses.ToArray(), MedianAfterFirst(times));
+}
+
+static double MedianAfterFirst(List<double> times)
+{
+    var measured = (times.Count > 1 ? times.Skip(1) : times).Order().ToList();
+    return measured[measured.Count / 2];
+}
+
+void Report((double[] Losses, double StepMs) run, int ranks, int stages, int[] replicas, int microBatches, string schedule, string planCache)
+{
+    if (!options.Json)
+    {
+        Console.WriteLine($"{options.Model}: {ranks} rank(s), {stages} stage(s), replicas [{string.Join(", ", replicas)}], " +
+            $"{microBatches} micro-batch(es), {schedule}; median step {run.StepMs:0.0} ms; plan cache {planCache}");
+        return;
+    }
+    var json = new Dictionary<string, object>
+    {
+        ["model"] = options.Model,
+        ["ranks"] = ranks,
+        ["stages"] = stages,
+        ["replicas"] = replicas,
+        ["micro_batches"] = microBatches,
+        ["schedule"] = schedule,
+        ["losses"] = run.Losses,
+        ["step_ms"] = Math.Round(run.StepMs, 3),
+        ["plan_cache"] = planCache,
+        ["dtype"] = options.DType == ScalarType.Float64 ? "float64" : "float32",
+    };
+    Console.Out.Flush();
+    Console.WriteLine(JsonSerializer.Serialize(json));
+}
+
+/// <summary>What the JSON report says about the plan.</summary>
+internal sealed record PlanSummary(int Stages, int[] Replicas, int MicroBatches, string Schedule, string Cache);

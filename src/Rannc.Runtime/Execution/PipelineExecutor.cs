@@ -1,0 +1,418 @@
+using Rannc.Capture;
+using Rannc.Communication;
+using Rannc.Partitioner;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Rannc.Execution;
+
+/// <summary>What one step of the pipeline produced on this rank.</summary>
+/// <param name="WeightedLoss">Σ over this rank's last-stage slices of (slice samples / batch) × slice loss; 0 elsewhere.</param>
+/// <param name="OutputSlices">For a non-scalar graph output: this rank's slices of it (last stage only).</param>
+/// <param name="Gradients">Gradients of the parameters this rank owns, summed over micro-batches and replicas,
+/// for a loss of 1 (null when the step ran without gradients).</param>
+internal sealed record StepResult(double WeightedLoss, IReadOnlyList<(SampleRange Samples, Tensor Value)> OutputSlices,
+    IReadOnlyDictionary<string, Tensor>? Gradients);
+
+/// <summary>
+/// Runs this rank's part of one training (or inference) step: its actions of the schedule, in order, with one
+/// <c>switch</c>. Forward runs the stage's captured nodes on the micro-batch slice; backward computes gradients
+/// with <c>torch.autograd.grad</c> (so nothing is written into <c>.grad</c> until the user's
+/// <c>loss.backward()</c>); activations and gradients travel to the neighbouring stages' replicas as the
+/// <see cref="MicroBatchLayout"/> slices them; the stage's gradients are all-reduced among its replicas.
+/// </summary>
+internal sealed class PipelineExecutor
+{
+    private const int MaxMicroBatches = 128;
+
+    private readonly CapturedGraph _graph;
+    private readonly StageLayout _layout;
+    private readonly PartitionPlan _plan;
+    private readonly IReadOnlyList<PipelineAction> _actions;
+    private readonly ICommunicator _world;
+    private readonly ICommunicator? _replicas;
+    private readonly int _stage;
+    private readonly int _replica;
+    private readonly IReadOnlyList<(string Name, Tensor Parameter)> _ownedParameters;
+
+    public PipelineExecutor(CapturedGraph graph, StageLayout layout, PartitionPlan plan, PipelineSchedule schedule,
+        ICommunicator world, ICommunicator? replicas, IReadOnlyList<(string Name, Tensor Parameter)> ownedParameters)
+    {
+        if (plan.MicroBatchCount > MaxMicroBatches)
+            throw new NotSupportedException($"The plan has {plan.MicroBatchCount} micro-batches; at most {MaxMicroBatches} are supported.");
+        _graph = graph;
+        _layout = layout;
+        _plan = plan;
+        _world = world;
+        _replicas = replicas;
+        _actions = schedule.Ranks[world.Rank];
+        (_stage, _replica) = plan.RoleOf(world.Rank) ?? (-1, -1);
+        _ownedParameters = ownedParameters;
+    }
+
+    public bool IsIdle => _stage < 0;
+
+    private bool IsLastStage => _stage == _plan.Stages.Count - 1;
+
+    /// <summary>Runs one step on <paramref name="inputs"/> (forward()'s arguments, whole batch, on every rank).</summary>
+    public StepResult Run(IReadOnlyList<object?> inputs, bool computeGradients)
+    {
+        if (IsIdle) return new StepResult(0, [], computeGradients ? new Dictionary<string, Tensor>() : null);
+        var step = new Step(this, inputs, computeGradients);
+        var pending = new List<ICommRequest>();
+        try
+        {
+            foreach (PipelineAction action in _actions)
+            {
+                switch (action.Kind)
+                {
+                    case ActionKind.Forward:
+                        step.Forward(action.MicroBatch);
+                        break;
+                    case ActionKind.SendActivation:
+                        pending.AddRange(step.SendActivations(action.MicroBatch, action.Peer));
+                        break;
+                    case ActionKind.RecvActivation:
+                        step.ReceiveActivations(action.MicroBatch, action.Peer);
+                        break;
+                    case ActionKind.Backward when computeGradients:
+                        step.Backward(action.MicroBatch);
+                        break;
+                    case ActionKind.SendGradient when computeGradients:
+                        pending.AddRange(step.SendGradients(action.MicroBatch, action.Peer));
+                        break;
+                    case ActionKind.RecvGradient when computeGradients:
+                        step.ReceiveGradients(action.MicroBatch, action.Peer);
+                        break;
+                    case ActionKind.AllReduce when computeGradients:
+                        step.AllReduceGradients();
+                        break;
+                    case ActionKind.Backward or ActionKind.SendGradient or ActionKind.RecvGradient or ActionKind.AllReduce:
+                        break; // inference: forward actions only
+                    default:
+                        throw new InvalidOperationException($"Unknown action {action}.");
+                }
+            }
+            CommRequests.WaitAll(pending);
+        }
+        catch (Exception e) when (e is not JobAbortedException)
+        {
+            throw new InvalidOperationException(
+                $"Rank {_world.Rank} (stage {_stage}, replica {_replica}) failed while running its schedule: {e.Message}\n" +
+                $"Schedule (rank × step):\n{new PipelineSchedule(RankActionsForMessage()).FormatGrid(computeOnly: true)}", e);
+        }
+        return step.Result();
+    }
+
+    private IReadOnlyList<IReadOnlyList<PipelineAction>> RankActionsForMessage() =>
+        Enumerable.Range(0, _world.Size).Select(r => r == _world.Rank ? _actions : (IReadOnlyList<PipelineAction>)[]).ToList();
+
+    private static int Tag(bool gradient, int microBatch, int valueIndex) =>
+        ((gradient ? 1 : 0) * MaxMicroBatches + microBatch) * StageLayout.MaxBoundaryValues + valueIndex;
+
+    /// <summary>The state of one step: values per micro-batch, received pieces, accumulated gradients.</summary>
+    private sealed class Step(PipelineExecutor owner, IReadOnlyList<object?> inputs, bool computeGradients)
+    {
+        private readonly Dictionary<int, Dictionary<int, object?>> _values = [];
+        private readonly Dictionary<int, Dictionary<int, Tensor>> _leaves = [];
+        private readonly Dictionary<int, List<(SampleRange Samples, Dictionary<int, object?> Values)>> _activationPieces = [];
+        private readonly Dictionary<int, List<(SampleRange Samples, Dictionary<int, Tensor> Gradients)>> _gradientPieces = [];
+        private readonly Dictionary<int, Dictionary<int, Tensor>> _inputGradients = [];
+        private readonly Dictionary<int, Tensor> _losses = [];
+        private readonly Dictionary<string, Tensor> _gradients = [];
+        private readonly List<(SampleRange, Tensor)> _outputSlices = [];
+        private double _weightedLoss;
+
+        private StageLayout Layout => owner._layout;
+
+        private GraphStage Stage => Layout.Stages[owner._stage];
+
+        private SampleRange MySlice(int microBatch) => owner._plan.ReplicaSlice(owner._stage, owner._replica, microBatch);
+
+        public void Forward(int m)
+        {
+            SampleRange slice = MySlice(m);
+            var stageInputs = new Dictionary<int, object?>();
+            foreach (int v in Stage.InputValues)
+            {
+                int inputIndex = Array.IndexOf(Layout.GraphInputs, v);
+                if (inputIndex >= 0) stageInputs[v] = SliceInput(inputs[inputIndex], slice);
+            }
+            var leaves = new Dictionary<int, Tensor>();
+            foreach ((int v, object? value) in AssembleIncoming(m, slice))
+            {
+                if (computeGradients && Layout.NeedsGradient[v] && value is Tensor t && t.is_floating_point())
+                {
+                    Tensor leaf = t.detach().requires_grad_(true);
+                    leaves[v] = leaf;
+                    stageInputs[v] = leaf;
+                }
+                else
+                {
+                    stageInputs[v] = value;
+                }
+            }
+            _leaves[m] = leaves;
+
+            IReadOnlyDictionary<int, object?> produced;
+            using (computeGradients ? torch.enable_grad() : torch.no_grad())
+            {
+                produced = owner._graph.ExecuteStage(Stage, stageInputs);
+            }
+            var values = new Dictionary<int, object?>(stageInputs);
+            foreach ((int v, object? value) in produced) values[v] = value;
+            _values[m] = values;
+
+            if (!owner.IsLastStage) return;
+            int output = Layout.GraphOutputs[0];
+            if (values[output] is not Tensor result)
+                throw new NotSupportedException($"The model returned {values[output]?.GetType().Name ?? "null"}; Rannc needs a tensor.");
+            if (result.dim() == 0)
+            {
+                double weight = (double)slice.Count / owner._plan.GlobalBatchSize;
+                _weightedLoss += weight * result.to_type(ScalarType.Float64).item<double>();
+                _losses[m] = result;
+            }
+            else
+            {
+                _outputSlices.Add((slice, result.detach()));
+            }
+        }
+
+        public IEnumerable<ICommRequest> SendActivations(int m, int peer)
+        {
+            SampleRange samples = TransferTo(m, peer, gradient: false);
+            SampleRange mine = MySlice(m);
+            var requests = new List<ICommRequest>();
+            IReadOnlyList<int> outgoing = Layout.Outgoing(owner._stage);
+            for (int i = 0; i < outgoing.Count; i++)
+            {
+                int v = outgoing[i];
+                object? value = _values[m][v];
+                if (value is Tensor t && Layout.BatchDependent[v]) value = t.narrow(0, samples.Start - mine.Start, samples.Count);
+                requests.AddRange(ValueTransfer.StartSend(owner._world, value, peer, Tag(false, m, i)));
+            }
+            return requests;
+        }
+
+        public void ReceiveActivations(int m, int peer)
+        {
+            SampleRange samples = TransferFrom(m, peer, gradient: false);
+            IReadOnlyList<int> incoming = Layout.Incoming(owner._stage);
+            var values = new Dictionary<int, object?>();
+            for (int i = 0; i < incoming.Count; i++) values[incoming[i]] = ValueTransfer.Receive(owner._world, peer, Tag(false, m, i));
+            (CollectionsMarshalGet(_activationPieces, m)).Add((samples, values));
+        }
+
+        public void Backward(int m)
+        {
+            var outputs = new List<Tensor>();
+            var outputGradients = new List<Tensor>();
+            Dictionary<int, Tensor> received = owner.IsLastStage ? [] : AssembleGradients(m);
+            if (owner.IsLastStage)
+            {
+                if (!_losses.TryGetValue(m, out Tensor? loss))
+                    throw new NotSupportedException("Training through Rannc needs forward() to return a scalar loss.");
+                double weight = (double)MySlice(m).Count / owner._plan.GlobalBatchSize;
+                outputs.Add(loss);
+                outputGradients.Add(torch.full_like(loss, weight));
+            }
+            else
+            {
+                foreach ((int v, Tensor gradient) in received)
+                {
+                    if (Layout.ProducerStage[v] != owner._stage) continue; // passed through: handled below
+                    if (_values[m][v] is Tensor produced && produced.requires_grad)
+                    {
+                        outputs.Add(produced);
+                        outputGradients.Add(gradient);
+                    }
+                }
+            }
+
+            Dictionary<int, Tensor> leaves = _leaves[m];
+            var parameters = owner._ownedParameters.Where(p => p.Parameter.requires_grad).ToList();
+            var wrt = parameters.Select(p => p.Parameter).Concat(leaves.Values).ToList();
+            IList<Tensor?> gradients = outputs.Count > 0 && wrt.Count > 0
+                ? torch.autograd.grad(outputs, wrt, outputGradients, retain_graph: false, create_graph: false, allow_unused: true)!
+                : Enumerable.Repeat<Tensor?>(null, wrt.Count).ToList();
+
+            for (int i = 0; i < parameters.Count; i++)
+            {
+                if (Defined(gradients[i]) is not Tensor g) continue;
+                string name = parameters[i].Name;
+                if (_gradients.TryGetValue(name, out Tensor? sum)) sum.add_(g);
+                else _gradients[name] = g.detach().clone();
+            }
+            var inputGradients = new Dictionary<int, Tensor>();
+            int k = parameters.Count;
+            foreach ((int v, Tensor leaf) in leaves)
+            {
+                Tensor g = Defined(gradients[k++]) is Tensor computed ? computed.detach() : torch.zeros_like(leaf);
+                if (received.TryGetValue(v, out Tensor? passedThrough)) g = g + passedThrough; // the value went on unchanged
+                inputGradients[v] = g;
+            }
+            _inputGradients[m] = inputGradients;
+            Release(m);
+        }
+
+        public IEnumerable<ICommRequest> SendGradients(int m, int peer)
+        {
+            SampleRange samples = TransferTo(m, peer, gradient: true);
+            SampleRange mine = MySlice(m);
+            var requests = new List<ICommRequest>();
+            IReadOnlyList<int> incoming = Layout.Incoming(owner._stage);
+            for (int i = 0; i < incoming.Count; i++)
+            {
+                int v = incoming[i];
+                if (!_inputGradients[m].TryGetValue(v, out Tensor? g)) continue;
+                if (Layout.BatchDependent[v]) g = g.narrow(0, samples.Start - mine.Start, samples.Count);
+                requests.AddRange(ValueTransfer.StartSend(owner._world, g, peer, Tag(true, m, i)));
+            }
+            return requests;
+        }
+
+        public void ReceiveGradients(int m, int peer)
+        {
+            SampleRange samples = TransferFrom(m, peer, gradient: true);
+            IReadOnlyList<int> outgoing = Layout.Outgoing(owner._stage);
+            var gradients = new Dictionary<int, Tensor>();
+            for (int i = 0; i < outgoing.Count; i++)
+            {
+                int v = outgoing[i];
+                if (!GradientCrosses(v)) continue;
+                gradients[v] = (Tensor)ValueTransfer.Receive(owner._world, peer, Tag(true, m, i));
+            }
+            CollectionsMarshalGet(_gradientPieces, m).Add((samples, gradients));
+        }
+
+        public void AllReduceGradients()
+        {
+            if (owner._replicas is null) return;
+            // Every replica lists the same parameters in the same order; a parameter without a gradient gets zeros.
+            var tensors = owner._ownedParameters.Where(p => p.Parameter.requires_grad).Select(p =>
+                _gradients.TryGetValue(p.Name, out Tensor? g) ? g : _gradients[p.Name] = torch.zeros_like(p.Parameter)).ToList();
+            owner._replicas.AllReduce(tensors, ReduceOp.Sum);
+        }
+
+        public StepResult Result() =>
+            new(_weightedLoss, _outputSlices, computeGradients ? _gradients : null);
+
+        /// <summary>Whether stage boundaries carry a gradient for value <paramref name="v"/> (both sides agree).</summary>
+        private bool GradientCrosses(int v) => Layout.NeedsGradient[v];
+
+        private IEnumerable<(int Value, object? Content)> AssembleIncoming(int m, SampleRange slice)
+        {
+            IReadOnlyList<int> incoming = Layout.Incoming(owner._stage);
+            if (incoming.Count == 0) yield break;
+            var pieces = _activationPieces[m].OrderBy(p => p.Samples.Start).ToList();
+            CheckCoverage(pieces.Select(p => p.Samples), slice, "activations", m);
+            foreach (int v in incoming)
+            {
+                var parts = pieces.Select(p => p.Values[v]).ToList();
+                yield return (v, Combine(v, parts, m));
+            }
+            _activationPieces.Remove(m);
+        }
+
+        private Dictionary<int, Tensor> AssembleGradients(int m)
+        {
+            var pieces = _gradientPieces[m].OrderBy(p => p.Samples.Start).ToList();
+            CheckCoverage(pieces.Select(p => p.Samples), MySlice(m), "gradients", m);
+            var result = new Dictionary<int, Tensor>();
+            foreach (int v in Layout.Outgoing(owner._stage).Where(GradientCrosses))
+            {
+                var parts = pieces.Select(p => p.Gradients[v]).ToList();
+                result[v] = Layout.BatchDependent[v]
+                    ? (parts.Count == 1 ? parts[0] : torch.cat(parts, 0))
+                    : parts.Aggregate((a, b) => a + b); // a batch-independent value is used by every piece: gradients add
+            }
+            _gradientPieces.Remove(m);
+            return result;
+        }
+
+        private object? Combine(int v, List<object?> parts, int m)
+        {
+            if (parts.Count == 1) return parts[0];
+            if (parts[0] is Tensor && Layout.BatchDependent[v]) return torch.cat(parts.Cast<Tensor>().ToList(), 0);
+            // A batch-independent value (a shape, a constant) must be the same in every piece.
+            for (int i = 1; i < parts.Count; i++)
+            {
+                if (!SameValue(parts[0], parts[i]))
+                {
+                    throw new NotSupportedException(
+                        $"Value '{owner._graph.Values[v].Name}' of micro-batch {m} differs between the replicas that sent it " +
+                        "(it probably holds a batch size): stages whose replica counts differ cannot pass it. Force equal " +
+                        "replica counts (e.g. RANNC_PLAN=SxR) or compute it from a tensor in the stage that uses it.");
+                }
+            }
+            return parts[0];
+        }
+
+        private static bool SameValue(object? a, object? b) => (a, b) switch
+        {
+            (long[] x, long[] y) => x.SequenceEqual(y),
+            (Tensor x, Tensor y) => x.shape.SequenceEqual(y.shape) && x.dtype == y.dtype && x.eq(y).all().item<bool>(),
+            _ => Equals(a, b),
+        };
+
+        private static void CheckCoverage(IEnumerable<SampleRange> pieces, SampleRange slice, string what, int m)
+        {
+            int next = slice.Start;
+            foreach (SampleRange piece in pieces)
+            {
+                if (piece.Start != next) break;
+                next = piece.End;
+            }
+            if (next != slice.End)
+                throw new InvalidOperationException($"The {what} received for micro-batch {m} do not cover samples [{slice.Start}, {slice.End}).");
+        }
+
+        /// <summary>The samples a send to <paramref name="peer"/> carries (next stage for activations, previous for gradients).</summary>
+        private SampleRange TransferTo(int m, int peer, bool gradient)
+        {
+            PartitionPlan plan = owner._plan;
+            int neighbour = gradient ? owner._stage - 1 : owner._stage + 1;
+            int peerReplica = IndexOfRank(plan.Stages[neighbour].ReplicaRanks, peer);
+            (int from, int to) = gradient ? (peerReplica, owner._replica) : (owner._replica, peerReplica);
+            int lower = Math.Min(owner._stage, neighbour);
+            return plan.Layout.Transfers(m, plan.Stages[lower].ReplicaRanks.Count, plan.Stages[lower + 1].ReplicaRanks.Count)
+                .Single(t => t.FromReplica == from && t.ToReplica == to).Samples;
+        }
+
+        /// <summary>The samples a receive from <paramref name="peer"/> carries.</summary>
+        private SampleRange TransferFrom(int m, int peer, bool gradient)
+        {
+            PartitionPlan plan = owner._plan;
+            int neighbour = gradient ? owner._stage + 1 : owner._stage - 1;
+            int peerReplica = IndexOfRank(plan.Stages[neighbour].ReplicaRanks, peer);
+            (int from, int to) = gradient ? (owner._replica, peerReplica) : (peerReplica, owner._replica);
+            int lower = Math.Min(owner._stage, neighbour);
+            return plan.Layout.Transfers(m, plan.Stages[lower].ReplicaRanks.Count, plan.Stages[lower + 1].ReplicaRanks.Count)
+                .Single(t => t.FromReplica == from && t.ToReplica == to).Samples;
+        }
+
+        private static int IndexOfRank(IReadOnlyList<int> ranks, int rank)
+        {
+            for (int i = 0; i < ranks.Count; i++) if (ranks[i] == rank) return i;
+            throw new InvalidOperationException($"Rank {rank} is not in the neighbouring stage.");
+        }
+
+        /// <summary>autograd.grad returns an undefined tensor (no handle) for an input the outputs do not depend on.</summary>
+        private static Tensor? Defined(Tensor? gradient) => gradient is { IsInvalid: false } ? gradient : null;
+
+        private static object? SliceInput(object? input, SampleRange slice) =>
+            input is Tensor t && t.dim() > 0 ? t.narrow(0, slice.Start, slice.Count) : input;
+
+        /// <summary>Drops micro-batch <paramref name="m"/>'s activations once its backward is done.</summary>
+        private void Release(int m)
+        {
+            _values.Remove(m);
+            _leaves.Remove(m);
+            _losses.Remove(m);
+        }
+
+        private static List<T> CollectionsMarshalGet<T>(Dictionary<int, List<T>> map, int key) =>
+            map.TryGetValue(key, out List<T>? list) ? list : map[key] = [];
+    }
+}

@@ -1,0 +1,118 @@
+using System.Globalization;
+using Rannc.Partitioner;
+
+namespace Rannc.Execution;
+
+/// <summary>
+/// How Rannc plans and runs a model. Every property can be overridden by a <c>RANNC_*</c> environment variable
+/// (see <see cref="WithEnvironment"/>), so a launched job can be tuned without recompiling.
+/// </summary>
+public sealed record RanncOptions
+{
+    /// <summary>Memory budget per rank in bytes (<c>RANNC_DEVICE_MEMORY</c>, e.g. <c>512MiB</c>). Null: the device's
+    /// memory; on CPU, physical memory divided by the ranks on this machine.</summary>
+    public long? DeviceMemoryBytes { get; init; }
+
+    /// <summary>Fraction of the budget kept free (<c>RANNC_MEM_MARGIN</c>).</summary>
+    public double MemoryMargin { get; init; } = 0.1;
+
+    /// <summary>Schedule to use (<c>RANNC_SCHEDULE</c>: <c>auto</c>, <c>gpipe</c>, <c>1f1b</c>); null lets the planner choose.</summary>
+    public PipelineScheduleKind? Schedule { get; init; }
+
+    /// <summary>Force <c>Stages</c> stages of <c>Replicas</c> replicas each (<c>RANNC_PLAN=SxR</c>); null: automatic.</summary>
+    public (int Stages, int Replicas)? ForcedShape { get; init; }
+
+    /// <summary>Force the number of micro-batches (<c>RANNC_MICRO_BATCHES</c>); null: the planner chooses.</summary>
+    public int? MicroBatches { get; init; }
+
+    /// <summary>Optimizer state bytes per parameter byte (Adam: 2, SGD with momentum: 1, SGD: 0).</summary>
+    public double OptimizerStateFactor { get; init; } = 2;
+
+    /// <summary>Folder of the plan cache (<c>RANNC_PLAN_CACHE</c>); null: <c>~/.cache/rannc/plans</c>. Empty string: no cache.</summary>
+    public string? PlanCacheDirectory { get; init; }
+
+    /// <summary>Also write the plan to this file (<c>RANNC_SAVE_DEPLOYMENT</c>).</summary>
+    public string? SaveDeploymentPath { get; init; }
+
+    /// <summary>Use the plan in this file instead of profiling and planning (<c>RANNC_LOAD_DEPLOYMENT</c>).</summary>
+    public string? LoadDeploymentPath { get; init; }
+
+    /// <summary>Timed repetitions per node when profiling (<c>RANNC_PROFILE_REPEATS</c>).</summary>
+    public int ProfileRepeats { get; init; } = 3;
+
+    /// <summary>Where Rannc's log lines go (rank 0 prints the plan summary); null: standard error.</summary>
+    public Action<string>? Log { get; init; }
+
+    /// <summary>Options with every <c>RANNC_*</c> variable that is set applied on top of these.</summary>
+    public RanncOptions WithEnvironment() => WithVariables(name => Environment.GetEnvironmentVariable(name));
+
+    /// <summary>As <see cref="WithEnvironment"/>, reading variables through <paramref name="lookup"/> (for tests).</summary>
+    public RanncOptions WithVariables(Func<string, string?> lookup)
+    {
+        RanncOptions result = this;
+        if (lookup("RANNC_DEVICE_MEMORY") is { Length: > 0 } memory) result = result with { DeviceMemoryBytes = ParseBytes(memory) };
+        if (lookup("RANNC_MEM_MARGIN") is { Length: > 0 } margin) result = result with { MemoryMargin = ParseDouble("RANNC_MEM_MARGIN", margin) };
+        if (lookup("RANNC_SCHEDULE") is { Length: > 0 } schedule) result = result with { Schedule = ParseSchedule(schedule) };
+        if (lookup("RANNC_PLAN") is { Length: > 0 } plan) result = result with { ForcedShape = ParseShape(plan) };
+        if (lookup("RANNC_MICRO_BATCHES") is { Length: > 0 } micro) result = result with { MicroBatches = ParsePositive("RANNC_MICRO_BATCHES", micro) };
+        if (lookup("RANNC_PLAN_CACHE") is { } cache) result = result with { PlanCacheDirectory = cache };
+        if (lookup("RANNC_SAVE_DEPLOYMENT") is { Length: > 0 } save) result = result with { SaveDeploymentPath = save };
+        if (lookup("RANNC_LOAD_DEPLOYMENT") is { Length: > 0 } load) result = result with { LoadDeploymentPath = load };
+        if (lookup("RANNC_PROFILE_REPEATS") is { Length: > 0 } repeats) result = result with { ProfileRepeats = ParsePositive("RANNC_PROFILE_REPEATS", repeats) };
+        return result;
+    }
+
+    /// <summary>Parses a byte size: <c>1073741824</c>, <c>512MiB</c>, <c>1.5GiB</c>, <c>800MB</c>, <c>64k</c>.</summary>
+    public static long ParseBytes(string text)
+    {
+        string trimmed = text.Trim();
+        int split = 0;
+        while (split < trimmed.Length && (char.IsAsciiDigit(trimmed[split]) || trimmed[split] == '.')) split++;
+        if (split == 0 || !double.TryParse(trimmed[..split], NumberStyles.Float, CultureInfo.InvariantCulture, out double number))
+            throw new FormatException($"'{text}' is not a size; write e.g. 512MiB, 2GiB or 1073741824.");
+        double unit = trimmed[split..].Trim().ToUpperInvariant() switch
+        {
+            "" or "B" => 1,
+            "K" or "KB" => 1e3,
+            "KIB" => 1L << 10,
+            "M" or "MB" => 1e6,
+            "MIB" => 1L << 20,
+            "G" or "GB" => 1e9,
+            "GIB" => 1L << 30,
+            "T" or "TB" => 1e12,
+            "TIB" => 1L << 40,
+            string other => throw new FormatException($"'{text}' has an unknown unit '{other}'; use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB."),
+        };
+        return checked((long)Math.Round(number * unit));
+    }
+
+    /// <summary>Parses <c>auto</c>, <c>gpipe</c> or <c>1f1b</c>.</summary>
+    public static PipelineScheduleKind? ParseSchedule(string text) => text.Trim().ToLowerInvariant() switch
+    {
+        "auto" => null,
+        "gpipe" or "fill-drain" => PipelineScheduleKind.GPipe,
+        "1f1b" => PipelineScheduleKind.OneFOneB,
+        _ => throw new FormatException($"'{text}' is not a schedule; use auto, gpipe or 1f1b."),
+    };
+
+    /// <summary>Parses <c>auto</c> or <c>SxR</c> (stages × replicas per stage), e.g. <c>2x2</c>.</summary>
+    public static (int Stages, int Replicas)? ParseShape(string text)
+    {
+        string trimmed = text.Trim().ToLowerInvariant();
+        if (trimmed == "auto") return null;
+        string[] parts = trimmed.Split('x');
+        if (parts.Length == 2 && int.TryParse(parts[0], out int stages) && int.TryParse(parts[1], out int replicas) && stages > 0 && replicas > 0)
+            return (stages, replicas);
+        throw new FormatException($"'{text}' is not a plan shape; write auto or SxR, e.g. 2x2 (2 stages, 2 replicas each).");
+    }
+
+    private static int ParsePositive(string name, string text) =>
+        int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out int value) && value > 0
+            ? value
+            : throw new FormatException($"{name}='{text}' must be a positive integer.");
+
+    private static double ParseDouble(string name, string text) =>
+        double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out double value) && value >= 0 && value < 1
+            ? value
+            : throw new FormatException($"{name}='{text}' must be a number in [0, 1).");
+}

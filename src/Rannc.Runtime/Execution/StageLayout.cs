@@ -1,0 +1,78 @@
+using Rannc.Capture;
+using Rannc.Partitioner;
+using PlanningGraph = Rannc.Partitioner.Graph;
+
+namespace Rannc.Execution;
+
+/// <summary>
+/// What each stage of a plan runs and exchanges, derived from the captured graph and the plan (the same on every
+/// rank). A value produced in stage <c>p</c> and read in stage <c>q &gt; p+1</c> travels through the stages in
+/// between, so each stage talks only to its neighbours, as the schedules and the partitioner's cost model assume.
+/// Graph inputs are never sent: every rank has the whole batch and slices it itself.
+/// </summary>
+internal sealed class StageLayout
+{
+    /// <summary>Most values one stage boundary may carry (they are numbered inside a message tag).</summary>
+    public const int MaxBoundaryValues = 2048;
+
+    public StageLayout(CapturedGraph graph, PlanningGraph planningGraph, PartitionPlan plan)
+    {
+        int stageCount = plan.Stages.Count;
+        Stages = plan.Stages.Select(s => graph.CreateStage(s.NodeIds)).ToArray();
+        var graphInputs = new HashSet<int>(graph.Inputs);
+        int[] producerStage = new int[graph.Values.Count];
+        Array.Fill(producerStage, -1);
+        int[] lastReaderStage = new int[graph.Values.Count];
+        Array.Fill(lastReaderStage, -1);
+        for (int s = 0; s < stageCount; s++)
+        {
+            foreach (int node in plan.Stages[s].NodeIds)
+            {
+                foreach (int v in graph.Nodes[node].Outputs) producerStage[v] = s;
+                foreach (int v in graph.Nodes[node].Inputs) lastReaderStage[v] = Math.Max(lastReaderStage[v], s);
+            }
+        }
+        foreach (int v in graph.Outputs) lastReaderStage[v] = stageCount; // outputs must reach the end of the pipeline
+
+        // Boundary s (between stage s and s+1) carries every non-input value made before it and needed after it.
+        Boundaries = new int[Math.Max(0, stageCount - 1)][];
+        for (int s = 0; s + 1 < stageCount; s++)
+        {
+            Boundaries[s] = Enumerable.Range(0, graph.Values.Count)
+                .Where(v => !graphInputs.Contains(v) && producerStage[v] >= 0 && producerStage[v] <= s && lastReaderStage[v] > s)
+                .ToArray();
+            if (Boundaries[s].Length > MaxBoundaryValues)
+                throw new NotSupportedException($"The cut after stage {s} carries {Boundaries[s].Length} values; at most {MaxBoundaryValues} are supported.");
+        }
+        BatchDependent = planningGraph.Values.Select(v => v.BytesPerSample > 0).ToArray();
+        NeedsGradient = planningGraph.Values.Select(v => v.RequiresGrad).ToArray();
+        GraphInputs = graph.Inputs.ToArray();
+        GraphOutputs = graph.Outputs.ToArray();
+        ProducerStage = producerStage;
+    }
+
+    /// <summary>The captured-graph view of each stage (its nodes, the values it reads and writes).</summary>
+    public GraphStage[] Stages { get; }
+
+    /// <summary>Values sent from stage s to stage s+1, ascending.</summary>
+    public int[][] Boundaries { get; }
+
+    /// <summary>Per value: whether its first dimension is the batch (it grows with the number of samples).</summary>
+    public bool[] BatchDependent { get; }
+
+    /// <summary>Per value: whether a gradient flows back through it.</summary>
+    public bool[] NeedsGradient { get; }
+
+    public int[] GraphInputs { get; }
+
+    public int[] GraphOutputs { get; }
+
+    /// <summary>Per value: the stage that computes it (-1 for graph inputs).</summary>
+    public int[] ProducerStage { get; }
+
+    /// <summary>Values stage <paramref name="stage"/> receives from the previous stage.</summary>
+    public IReadOnlyList<int> Incoming(int stage) => stage == 0 ? [] : Boundaries[stage - 1];
+
+    /// <summary>Values stage <paramref name="stage"/> sends to the next stage.</summary>
+    public IReadOnlyList<int> Outgoing(int stage) => stage == Stages.Length - 1 ? [] : Boundaries[stage];
+}

@@ -1,0 +1,93 @@
+using Rannc.Communication;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Rannc.Execution;
+
+/// <summary>
+/// Sends graph values (tensors, shape arrays, scalars) between ranks without the receiver knowing their shape in
+/// advance: a fixed 12-number header (kind, dtype, rank, dims) goes first, then the data. Stage boundaries carry
+/// activations whose batch dimension varies with the micro-batch, and small shape-derived values, so both sides
+/// agree on the shape this way instead of through a separate protocol.
+/// </summary>
+internal static class ValueTransfer
+{
+    private const int MaxDims = 8;
+    private const int HeaderLength = 4 + MaxDims;
+
+    private enum ValueKind : long
+    {
+        Tensor = 0,
+        Shape = 1,
+        Int64 = 2,
+        Int32 = 3,
+        Float64 = 4,
+        Boolean = 5,
+        Float32 = 6,
+        Device = 7,
+        DType = 8,
+    }
+
+    /// <summary>Starts sending <paramref name="value"/>; the returned requests keep its tensors alive until done.</summary>
+    public static IReadOnlyList<ICommRequest> StartSend(ICommunicator comm, object? value, int destination, int tag)
+    {
+        (ValueKind kind, Tensor data) = Encode(value);
+        var header = new long[HeaderLength];
+        header[0] = (long)kind;
+        header[1] = (long)data.dtype;
+        header[2] = data.dim();
+        if (data.dim() > MaxDims) throw new NotSupportedException($"Tensors with more than {MaxDims} dimensions cannot cross stages.");
+        for (int d = 0; d < data.dim(); d++) header[4 + d] = data.shape[d];
+        Tensor headerTensor = torch.tensor(header);
+        return [comm.StartSend(headerTensor, destination, tag), comm.StartSend(data, destination, tag)];
+    }
+
+    /// <summary>Receives a value sent by <see cref="StartSend"/>.</summary>
+    public static object Receive(ICommunicator comm, int source, int tag)
+    {
+        using Tensor header = torch.empty(HeaderLength, ScalarType.Int64);
+        comm.Receive(header, source, tag);
+        long[] h = header.data<long>().ToArray();
+        var kind = (ValueKind)h[0];
+        long[] shape = h.AsSpan(4, (int)h[2]).ToArray();
+        Tensor data = torch.empty(shape, (ScalarType)h[1]);
+        comm.Receive(data, source, tag);
+        return Decode(kind, data);
+    }
+
+    private static (ValueKind Kind, Tensor Data) Encode(object? value) => value switch
+    {
+        Tensor t => (ValueKind.Tensor, t.detach().contiguous()),
+        long[] shape => (ValueKind.Shape, torch.tensor(shape)),
+        long l => (ValueKind.Int64, torch.tensor(l)),
+        int i => (ValueKind.Int32, torch.tensor((long)i)),
+        double d => (ValueKind.Float64, torch.tensor(d)),
+        float f => (ValueKind.Float32, torch.tensor((double)f)),
+        bool b => (ValueKind.Boolean, torch.tensor(b ? 1L : 0L)),
+        Device device => (ValueKind.Device, torch.tensor(new[] { (long)device.type, device.index })),
+        ScalarType dtype => (ValueKind.DType, torch.tensor((long)dtype)),
+        null => throw new NotSupportedException("A null value cannot cross a stage boundary."),
+        _ => throw new NotSupportedException(
+            $"A value of type {value.GetType().Name} cannot cross a stage boundary; only tensors, shapes and numbers can."),
+    };
+
+    private static object Decode(ValueKind kind, Tensor data)
+    {
+        if (kind == ValueKind.Tensor) return data;
+        using (data)
+        {
+            return kind switch
+            {
+                ValueKind.Shape => data.data<long>().ToArray(),
+                ValueKind.Int64 => data.item<long>(),
+                ValueKind.Int32 => (int)data.item<long>(),
+                ValueKind.Float64 => data.item<double>(),
+                ValueKind.Float32 => (float)data.item<double>(),
+                ValueKind.Boolean => data.item<long>() != 0,
+                ValueKind.Device => new Device((DeviceType)data[0].item<long>(), (int)data[1].item<long>()),
+                ValueKind.DType => (ScalarType)data.item<long>(),
+                _ => throw new CommunicationException($"Unknown value kind {(long)kind} in a stage message."),
+            };
+        }
+    }
+}

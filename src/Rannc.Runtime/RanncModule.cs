@@ -1,0 +1,470 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text;
+using Rannc.Capture;
+using Rannc.Communication;
+using Rannc.Execution;
+using Rannc.Partitioner;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using PlanningGraph = Rannc.Partitioner.Graph;
+
+namespace Rannc;
+
+/// <summary>
+/// Trains a <c>[RaNNC]</c> model as a pipeline of stages with data-parallel replicas. Every rank runs the same
+/// program with its own model instance (same seed): <see cref="forward"/> splits the batch into micro-batches, runs
+/// this rank's share of the schedule and returns the loss (the same value on every rank); <c>loss.backward()</c>
+/// puts the gradients of the parameters this rank owns into <c>.grad</c>; the user's optimizer then updates them
+/// (the other parameters have no gradient and are skipped).
+/// </summary>
+/// <remarks>
+/// On the first call it captures the graph, measures value sizes, profiles the nodes (shared out among the ranks),
+/// plans with the partitioner for the world size and each rank's memory budget, and caches the plan; a later run
+/// with the same inputs loads the plan without profiling. The model's loss must be a mean over the samples of the
+/// batch, so that the weighted sum over micro-batch slices equals the whole-batch loss.
+/// </remarks>
+public sealed class RanncModule : IDisposable
+{
+    private readonly nn.Module _model;
+    private readonly ICommunicator _world;
+    private readonly RanncOptions _options;
+    private readonly Tensor _anchor = torch.zeros(Array.Empty<long>(), ScalarType.Float64).requires_grad_(true);
+    private Deployed? _deployed;
+
+    /// <param name="model">The <c>[RaNNC]</c> model; every rank constructs its own with the same seed.</param>
+    /// <param name="optimizer">The optimizer over the model's parameters (it steps the parameters this rank owns).</param>
+    /// <param name="communicator">This rank's communicator (from <see cref="RankLauncher"/>).</param>
+    /// <param name="options">Planning and runtime options; <c>RANNC_*</c> environment variables override them.</param>
+    public RanncModule(nn.Module model, optim.Optimizer optimizer, ICommunicator communicator, RanncOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(communicator);
+        _model = model;
+        Optimizer = optimizer ?? throw new ArgumentNullException(nameof(optimizer));
+        _world = communicator;
+        _options = (options ?? new RanncOptions()).WithEnvironment();
+    }
+
+    public optim.Optimizer Optimizer { get; }
+
+    /// <summary>The plan in use (null before the first <see cref="forward"/>).</summary>
+    public PartitionPlan? Plan => _deployed?.Plan;
+
+    /// <summary>Whether the plan came from the plan cache (or a deployment file) rather than from profiling.</summary>
+    public bool PlanLoaded => _deployed?.Loaded ?? false;
+
+    /// <summary>The captured graph (null before the first <see cref="forward"/>).</summary>
+    public CapturedGraph? Graph => _deployed?.Graph;
+
+    /// <summary>
+    /// Runs the pipeline on the whole batch (every rank passes the same tensors; the first dimension is the batch)
+    /// and returns forward()'s result: the loss (the same on every rank), or for a model that returns a non-scalar
+    /// tensor, the whole output gathered to every rank (inference only).
+    /// </summary>
+    public Tensor forward(params Tensor[] inputs)
+    {
+        ArgumentNullException.ThrowIfNull(inputs);
+        if (inputs.Length == 0 || inputs[0].dim() == 0) throw new ArgumentException("forward needs batch tensors (first dimension = batch).");
+        int batch = (int)inputs[0].shape[0];
+        _deployed ??= Deploy(inputs, batch);
+        if (batch != _deployed.Plan.GlobalBatchSize)
+        {
+            throw new ArgumentException(
+                $"The plan was made for batch size {_deployed.Plan.GlobalBatchSize}, but this batch has {batch} samples. " +
+                "Use the same batch size every step (drop or pad the last batch).");
+        }
+        bool training = _model.training && torch.is_grad_enabled();
+        StepResult step = _deployed.Executor.Run(inputs, training);
+        if (_deployed.OutputIsScalar) return Loss(step, training);
+        if (training) throw new NotSupportedException("Training needs forward() to return a scalar loss; models returning other tensors run in eval mode or under no_grad.");
+        return GatherOutput(step);
+    }
+
+    /// <summary>Switches the model (every stage) to training mode.</summary>
+    public void Train(bool on = true) => _model.train(on);
+
+    /// <summary>Switches the model to evaluation mode: forward runs the pipeline without gradients.</summary>
+    public void Eval() => _model.eval();
+
+    /// <summary>
+    /// Every parameter and buffer of the model under its own name, up to date on every rank (each comes from the
+    /// rank that trains it). Every rank must call it. The model on every rank is brought up to date too.
+    /// </summary>
+    public Dictionary<string, Tensor> StateDict()
+    {
+        IReadOnlyDictionary<string, int> owners = _deployed?.Owners ?? new Dictionary<string, int>();
+        var state = new Dictionary<string, Tensor>();
+        using (torch.no_grad())
+        {
+            foreach ((string name, Tensor local) in _model.state_dict())
+            {
+                Tensor gathered = local.detach().clone();
+                if (owners.TryGetValue(name, out int owner)) _world.Broadcast(gathered, owner);
+                local.copy_(gathered);
+                state[name] = gathered;
+            }
+        }
+        return state;
+    }
+
+    /// <summary>
+    /// Gathers the optimizer's per-parameter state (e.g. Adam's moments and step counts) from the ranks that own the
+    /// parameters, so that every rank's optimizer holds the whole model's state. Every rank must call it.
+    /// </summary>
+    public void GatherOptimizerState()
+    {
+        if (Optimizer is not OptimizerHelper optimizer) throw new NotSupportedException($"{Optimizer.GetType().Name} does not expose its state.");
+        IReadOnlyDictionary<string, int> owners = _deployed?.Owners ?? new Dictionary<string, int>();
+        var nameOfHandle = _model.named_parameters().ToDictionary(p => p.parameter.Handle, p => p.name);
+        List<OptimizerState> states = optimizer.state_dict().State;
+        var parameters = optimizer.parameters().ToList();
+        var mine = new Dictionary<int, byte[]>();
+        for (int i = 0; i < parameters.Count; i++)
+        {
+            if (nameOfHandle.TryGetValue(parameters[i].Handle, out string? name) && name is not null && owners.TryGetValue(name, out int owner) && owner == _world.Rank)
+            {
+                using var buffer = new MemoryStream();
+                using (var writer = new BinaryWriter(buffer, Encoding.UTF8, leaveOpen: true)) states[i].SaveStateDict(writer);
+                mine[i] = buffer.ToArray();
+            }
+        }
+        foreach (Dictionary<int, byte[]> fromRank in _world.AllGather(mine))
+        {
+            foreach ((int index, byte[] bytes) in fromRank)
+            {
+                using var reader = new BinaryReader(new MemoryStream(bytes));
+                states[index].LoadStateDict(reader);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Writes the whole model (<c>model.bin</c>, TorchSharp's format, loadable by a plain model with
+    /// <c>module.load</c>) and the whole optimizer state (<c>optimizer.bin</c>) into <paramref name="directory"/>
+    /// from rank 0. Every rank must call it.
+    /// </summary>
+    public void SaveCheckpoint(string directory)
+    {
+        StateDict();
+        GatherOptimizerState();
+        if (_world.Rank == 0)
+        {
+            Directory.CreateDirectory(directory);
+            _model.save(Path.Combine(directory, "model.bin"));
+            ((OptimizerHelper)Optimizer).save_state_dict(Path.Combine(directory, "optimizer.bin"));
+        }
+        _world.Barrier();
+    }
+
+    /// <summary>Loads a checkpoint written by <see cref="SaveCheckpoint"/>, on any plan and world size. Every rank calls it.</summary>
+    public void LoadCheckpoint(string directory)
+    {
+        _model.load(Path.Combine(directory, "model.bin"));
+        string optimizerFile = Path.Combine(directory, "optimizer.bin");
+        if (File.Exists(optimizerFile)) ((OptimizerHelper)Optimizer).load_state_dict(optimizerFile);
+    }
+
+    /// <summary>
+    /// Scales the gradients of all parameters, across all ranks, so that their global L2 norm is at most
+    /// <paramref name="maxNorm"/>; returns the norm before clipping. Call after <c>loss.backward()</c> on every rank.
+    /// </summary>
+    public double ClipGradNorm(double maxNorm)
+    {
+        IReadOnlyDictionary<string, int> owners = _deployed?.Owners ?? new Dictionary<string, int>();
+        var owned = _model.named_parameters().Where(p => p.parameter.grad is not null).ToList();
+        double sumOfSquares = 0;
+        foreach ((string name, Parameter parameter) in owned)
+        {
+            // Replicas hold equal gradients: count each parameter once, on the rank that owns it.
+            bool counts = owners.TryGetValue(name, out int owner) ? owner == _world.Rank : _world.Rank == 0;
+            if (counts) sumOfSquares += parameter.grad!.to_type(ScalarType.Float64).square().sum().item<double>();
+        }
+        using var total = torch.tensor(sumOfSquares, ScalarType.Float64);
+        _world.AllReduce(total, ReduceOp.Sum);
+        double norm = Math.Sqrt(total.item<double>());
+        double scale = maxNorm / (norm + 1e-6);
+        if (scale < 1)
+        {
+            using var noGrad = torch.no_grad();
+            foreach ((_, Parameter parameter) in owned) parameter.grad!.mul_(scale);
+        }
+        return norm;
+    }
+
+    public void Dispose()
+    {
+        _deployed?.Replicas?.Dispose();
+        _anchor.Dispose();
+    }
+
+    private Tensor Loss(StepResult step, bool training)
+    {
+        using var total = torch.tensor(step.WeightedLoss, ScalarType.Float64);
+        _world.AllReduce(total, ReduceOp.Sum);
+        double loss = total.item<double>();
+        if (!training) return torch.tensor(loss, ScalarType.Float64).to_type(_deployed!.OutputDType);
+        IReadOnlyDictionary<string, Tensor> gradients = step.Gradients!;
+        var owned = _deployed!.OwnedParameters;
+        return PipelineLossFunction.apply(_anchor, loss, _deployed.OutputDType, (Action<Tensor>)(gradOutput =>
+        {
+            using var noGrad = torch.no_grad();
+            foreach ((string name, Tensor parameter) in owned)
+            {
+                if (!gradients.TryGetValue(name, out Tensor? gradient)) continue;
+                Tensor scaled = gradient * gradOutput.to_type(gradient.dtype);
+                parameter.grad = parameter.grad is null ? scaled : parameter.grad + scaled;
+            }
+        }));
+    }
+
+    /// <summary>Every rank gets the whole output: the last stage's replicas fill their slices, a sum joins them.</summary>
+    private Tensor GatherOutput(StepResult step)
+    {
+        long[]?[] shapes = _world.AllGather(step.OutputSlices.Count > 0 ? step.OutputSlices[0].Value.shape : null);
+        long[] sliceShape = shapes.First(s => s is not null)!;
+        long[] shape = [_deployed!.Plan.GlobalBatchSize, .. sliceShape.Skip(1)];
+        Tensor output = torch.zeros(shape, _deployed.OutputDType);
+        foreach ((SampleRange samples, Tensor value) in step.OutputSlices) output.narrow(0, samples.Start, samples.Count).copy_(value);
+        _world.AllReduce(output, ReduceOp.Sum);
+        return output;
+    }
+
+    private Deployed Deploy(Tensor[] inputs, int batch)
+    {
+        var clock = Stopwatch.StartNew();
+        CapturedGraph graph = CapturedGraph.Build(_model);
+        if (graph.Inputs.Count != inputs.Length)
+            throw new ArgumentException($"The model's forward() takes {graph.Inputs.Count} argument(s) but {inputs.Length} were given.");
+        if (graph.Outputs.Count != 1)
+            throw new NotSupportedException($"forward() returns {graph.Outputs.Count} values; Rannc supports one tensor (the loss) for now.");
+
+        // Profiling runs the model: keep buffers (batch-norm statistics) and the random state as they were.
+        using var preserved = new PreservedState(_model);
+        int measureSamples = Math.Max(1, batch / 2);
+        object?[] SampleInputs(int n) => inputs.Select(t => (object?)t.narrow(0, 0, Math.Min(n, batch))).ToArray();
+        IReadOnlyList<ValueMeasurement> small = graph.Measure(SampleInputs(measureSamples));
+        IReadOnlyList<ValueMeasurement> large = batch >= 2 * measureSamples ? graph.Measure(SampleInputs(2 * measureSamples)) : small;
+        PlanningGraph planningGraph = graph.ToPlanningGraph(small, large, measureSamples);
+        ValueMeasurement output = small[graph.Outputs[0]];
+        if (output.DType is not ScalarType outputDType) throw new NotSupportedException("forward() must return a tensor.");
+
+        long budget = _options.DeviceMemoryBytes ?? DefaultMemoryBudget();
+        var cluster = new Cluster(1, _world.Size, budget, CpuLinkBandwidth, CpuLinkLatency, CpuLinkBandwidth, CpuLinkLatency);
+        PlanningOptions planning = PlanningOptionsFor(batch);
+        string key = DeploymentStore.Key(planningGraph, cluster, planning, "cpu");
+
+        // Rank 0 decides whether a stored plan is used, so all ranks take the same path.
+        string? storedJson = _world.Rank == 0 ? LoadStoredPlan(key, planningGraph, cluster, planning) : null;
+        storedJson = _world.AllGather(storedJson)[0];
+        PartitionPlan plan;
+        bool loaded = storedJson is not null;
+        if (storedJson is not null)
+        {
+            plan = PlanJson.Deserialize(storedJson);
+            LogOnce($"Rannc: loaded the plan from {(_options.LoadDeploymentPath ?? "the plan cache")} (no profiling).");
+        }
+        else
+        {
+            var profileClock = Stopwatch.StartNew();
+            int profileSamples = Math.Max(1, batch / Math.Max(1, _world.Size));
+            CostTable costs = NodeProfiler.Profile(graph, SampleInputs(profileSamples), profileSamples, _world, _options.ProfileRepeats);
+            LogOnce($"Rannc: profiled {graph.Nodes.Count} nodes on {_world.Size} rank(s) in {profileClock.Elapsed.TotalSeconds:0.0} s.");
+            try
+            {
+                plan = Planner.Plan(planningGraph, costs, cluster, planning);
+            }
+            catch (NoFeasiblePlanException e)
+            {
+                throw new InvalidOperationException(
+                    $"The model does not fit: {e.Message} (per-rank budget {FormatBytes(budget)} on {_world.Size} rank(s); " +
+                    "set RANNC_DEVICE_MEMORY or add ranks).", e);
+            }
+            if (_world.Rank == 0) SavePlan(key, plan);
+        }
+        if (_options.SaveDeploymentPath is { } savePath && _world.Rank == 0) DeploymentStore.Write(savePath, key, plan);
+
+        var layout = new StageLayout(graph, planningGraph, plan);
+        PipelineSchedule schedule = ScheduleBuilder.Build(plan.Schedule, PipelineTopology.FromPlan(plan));
+        (int Stage, int Replica)? role = plan.RoleOf(_world.Rank);
+        ICommunicator replicas = _world.Split(role?.Stage ?? plan.Stages.Count, _world.Rank);
+        var owned = OwnedParameters(graph, plan, role?.Stage);
+        var executor = new PipelineExecutor(graph, layout, plan, schedule, _world, replicas, owned);
+        LogOnce(Summary(plan, graph, planningGraph, loaded, clock.Elapsed));
+        return new Deployed(graph, plan, executor, replicas, owned, Owners(graph, plan), output.Shape!.Length == 0, outputDType, loaded);
+    }
+
+    /// <summary>One shared-memory link between CPU ranks (measured here at 4–7 GB/s; see bench/RESULTS.md).</summary>
+    private const double CpuLinkBandwidth = 4e9;
+
+    private const double CpuLinkLatency = 5e-6;
+
+    private PlanningOptions PlanningOptionsFor(int batch)
+    {
+        var planning = new PlanningOptions(batch)
+        {
+            OptimizerStateFactor = _options.OptimizerStateFactor,
+            MemoryMargin = _options.MemoryMargin,
+            MaxMicroBatches = Math.Min(batch, 64),
+        };
+        if (_options.Schedule is { } schedule) planning = planning with { Schedules = [schedule] };
+        if (_options.MicroBatches is { } micro) planning = planning with { MinMicroBatches = micro, MaxMicroBatches = micro };
+        if (_options.ForcedShape is { } shape)
+        {
+            if (shape.Stages * shape.Replicas > _world.Size)
+                throw new ArgumentException($"The forced plan {shape.Stages}x{shape.Replicas} needs {shape.Stages * shape.Replicas} ranks but there are {_world.Size}.");
+            planning = planning with
+            {
+                ForcedReplicasPerStage = Enumerable.Repeat(shape.Replicas, shape.Stages).ToList(),
+                MinStages = shape.Stages,
+                MaxStages = shape.Stages,
+            };
+        }
+        return planning;
+    }
+
+    private string? LoadStoredPlan(string key, PlanningGraph graph, Cluster cluster, PlanningOptions planning)
+    {
+        PartitionPlan? plan = null;
+        if (_options.LoadDeploymentPath is { } path)
+        {
+            if (!File.Exists(path)) throw new FileNotFoundException($"RANNC_LOAD_DEPLOYMENT names {path}, which does not exist.", path);
+            plan = DeploymentStore.Read(path, expectedKey: null, graph, cluster, planning, Log)
+                ?? throw new InvalidOperationException($"The plan in {path} does not fit this model, world size or options (see the warning above).");
+        }
+        else if (CacheDirectory() is { } directory)
+        {
+            plan = new DeploymentStore(directory, Log).TryLoad(key, graph, cluster, planning);
+        }
+        return plan is null ? null : PlanJson.Serialize(plan);
+    }
+
+    private void SavePlan(string key, PartitionPlan plan)
+    {
+        if (CacheDirectory() is not { } directory) return;
+        try
+        {
+            new DeploymentStore(directory, Log).Save(key, plan);
+        }
+        catch (IOException e)
+        {
+            Log($"Rannc: could not write the plan cache in {directory}: {e.Message}");
+        }
+    }
+
+    private string? CacheDirectory() => _options.PlanCacheDirectory switch
+    {
+        "" => null,
+        { } directory => directory,
+        null => Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache", "rannc", "plans"),
+    };
+
+    /// <summary>On CPU, physical memory divided among the ranks on this machine.</summary>
+    private long DefaultMemoryBudget()
+    {
+        long physical = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
+        int ranksHere = _world is InProcessCommunicator ? _world.Size : MpiEnvironment.LocalRanks;
+        return physical / Math.Max(1, ranksHere);
+    }
+
+    private List<(string Name, Tensor Parameter)> OwnedParameters(CapturedGraph graph, PartitionPlan plan, int? stage)
+    {
+        var stageOfParameter = new Dictionary<string, int>();
+        foreach (StagePlan s in plan.Stages)
+        {
+            foreach (int node in s.NodeIds)
+            {
+                foreach (string name in graph.Nodes[node].Parameters)
+                {
+                    if (stageOfParameter.TryGetValue(name, out int other) && other != s.Index)
+                    {
+                        throw new NotSupportedException(
+                            $"Parameter '{name}' is used by stages {other} and {s.Index}; parameters shared across stages are not supported yet.");
+                    }
+                    stageOfParameter[name] = s.Index;
+                }
+            }
+        }
+        if (stage is null) return [];
+        return _model.named_parameters()
+            .Where(p => stageOfParameter.TryGetValue(p.name, out int s) && s == stage)
+            .Select(p => (p.name, (Tensor)p.parameter))
+            .ToList();
+    }
+
+    private string Summary(PartitionPlan plan, CapturedGraph graph, PlanningGraph planningGraph, bool loaded, TimeSpan elapsed)
+    {
+        var text = new StringBuilder();
+        text.AppendLine(CultureInfo.InvariantCulture,
+            $"Rannc plan ({(loaded ? "loaded" : "new")}, ready in {elapsed.TotalSeconds:0.0} s): {plan.Stages.Count} stage(s) on {_world.Size} rank(s), " +
+            $"{plan.MicroBatchCount} micro-batch(es), {plan.Schedule}, predicted step {plan.PredictedStepSeconds * 1e3:0.0} ms");
+        foreach (StagePlan stage in plan.Stages)
+        {
+            long parameterBytes = stage.NodeIds.SelectMany(n => planningGraph.Nodes[n].Parameters).Distinct()
+                .Sum(p => planningGraph.Parameters[p].Bytes);
+            text.AppendLine(CultureInfo.InvariantCulture,
+                $"  stage {stage.Index}: nodes {graph.Nodes[stage.NodeIds[0]].Name} … {graph.Nodes[stage.NodeIds[^1]].Name} " +
+                $"({stage.NodeIds.Count}), parameters {FormatBytes(parameterBytes)}, peak {FormatBytes(stage.PeakMemoryBytes)}, " +
+                $"replicas {stage.ReplicaRanks.Count} on ranks [{string.Join(", ", stage.ReplicaRanks)}]{(stage.Recompute ? ", recompute" : "")}");
+        }
+        return text.ToString().TrimEnd();
+    }
+
+    private static string FormatBytes(long bytes) =>
+        bytes >= 1L << 30 ? $"{bytes / (double)(1L << 30):0.00} GiB" : bytes >= 1L << 20 ? $"{bytes / (double)(1L << 20):0.0} MiB" : $"{bytes / 1024.0:0.0} KiB";
+
+    private void Log(string line) => (_options.Log ?? (l => Console.Error.WriteLine(l)))(line);
+
+    /// <summary>Logs on rank 0 only: every rank knows the same thing.</summary>
+    private void LogOnce(string line)
+    {
+        if (_world.Rank == 0) Log(line);
+    }
+
+    /// <summary>The rank whose copy of each parameter and buffer is authoritative: replica 0 of the stage that uses it.</summary>
+    private static Dictionary<string, int> Owners(CapturedGraph graph, PartitionPlan plan)
+    {
+        var owners = new Dictionary<string, int>();
+        foreach (StagePlan stage in plan.Stages)
+        {
+            foreach (int node in stage.NodeIds)
+            {
+                foreach (string name in graph.Nodes[node].Parameters.Concat(graph.Nodes[node].Buffers)) owners.TryAdd(name, stage.ReplicaRanks[0]);
+            }
+        }
+        return owners;
+    }
+
+    private sealed record Deployed(
+        CapturedGraph Graph, PartitionPlan Plan, PipelineExecutor Executor, ICommunicator? Replicas,
+        IReadOnlyList<(string Name, Tensor Parameter)> OwnedParameters, IReadOnlyDictionary<string, int> Owners,
+        bool OutputIsScalar, ScalarType OutputDType, bool Loaded);
+
+    /// <summary>Saves the model's buffers and the random state, and puts them back on dispose.</summary>
+    private sealed class PreservedState : IDisposable
+    {
+        private readonly List<(Tensor Buffer, Tensor Saved)> _buffers;
+        private readonly Tensor _randomState;
+
+        public PreservedState(nn.Module model)
+        {
+            _buffers = model.named_buffers().Select(b => (b.buffer, b.buffer.detach().clone())).ToList();
+            _randomState = torch.random.get_rng_state();
+        }
+
+        public void Dispose()
+        {
+            using (torch.no_grad())
+            {
+                foreach ((Tensor buffer, Tensor saved) in _buffers)
+                {
+                    buffer.copy_(saved);
+                    saved.Dispose();
+                }
+            }
+            torch.random.set_rng_state(_randomState);
+            _randomState.Dispose();
+        }
+    }
+}

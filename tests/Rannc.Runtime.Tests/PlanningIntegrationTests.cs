@@ -1,0 +1,63 @@
+using System.Text.Json;
+
+namespace Rannc.Tests;
+
+/// <summary>Memory budgets and the plan cache, through the sample program (in-process ranks).</summary>
+[Collection(MpiCollection.Name)]
+public sealed class PlanningIntegrationTests
+{
+    private static readonly string[] SmallBert = ["--model", "bert", "--layers", "2", "--hidden", "32", "--seq", "8", "--batch", "8", "--steps", "2", "--dtype", "float64", "--ranks", "4", "--json"];
+
+    [Fact]
+    public void MemoryBudgetBelowTheModel_ForcesStages_AndTrainingStillMatches()
+    {
+        string[] args = [.. SmallBert, "--plan-cache", "", "--memory", "2MiB"];
+        JsonElement report = SampleProgramTests.LastJson(SampleProgramTests.RunSample(args));
+        Assert.True(report.GetProperty("stages").GetInt32() >= 2, report.ToString());
+        JsonElement reference = SampleProgramTests.LastJson(SampleProgramTests.RunSample([.. SmallBert, "--reference"]));
+        double[] expected = reference.GetProperty("losses").EnumerateArray().Select(e => e.GetDouble()).ToArray();
+        double[] actual = report.GetProperty("losses").EnumerateArray().Select(e => e.GetDouble()).ToArray();
+        for (int i = 0; i < expected.Length; i++) Assert.True(Math.Abs(expected[i] - actual[i]) <= 1e-9 * Math.Abs(expected[i]), $"step {i}");
+    }
+
+    [Fact]
+    public void ModelTooLargeForTheCluster_FailsBeforeTrainingWithTheNumbers()
+    {
+        var failure = Assert.ThrowsAny<Exception>(() => SampleProgramTests.RunSample([.. SmallBert, "--plan-cache", "", "--memory", "1MiB"]));
+        Assert.Contains("does not fit", failure.Message);
+        Assert.Contains("needs", failure.Message);
+        Assert.DoesNotContain("step 1", failure.Message);
+    }
+
+    [Fact]
+    public void SecondRun_LoadsThePlanWithoutProfiling_AndACorruptCacheFileIsIgnoredWithAWarning()
+    {
+        string cache = Directory.CreateTempSubdirectory("rannc-plan-cache-").FullName;
+        try
+        {
+            string[] args = [.. SmallBert, "--plan-cache", cache, "--plan", "2x2"];
+            string first = SampleProgramTests.RunSample(args);
+            Assert.Equal("miss", SampleProgramTests.LastJson(first).GetProperty("plan_cache").GetString());
+            Assert.Contains("profiled", first);
+
+            string second = SampleProgramTests.RunSample(args);
+            Assert.Equal("hit", SampleProgramTests.LastJson(second).GetProperty("plan_cache").GetString());
+            Assert.Contains("loaded the plan", second);
+            Assert.DoesNotContain("profiled", second);
+            Assert.Equal(
+                SampleProgramTests.LastJson(first).GetProperty("losses").ToString(),
+                SampleProgramTests.LastJson(second).GetProperty("losses").ToString());
+
+            string file = Assert.Single(Directory.GetFiles(cache, "deployment-*.json"));
+            File.WriteAllText(file, "{ this is not a plan");
+            string third = SampleProgramTests.RunSample(args);
+            Assert.Equal("miss", SampleProgramTests.LastJson(third).GetProperty("plan_cache").GetString());
+            Assert.Contains("Ignoring plan file", third);
+            Assert.Contains("profiled", third);
+        }
+        finally
+        {
+            Directory.Delete(cache, recursive: true);
+        }
+    }
+}

@@ -1,0 +1,190 @@
+using Rannc.Communication;
+using Rannc.Execution;
+using Rannc.Samples;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Rannc.Tests;
+
+/// <summary>Whole-model state across a partitioned run: gathering, checkpoints across plans, global gradient clipping.</summary>
+public sealed class StateTests
+{
+    private const int Batch = 8;
+    private const double Tolerance = 1e-9;
+    private static readonly object ModelInitLock = new();
+    private static readonly SampleTask Task = SampleTasks.Mlp(inputSize: 6, hiddenSize: 10, hiddenLayers: 4, classes: 3);
+    private static readonly InProcessOptions Launch = new(Timeout: TimeSpan.FromMinutes(3));
+
+    [Fact]
+    public void StateDict_AfterTraining_EqualsReferenceParametersOnEveryRank()
+    {
+        var reference = new Reference(3);
+        Dictionary<string, Tensor>[] states = InProcessLauncher.Run(3, comm =>
+        {
+            using Trainer trainer = new(comm, (3, 1));
+            trainer.Steps(0, 3);
+            return trainer.Rannc.StateDict();
+        }, Launch);
+        foreach (Dictionary<string, Tensor> state in states) AssertSameTensors(reference.State(), state);
+    }
+
+    [Fact]
+    public void SavedCheckpoint_LoadsIntoAPlainModel_WithTheSameOutputs()
+    {
+        string directory = Directory.CreateTempSubdirectory("rannc-checkpoint-").FullName;
+        try
+        {
+            var reference = new Reference(2);
+            InProcessLauncher.Run(2, comm =>
+            {
+                using Trainer trainer = new(comm, (2, 1));
+                trainer.Steps(0, 2);
+                trainer.Rannc.SaveCheckpoint(directory);
+            }, Launch);
+            nn.Module plain = CreateSeeded();
+            plain.load(Path.Combine(directory, "model.bin"));
+            Tensor[] batch = BatchOf(7);
+            using var noGrad = torch.no_grad();
+            AssertClose(SampleTask.Forward(reference.Model, batch).item<double>(), SampleTask.Forward(plain, batch).item<double>(), "output");
+        }
+        finally
+        {
+            Directory.Delete(directory, recursive: true);
+        }
+    }
+
+    [Fact]
+    public void Checkpoint_LoadedIntoADifferentPlanAndWorldSize_ContinuesLikeAnUninterruptedRun()
+    {
+        string directory = Directory.CreateTempSubdirectory("rannc-checkpoint-").FullName;
+        try
+        {
+            var reference = new Reference(4);
+            InProcessLauncher.Run(2, comm =>
+            {
+                using Trainer trainer = new(comm, (2, 1));
+                trainer.Steps(0, 2);
+                trainer.Rannc.SaveCheckpoint(directory);
+            }, Launch);
+            var results = InProcessLauncher.Run(3, comm =>
+            {
+                using Trainer trainer = new(comm, (1, 3));
+                trainer.Rannc.LoadCheckpoint(directory);
+                double[] losses = trainer.Steps(2, 4);
+                return (losses, trainer.Rannc.StateDict());
+            }, Launch);
+            foreach ((double[] losses, Dictionary<string, Tensor> state) in results)
+            {
+                AssertClose(reference.Losses[2], losses[0], "loss of step 3");
+                AssertClose(reference.Losses[3], losses[1], "loss of step 4");
+                AssertSameTensors(reference.State(), state);
+            }
+        }
+        finally
+        {
+            Directory.Delete(directory, recursive: true);
+        }
+    }
+
+    [Fact]
+    public void ClipGradNorm_OverAllRanks_EqualsClippingTheWholeModel()
+    {
+        var reference = new Reference(3, clip: 0.05);
+        var results = InProcessLauncher.Run(4, comm =>
+        {
+            using Trainer trainer = new(comm, (2, 2), clip: 0.05);
+            return (trainer.Steps(0, 3), trainer.Rannc.StateDict());
+        }, Launch);
+        foreach ((double[] losses, Dictionary<string, Tensor> state) in results)
+        {
+            for (int s = 0; s < 3; s++) AssertClose(reference.Losses[s], losses[s], $"loss of step {s}");
+            AssertSameTensors(reference.State(), state);
+        }
+        Assert.True(reference.ClippedSteps > 0, "the clipping threshold never bit; the test would not show anything");
+    }
+
+    private static Tensor[] BatchOf(int step) => Task.CreateBatch(Batch, step).Select(t => t.is_floating_point() ? t.to_type(ScalarType.Float64) : t).ToArray();
+
+    private static nn.Module CreateSeeded()
+    {
+        lock (ModelInitLock)
+        {
+            torch.manual_seed(99);
+            return Task.CreateModel().to(ScalarType.Float64);
+        }
+    }
+
+    private static void AssertSameTensors(Dictionary<string, Tensor> expected, Dictionary<string, Tensor> actual)
+    {
+        Assert.Equal(expected.Keys.Order(), actual.Keys.Order());
+        foreach ((string name, Tensor value) in expected)
+        {
+            double scale = Math.Max(1e-12, value.abs().max().item<double>());
+            double difference = (actual[name] - value).abs().max().item<double>();
+            Assert.True(difference <= Tolerance * scale, $"{name} differs by {difference:e3}");
+        }
+    }
+
+    private static void AssertClose(double expected, double actual, string what) =>
+        Assert.True(Math.Abs(expected - actual) <= Tolerance * Math.Max(1e-12, Math.Abs(expected)), $"{what}: expected {expected:R}, got {actual:R}");
+
+    /// <summary>Plain single-process training of the same model on the same batches.</summary>
+    private sealed class Reference
+    {
+        public Reference(int steps, double? clip = null)
+        {
+            Model = CreateSeeded();
+            var optimizer = torch.optim.Adam(Model.parameters(), lr: 0.01);
+            for (int step = 0; step < steps; step++)
+            {
+                optimizer.zero_grad();
+                Tensor loss = SampleTask.Forward(Model, BatchOf(step));
+                loss.backward();
+                if (clip is double max && nn.utils.clip_grad_norm_(Model.parameters(), max) > max) ClippedSteps++;
+                optimizer.step();
+                Losses.Add(loss.item<double>());
+            }
+        }
+
+        public nn.Module Model { get; }
+
+        public List<double> Losses { get; } = [];
+
+        public int ClippedSteps { get; }
+
+        public Dictionary<string, Tensor> State() => Model.state_dict().ToDictionary(p => p.Key, p => p.Value.detach().clone());
+    }
+
+    /// <summary>One rank's model, optimizer and Rannc module with a forced plan.</summary>
+    private sealed class Trainer : IDisposable
+    {
+        private readonly nn.Module _model = CreateSeeded();
+        private readonly double? _clip;
+
+        public Trainer(ICommunicator comm, (int Stages, int Replicas) shape, double? clip = null)
+        {
+            _clip = clip;
+            var optimizer = torch.optim.Adam(_model.parameters(), lr: 0.01);
+            Rannc = new RanncModule(_model, optimizer, comm, new RanncOptions { ForcedShape = shape, PlanCacheDirectory = "", ProfileRepeats = 1, Log = _ => { } });
+        }
+
+        public RanncModule Rannc { get; }
+
+        public double[] Steps(int first, int end)
+        {
+            var losses = new List<double>();
+            for (int step = first; step < end; step++)
+            {
+                Rannc.Optimizer.zero_grad();
+                Tensor loss = Rannc.forward(BatchOf(step));
+                loss.backward();
+                if (_clip is double max) Rannc.ClipGradNorm(max);
+                Rannc.Optimizer.step();
+                losses.Add(loss.item<double>());
+            }
+            return losses.ToArray();
+        }
+
+        public void Dispose() => Rannc.Dispose();
+    }
+}
