@@ -7,6 +7,9 @@ namespace Rannc.Partitioner;
 /// </summary>
 public static class Planner
 {
+    /// <summary>How many of the coarse search's best configurations the refinement pass searches again on finer blocks.</summary>
+    private const int RefinedConfigurations = 3;
+
     /// <summary>Plans how to run <paramref name="graph"/> on <paramref name="cluster"/>.</summary>
     /// <exception cref="NoFeasiblePlanException">No plan fits in device memory; the message says how much memory the
     /// best plan would need.</exception>
@@ -17,12 +20,48 @@ public static class Planner
         cluster.EnsureValid();
         options.EnsureValid();
 
-        IReadOnlyList<IReadOnlyList<int>> blocks =
-            GraphBlocks.Coarsen(graph, costs, GraphBlocks.AtomicUnits(graph), options.MaxBlocks);
-        RangeTable table = RangeTable.Build(graph, costs, blocks);
-        var search = new StageSearch(table, cluster, options);
-        SearchOutcome best = search.FindBest() ?? throw Infeasible(search, table, cluster, options);
-        return BuildPlan(graph, costs, cluster, options, blocks, best, exhaustive: !search.Truncated);
+        // Search coarse blocks first (fast), then finer blocks with the coarse optimum as the bound to beat, so the
+        // stage boundaries are not limited to the coarse grid. Without coarsening both levels are the atomic units.
+        IReadOnlyList<IReadOnlyList<int>> units = GraphBlocks.AtomicUnits(graph);
+        IReadOnlyList<IReadOnlyList<int>> coarse = GraphBlocks.Coarsen(graph, costs, units, options.MaxBlocks);
+        IReadOnlyList<IReadOnlyList<int>> fine = GraphBlocks.Coarsen(graph, costs, units, Math.Max(options.MaxBlocks, options.RefinementBlocks));
+        var coarseSearch = new StageSearch(RangeTable.Build(graph, costs, coarse), cluster, options);
+        SearchOutcome? best = coarseSearch.FindBest();
+        IReadOnlyList<IReadOnlyList<int>> bestBlocks = coarse;
+        bool truncated = coarseSearch.Truncated || coarse.Count < units.Count;
+        var fineSearch = coarseSearch;
+        if (fine.Count > coarse.Count)
+        {
+            // Refine the configurations (micro-batches, schedule) of the last few improvements of the coarse search.
+            fineSearch = new StageSearch(RangeTable.Build(graph, costs, fine), cluster, options);
+            var configurations = coarseSearch.Improvements.TakeLast(RefinedConfigurations)
+                .Select(o => (o.MicroBatchCount, o.Schedule)).Reverse().ToList();
+            if (best is null)
+            {
+                // Nothing fitted on the coarse blocks: the finer ones may still fit; search them fully.
+                best = fineSearch.FindBest();
+                bestBlocks = fine;
+            }
+
+            foreach ((int microBatches, PipelineScheduleKind schedule) in configurations)
+            {
+                SearchOutcome? refined = fineSearch.FindBest(microBatches, schedule, best!.Value);
+                if (refined is not null)
+                {
+                    best = refined;
+                    bestBlocks = fine;
+                }
+            }
+
+            truncated = true; // the fine blocks saw only some configurations
+        }
+
+        if (best is null)
+        {
+            throw Infeasible(fineSearch, fine.Count, cluster, options);
+        }
+
+        return BuildPlan(graph, costs, cluster, options, bestBlocks, best, exhaustive: !truncated);
     }
 
     private static PartitionPlan BuildPlan(
@@ -71,14 +110,14 @@ public static class Planner
         return plan with { PredictedStepSeconds = simulated.StepSeconds };
     }
 
-    private static NoFeasiblePlanException Infeasible(StageSearch search, RangeTable table, Cluster cluster, PlanningOptions options)
+    private static NoFeasiblePlanException Infeasible(StageSearch search, int blockCount, Cluster cluster, PlanningOptions options)
     {
         long device = cluster.MemoryBytesPerDevice;
         SearchOutcome? smallest = search.FindSmallestPeak();
         if (smallest is null)
         {
             return new NoFeasiblePlanException(
-                $"No plan shape satisfies the options on {cluster.DeviceCount} devices and {table.BlockCount} blocks "
+                $"No plan shape satisfies the options on {cluster.DeviceCount} devices and {blockCount} blocks "
                 + $"(stages {options.MinStages}…{options.MaxStages}, micro-batches {options.MinMicroBatches}…{options.MaxMicroBatches}, "
                 + $"global batch {options.GlobalBatchSize}"
                 + (options.ForcedReplicasPerStage is { } f ? $", forced replicas [{string.Join(", ", f)}]" : "") + ").",

@@ -42,6 +42,9 @@ public sealed record PlanningOptions(int GlobalBatchSize)
     /// <summary>Most blocks the graph is coarsened into before the stage search (more: finer stages, slower search).</summary>
     public int MaxBlocks { get; init; } = 32;
 
+    /// <summary>Blocks of the refinement pass that follows the coarse search (0 or ≤ MaxBlocks: no refinement).</summary>
+    public int RefinementBlocks { get; init; } = 128;
+
     /// <summary>
     /// Most entries kept per dynamic-programming state (the best by lower bound); 0 keeps every Pareto-optimal
     /// entry, which makes the search exact for its objective. <see cref="PartitionPlan.SearchWasExhaustive"/>
@@ -51,6 +54,9 @@ public sealed record PlanningOptions(int GlobalBatchSize)
 
     /// <summary>Replica counts up to this are all tried; above it, counts grow by at least 20 % per step.</summary>
     public int DenseReplicaLimit { get; init; } = 16;
+
+    /// <summary>Micro-batch counts up to this are all tried; above it, counts grow by at least 20 % per step.</summary>
+    public int DenseMicroBatchLimit { get; init; } = 16;
 
     /// <summary>For tests: force the plan shape, one replica count per stage (the stage count is its length).</summary>
     public IReadOnlyList<int>? ForcedReplicasPerStage { get; init; }
@@ -74,7 +80,7 @@ public sealed record PlanningOptions(int GlobalBatchSize)
         }
 
         if (MinStages < 1 || MaxStages < MinStages || MinMicroBatches < 1 || MaxMicroBatches < MinMicroBatches || MaxBlocks < 1
-            || SearchBeamWidth < 0 || DenseReplicaLimit < 1)
+            || SearchBeamWidth < 0 || DenseReplicaLimit < 1 || RefinementBlocks < 0 || DenseMicroBatchLimit < 1)
         {
             throw new ArgumentException(
                 $"Bounds must satisfy 1 ≤ MinStages ≤ MaxStages, 1 ≤ MinMicroBatches ≤ MaxMicroBatches, MaxBlocks ≥ 1, SearchBeamWidth ≥ 0 and DenseReplicaLimit ≥ 1: {this}.");

@@ -32,26 +32,35 @@ internal sealed class StageSearch(RangeTable table, Cluster cluster, PlanningOpt
     private readonly long _usable = CostModel.UsableBytes(cluster, options);
     private readonly List<Entry> _arena = [];
 
-    /// <summary>Micro-batch counts worth trying: for each distinct largest micro-batch size, the fewest micro-batches.</summary>
+    /// <summary>Micro-batch counts worth trying: for each distinct largest micro-batch size, the fewest micro-batches;
+    /// above <see cref="PlanningOptions.DenseMicroBatchLimit"/>, only counts at least 20 % above the previous one
+    /// (and the largest allowed).</summary>
     public IReadOnlyList<int> MicroBatchCandidates()
     {
         var counts = new List<int>();
         int last = Math.Min(options.MaxMicroBatches, options.GlobalBatchSize);
         for (int m = options.MinMicroBatches; m <= last; m++)
         {
-            if (m == options.MinMicroBatches
-                || CostModel.CeilDiv(options.GlobalBatchSize, m) < CostModel.CeilDiv(options.GlobalBatchSize, m - 1))
+            bool distinct = m == options.MinMicroBatches
+                || CostModel.CeilDiv(options.GlobalBatchSize, m) < CostModel.CeilDiv(options.GlobalBatchSize, m - 1);
+            bool onGrid = m <= options.DenseMicroBatchLimit || counts.Count == 0 || m * 5 >= counts[^1] * 6 || m == last;
+            if (distinct && onGrid)
             {
                 counts.Add(m);
+            }
+            else if (distinct)
+            {
+                Truncated = true;
             }
         }
 
         return counts;
     }
 
-    /// <summary>The best plan over all configurations, or null when none fits in memory. Configurations are tried
+    /// <summary>The best plan over all configurations with an objective below <paramref name="upperBound"/>, or null when
+    /// none fits in memory or beats the bound. Configurations are tried
     /// in order of a lower bound on their objective, and the search stops once that bound reaches the best plan.</summary>
-    public SearchOutcome? FindBest()
+    public SearchOutcome? FindBest(double upperBound = double.PositiveInfinity)
     {
         var configurations = MicroBatchCandidates()
             .SelectMany(m => options.Schedules.Distinct().Select((schedule, order) => (m, schedule, order)))
@@ -61,20 +70,28 @@ internal sealed class StageSearch(RangeTable table, Cluster cluster, PlanningOpt
         SearchOutcome? best = null;
         foreach ((int microBatches, PipelineScheduleKind schedule, _, double bound) in configurations)
         {
-            if (best is not null && bound >= best.Value)
+            if (bound >= (best?.Value ?? upperBound))
             {
                 break;
             }
 
-            SearchOutcome? outcome = Run(microBatches, schedule, minimizeMemory: false, best?.Value ?? double.PositiveInfinity);
+            SearchOutcome? outcome = Run(microBatches, schedule, minimizeMemory: false, best?.Value ?? upperBound);
             if (outcome is not null && (best is null || outcome.Value < best.Value))
             {
                 best = outcome;
+                Improvements.Add(outcome);
             }
         }
 
         return best;
     }
+
+    /// <summary>Every plan <see cref="FindBest"/> found that beat the previous best, in the order found (the last is the best).</summary>
+    public List<SearchOutcome> Improvements { get; } = [];
+
+    /// <summary>The best plan of one configuration with an objective below <paramref name="upperBound"/>, or null.</summary>
+    public SearchOutcome? FindBest(int microBatches, PipelineScheduleKind schedule, double upperBound) =>
+        Run(microBatches, schedule, minimizeMemory: false, upperBound);
 
     /// <summary>A lower bound on the objective of any plan with <paramref name="microBatches"/> micro-batches.</summary>
     private double ConfigurationLowerBound(int microBatches)
