@@ -268,8 +268,10 @@ public sealed class RanncModule : IDisposable
         else
         {
             var profileClock = Stopwatch.StartNew();
-            int profileSamples = Math.Max(1, batch / Math.Max(1, _world.Size));
-            CostTable costs = NodeProfiler.Profile(graph, SampleInputs(profileSamples), profileSamples, _world, _options.ProfileRepeats);
+            // Two sizes around the slices a replica will run: a few samples, and the batch shared out among the ranks.
+            int largeSamples = Math.Max(1, batch / Math.Max(1, _world.Size));
+            int smallSamples = Math.Max(1, largeSamples / 4);
+            CostTable costs = NodeProfiler.Profile(graph, SampleInputs, smallSamples, largeSamples, _world, _options.ProfileRepeats);
             LogOnce($"Rannc: profiled {graph.Nodes.Count} nodes on {_world.Size} rank(s) in {profileClock.Elapsed.TotalSeconds:0.0} s.");
             try
             {

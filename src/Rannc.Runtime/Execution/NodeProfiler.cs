@@ -10,12 +10,44 @@ namespace Rannc.Execution;
 /// <summary>
 /// Measures each node's forward and backward time on this device at one micro-batch size. The nodes are shared out
 /// among the ranks (node i on rank i mod N), so profiling takes 1/N of the time it would on one rank; the times are
-/// then gathered so every rank plans with the same numbers. Gradients are computed with <c>autograd.grad</c>, so no
-/// parameter's <c>.grad</c> changes; the caller restores buffers and the random state.
+/// then gathered so every rank plans with the same numbers. Each node is timed at two micro-batch sizes, so its cost
+/// splits into a fixed part (dispatch, small kernels) and a part per sample: with only the second, the planner would
+/// think many small micro-batches are free. Gradients are computed with <c>autograd.grad</c>, so no parameter's
+/// <c>.grad</c> changes; the caller restores buffers and the random state.
 /// </summary>
 internal static class NodeProfiler
 {
-    public static CostTable Profile(CapturedGraph graph, IReadOnlyList<object?> sampleInputs, int samples, ICommunicator comm, int repeats)
+    /// <summary>Costs from timings at <paramref name="smallSamples"/> and <paramref name="largeSamples"/> samples.</summary>
+    public static CostTable Profile(CapturedGraph graph, Func<int, IReadOnlyList<object?>> sampleInputs, int smallSamples, int largeSamples,
+        ICommunicator comm, int repeats)
+    {
+        (double[] smallForward, double[] smallBackward) = Measure(graph, sampleInputs(smallSamples), comm, repeats);
+        if (largeSamples <= smallSamples)
+        {
+            return CostTable.FromMeasurements(smallSamples, smallForward, smallBackward);
+        }
+        (double[] largeForward, double[] largeBackward) = Measure(graph, sampleInputs(largeSamples), comm, repeats);
+        var nodes = new NodeCost[graph.Nodes.Count];
+        for (int n = 0; n < nodes.Length; n++)
+        {
+            (double forwardFixed, double forwardPerSample) = Fit(smallForward[n], largeForward[n], smallSamples, largeSamples);
+            (double backwardFixed, double backwardPerSample) = Fit(smallBackward[n], largeBackward[n], smallSamples, largeSamples);
+            nodes[n] = new NodeCost(forwardFixed, forwardPerSample, backwardFixed, backwardPerSample);
+        }
+        return new CostTable(nodes);
+    }
+
+    /// <summary>The line through two timings, kept non-negative (noise can make the small one the slower).</summary>
+    private static (double Fixed, double PerSample) Fit(double small, double large, int smallSamples, int largeSamples)
+    {
+        double perSample = Math.Max(0, (large - small) / (largeSamples - smallSamples));
+        double fixedPart = Math.Max(0, small - perSample * smallSamples);
+        if (perSample == 0) perSample = Math.Max(small, large) * 0.01 / largeSamples; // keep a little growth with size
+        return (fixedPart, perSample);
+    }
+
+    /// <summary>Every node's forward and backward seconds on <paramref name="sampleInputs"/>, gathered from all ranks.</summary>
+    private static (double[] Forward, double[] Backward) Measure(CapturedGraph graph, IReadOnlyList<object?> sampleInputs, ICommunicator comm, int repeats)
     {
         var parameters = graph.Model.named_parameters().ToDictionary(p => p.name, p => (Tensor)p.parameter);
         var forward = new double[graph.Nodes.Count];
@@ -39,9 +71,8 @@ internal static class NodeProfiler
         // Each rank filled its own nodes; everybody takes each node's time from the rank that measured it.
         double[][] allForward = comm.AllGather(forward);
         double[][] allBackward = comm.AllGather(backward);
-        var forwardTimes = Enumerable.Range(0, graph.Nodes.Count).Select(n => allForward[n % comm.Size][n]).ToArray();
-        var backwardTimes = Enumerable.Range(0, graph.Nodes.Count).Select(n => allBackward[n % comm.Size][n]).ToArray();
-        return CostTable.FromMeasurements(samples, forwardTimes, backwardTimes);
+        return (Enumerable.Range(0, graph.Nodes.Count).Select(n => allForward[n % comm.Size][n]).ToArray(),
+            Enumerable.Range(0, graph.Nodes.Count).Select(n => allBackward[n % comm.Size][n]).ToArray());
     }
 
     /// <summary>Median forward and backward seconds of <paramref name="node"/> on the values it reads.</summary>
