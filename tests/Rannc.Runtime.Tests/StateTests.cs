@@ -11,7 +11,6 @@ public sealed class StateTests
 {
     private const int Batch = 8;
     private const double Tolerance = 1e-9;
-    private static readonly object ModelInitLock = new();
     private static readonly SampleTask Task = SampleTasks.Mlp(inputSize: 6, hiddenSize: 10, hiddenLayers: 4, classes: 3);
     private static readonly InProcessOptions Launch = new(Timeout: TimeSpan.FromMinutes(3));
 
@@ -105,14 +104,7 @@ public sealed class StateTests
 
     private static Tensor[] BatchOf(int step) => Task.CreateBatch(Batch, step).Select(t => t.is_floating_point() ? t.to_type(ScalarType.Float64) : t).ToArray();
 
-    private static nn.Module CreateSeeded()
-    {
-        lock (ModelInitLock)
-        {
-            torch.manual_seed(99);
-            return Task.CreateModel().to(ScalarType.Float64);
-        }
-    }
+    private static nn.Module CreateSeeded() => SeededModels.Create(Task.CreateModel, 99);
 
     private static void AssertSameTensors(Dictionary<string, Tensor> expected, Dictionary<string, Tensor> actual)
     {

@@ -17,7 +17,6 @@ public sealed class TrainingEquivalenceTests
     private const int Steps = 3;
     private const int Batch = 8;
     private const double Tolerance = 1e-9;
-    private static readonly object ModelInitLock = new();
 
     /// <summary>The plans the issue asks for, each with both schedules.</summary>
     public static TheoryData<int, int, string> Plans()
@@ -135,15 +134,8 @@ public sealed class TrainingEquivalenceTests
     private static Tensor[] ToFloat64(Tensor[] batch) =>
         batch.Select(t => t.is_floating_point() ? t.to_type(ScalarType.Float64) : t).ToArray();
 
-    /// <summary>Every rank builds its model from the same seed; the lock keeps the threads' draws apart.</summary>
-    private static nn.Module CreateSeeded(SampleTask task)
-    {
-        lock (ModelInitLock)
-        {
-            torch.manual_seed(1234);
-            return task.CreateModel().to(ScalarType.Float64);
-        }
-    }
+    /// <summary>Every rank builds its model from the same seed.</summary>
+    private static nn.Module CreateSeeded(SampleTask task) => SeededModels.Create(task.CreateModel, 1234);
 
     private static void AssertClose(double expected, double actual, string what)
     {

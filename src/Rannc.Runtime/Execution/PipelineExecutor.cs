@@ -67,22 +67,23 @@ internal sealed class PipelineExecutor
                 switch (action.Kind)
                 {
                     case ActionKind.Forward:
-                        step.Forward(action.MicroBatch);
+                        step.Capture(action.MicroBatch, () => step.Forward(action.MicroBatch));
                         break;
                     case ActionKind.SendActivation:
-                        pending.AddRange(step.SendActivations(action.MicroBatch, action.Peer));
+                        pending.AddRange(step.CaptureUntilStepEnd(() => step.SendActivations(action.MicroBatch, action.Peer)));
                         break;
                     case ActionKind.RecvActivation:
-                        step.ReceiveActivations(action.MicroBatch, action.Peer);
+                        step.Capture(action.MicroBatch, () => step.ReceiveActivations(action.MicroBatch, action.Peer));
                         break;
                     case ActionKind.Backward when computeGradients:
-                        step.Backward(action.MicroBatch);
+                        step.ReleaseFinishedMicroBatches(action.MicroBatch);
+                        step.Capture(action.MicroBatch, () => step.Backward(action.MicroBatch));
                         break;
                     case ActionKind.SendGradient when computeGradients:
-                        pending.AddRange(step.SendGradients(action.MicroBatch, action.Peer));
+                        pending.AddRange(step.CaptureUntilStepEnd(() => step.SendGradients(action.MicroBatch, action.Peer)));
                         break;
                     case ActionKind.RecvGradient when computeGradients:
-                        step.ReceiveGradients(action.MicroBatch, action.Peer);
+                        step.Capture(action.MicroBatch, () => step.ReceiveGradients(action.MicroBatch, action.Peer));
                         break;
                     case ActionKind.AllReduce when computeGradients:
                         step.AllReduceGradients();
@@ -100,6 +101,11 @@ internal sealed class PipelineExecutor
             throw new InvalidOperationException(
                 $"Rank {_world.Rank} (stage {_stage}, replica {_replica}) failed while running its schedule: {e.Message}\n" +
                 $"Schedule (rank × step):\n{new PipelineSchedule(RankActionsForMessage()).FormatGrid(computeOnly: true)}", e);
+        }
+        finally
+        {
+            // Sends have completed (or the step failed): nothing in flight reads the step's tensors any more.
+            step.ReleaseAll();
         }
         return step.Result();
     }
@@ -121,6 +127,9 @@ internal sealed class PipelineExecutor
         private readonly Dictionary<int, Tensor> _losses = [];
         private readonly Dictionary<string, Tensor> _gradients = [];
         private readonly List<(SampleRange, Tensor)> _outputSlices = [];
+        private readonly Dictionary<int, List<IDisposable>> _microBatchTensors = [];
+        private readonly List<IDisposable> _stepTensors = [];
+        private readonly HashSet<int> _backwardDone = [];
         private double _weightedLoss;
 
         private StageLayout Layout => owner._layout;
@@ -253,7 +262,7 @@ internal sealed class PipelineExecutor
                 inputGradients[v] = g;
             }
             _inputGradients[m] = inputGradients;
-            Release(m);
+            _backwardDone.Add(m);
         }
 
         public IEnumerable<ICommRequest> SendGradients(int m, int peer)
@@ -404,12 +413,60 @@ internal sealed class PipelineExecutor
         private static object? SliceInput(object? input, SampleRange slice) =>
             input is Tensor t && t.dim() > 0 ? t.narrow(0, slice.Start, slice.Count) : input;
 
-        /// <summary>Drops micro-batch <paramref name="m"/>'s activations once its backward is done.</summary>
+        /// <summary>
+        /// Runs an action of micro-batch <paramref name="m"/> in a dispose scope and keeps the tensors it creates
+        /// with that micro-batch, so they are freed together once its backward and gradient sends are done (memory
+        /// stays at the micro-batches in flight, not the whole step). The accumulated gradients live on.
+        /// </summary>
+        public void Capture(int m, Action action)
+        {
+            using var scope = torch.NewDisposeScope();
+            action();
+            var created = scope.DisposablesView.ToList();
+            // The step's results outlive the micro-batch: accumulated gradients and gathered output slices.
+            var keep = _gradients.Values.Concat(_outputSlices.Select(o => o.Item2)).Where(scope.Contains).Cast<IDisposable>().ToList();
+            scope.Detach(created);
+            (_microBatchTensors.TryGetValue(m, out var list) ? list : _microBatchTensors[m] = []).AddRange(created.Except(keep));
+        }
+
+        /// <summary>Runs a send; the tensors it creates stay alive until the step's transfers have completed.</summary>
+        public IEnumerable<ICommRequest> CaptureUntilStepEnd(Func<IEnumerable<ICommRequest>> send)
+        {
+            using var scope = torch.NewDisposeScope();
+            var requests = send().ToList();
+            var created = scope.DisposablesView.ToList();
+            scope.Detach(created);
+            _stepTensors.AddRange(created);
+            return requests;
+        }
+
+        /// <summary>Frees micro-batches whose backward and gradient sends are over (called before the next backward).</summary>
+        public void ReleaseFinishedMicroBatches(int nextBackward)
+        {
+            foreach (int m in _backwardDone.Where(m => m != nextBackward).ToList())
+            {
+                Release(m);
+                _backwardDone.Remove(m);
+            }
+        }
+
+        public void ReleaseAll()
+        {
+            foreach (int m in _microBatchTensors.Keys.ToList()) Release(m);
+            foreach (IDisposable tensor in _stepTensors) tensor.Dispose();
+            _stepTensors.Clear();
+        }
+
         private void Release(int m)
         {
             _values.Remove(m);
             _leaves.Remove(m);
             _losses.Remove(m);
+            _inputGradients.Remove(m);
+            if (_microBatchTensors.Remove(m, out var tensors))
+            {
+                foreach (IDisposable tensor in tensors) tensor.Dispose();
+            }
         }
 
         private static List<T> CollectionsMarshalGet<T>(Dictionary<int, List<T>> map, int key) =>
