@@ -35,7 +35,7 @@ public sealed record SampleOptions
           --seq N                   BERT sequence length (default 32)
           --seed N                  seed of the model and the data (default 42)
           --dtype float32|float64   parameter and activation type (default float32)
-          --plan auto|SxR           force S stages of R replicas (default auto)
+          --plan auto|SxR|R1,R2,..  force S stages of R replicas, or the replicas of each stage (default auto)
           --schedule auto|gpipe|1f1b
           --micro-batches N         force the number of micro-batches
           --memory SIZE             memory budget per rank, e.g. 512MiB
@@ -85,7 +85,7 @@ public sealed record SampleOptions
             };
         }
         if (options.Model is not ("mlp" or "bert" or "resnet")) throw new ArgumentException($"--model {options.Model}: use mlp, bert or resnet.");
-        RanncOptions.ParseShape(options.Plan);
+        RanncOptions.ParsePlan(options.Plan);
         RanncOptions.ParseSchedule(options.Schedule);
         return options;
     }
@@ -102,7 +102,7 @@ public sealed record SampleOptions
     /// <summary>Rannc options from these command-line options (RANNC_* variables still override them).</summary>
     public RanncOptions ToRanncOptions() => new()
     {
-        ForcedShape = RanncOptions.ParseShape(Plan),
+        ForcedReplicas = RanncOptions.ParsePlan(Plan),
         Schedule = RanncOptions.ParseSchedule(Schedule),
         MicroBatches = MicroBatches,
         DeviceMemoryBytes = MemoryBytes,

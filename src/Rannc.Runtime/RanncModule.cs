@@ -312,16 +312,11 @@ public sealed class RanncModule : IDisposable
         };
         if (_options.Schedule is { } schedule) planning = planning with { Schedules = [schedule] };
         if (_options.MicroBatches is { } micro) planning = planning with { MinMicroBatches = micro, MaxMicroBatches = micro };
-        if (_options.ForcedShape is { } shape)
+        if (_options.ForcedReplicasPerStage is { } replicas)
         {
-            if (shape.Stages * shape.Replicas > _world.Size)
-                throw new ArgumentException($"The forced plan {shape.Stages}x{shape.Replicas} needs {shape.Stages * shape.Replicas} ranks but there are {_world.Size}.");
-            planning = planning with
-            {
-                ForcedReplicasPerStage = Enumerable.Repeat(shape.Replicas, shape.Stages).ToList(),
-                MinStages = shape.Stages,
-                MaxStages = shape.Stages,
-            };
+            if (replicas.Sum() > _world.Size)
+                throw new ArgumentException($"The forced plan [{string.Join(", ", replicas)}] needs {replicas.Sum()} ranks but there are {_world.Size}.");
+            planning = planning with { ForcedReplicasPerStage = replicas, MinStages = replicas.Count, MaxStages = replicas.Count };
         }
         return planning;
     }

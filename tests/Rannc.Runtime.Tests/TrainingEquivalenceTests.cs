@@ -43,6 +43,50 @@ public sealed class TrainingEquivalenceTests
                 sequenceLength: 6, maskedPerSequence: 2),
             stages, replicas, schedule);
 
+    /// <summary>Neighbouring stages with different replica counts: the batch is redistributed between them.</summary>
+    [Theory]
+    [InlineData("1,2", "gpipe")]
+    [InlineData("2,1", "1f1b")]
+    [InlineData("1,3", "1f1b")]
+    [InlineData("3,1,2", "gpipe")]
+    public void Mlp_WithDifferentReplicaCountsPerStage_MatchesSingleProcessTraining(string replicasPerStage, string schedule)
+    {
+        IReadOnlyList<int> replicas = RanncOptions.ParsePlan(replicasPerStage)!;
+        AssertMatchesReference(SampleTasks.Mlp(inputSize: 6, hiddenSize: 10, hiddenLayers: 4, classes: 3), replicas, schedule);
+    }
+
+    /// <summary>
+    /// BERT's attention reads the batch size from a shape. Between stages of different replica counts that number
+    /// would be wrong on the other side if the cut falls inside attention: Rannc must then refuse with an
+    /// explanation, and otherwise train correctly. (Where the planner cuts depends on measured times.)
+    /// </summary>
+    [Fact]
+    public void Bert_WithDifferentReplicaCounts_TrainsCorrectlyOrRefusesWithAnExplanation()
+    {
+        SampleTask task = SampleTasks.Bert(new BertConfig(VocabularySize: 40, HiddenSize: 16, Layers: 2, Heads: 2, IntermediateSize: 24, MaxPositions: 8, DropoutProbability: 0),
+            sequenceLength: 6, maskedPerSequence: 2);
+        Tensor[] batch = ToFloat64(task.CreateBatch(Batch, 0));
+        nn.Module reference = SeededModels.Create(task.CreateModel, 1);
+        double expected = SampleTask.Forward(reference, batch).item<double>();
+        try
+        {
+            double[] losses = InProcessLauncher.Run(3, comm =>
+            {
+                nn.Module model = SeededModels.Create(task.CreateModel, 1);
+                using var rannc = new RanncModule(model, torch.optim.Adam(model.parameters()), comm,
+                    new RanncOptions { ForcedReplicas = [1, 2], PlanCacheDirectory = "", Log = _ => { } });
+                Tensor loss = rannc.forward(batch);
+                loss.backward();
+                return loss.item<double>();
+            }, new InProcessOptions(Timeout: TimeSpan.FromMinutes(2)));
+            foreach (double loss in losses) AssertClose(expected, loss, "loss");
+        }
+        catch (RankFailedException failure)
+        {
+            Assert.Contains("looks like a batch size taken from a shape", failure.Message);
+        }
+    }
+
     /// <summary>
     /// Batch norm normalises over the samples one forward pass sees, so its reference runs the same micro-batch
     /// slices as the plan (2 micro-batches, split among the replicas) and accumulates their weighted gradients.
@@ -52,17 +96,22 @@ public sealed class TrainingEquivalenceTests
     public void ResNet_MatchesSingleProcessTrainingOverTheSameSlices(int stages, int replicas, string schedule) =>
         AssertMatchesReference(SampleTasks.ResNet(blocks: 3, baseWidth: 4, classes: 5, imageSize: 8), stages, replicas, schedule, microBatches: 2);
 
-    private static void AssertMatchesReference(SampleTask task, int stages, int replicas, string schedule, int? microBatches = null)
+    private static void AssertMatchesReference(SampleTask task, int stages, int replicas, string schedule, int? microBatches = null) =>
+        AssertMatchesReference(task, Enumerable.Repeat(replicas, stages).ToList(), schedule, microBatches);
+
+    private static void AssertMatchesReference(SampleTask task, IReadOnlyList<int> replicasPerStage, string schedule, int? microBatches = null)
     {
+        int stages = replicasPerStage.Count;
+        int replicas = replicasPerStage[0];
         Tensor[][] batches = Enumerable.Range(0, Steps).Select(step => ToFloat64(task.CreateBatch(Batch, step))).ToArray();
         SampleRange[] slices = microBatches is int m
             ? Enumerable.Range(0, m).SelectMany(mb => Enumerable.Range(0, replicas).Select(r => new MicroBatchLayout(Batch, m).ReplicaSlice(mb, replicas, r))).ToArray()
             : [new SampleRange(0, Batch)];
         (double[] referenceLosses, Dictionary<string, Tensor> referenceParameters) = TrainReference(task, batches, slices);
-        int ranks = stages * replicas;
+        int ranks = replicasPerStage.Sum();
         var options = new RanncOptions
         {
-            ForcedShape = (stages, replicas),
+            ForcedReplicas = replicasPerStage,
             Schedule = RanncOptions.ParseSchedule(schedule),
             PlanCacheDirectory = "",
             ProfileRepeats = 1,
@@ -84,7 +133,7 @@ public sealed class TrainingEquivalenceTests
                 losses.Add(loss.item<double>());
             }
             Assert.Equal(stages, rannc.Plan!.Stages.Count);
-            Assert.All(rannc.Plan.Stages, s => Assert.Equal(replicas, s.ReplicaRanks.Count));
+            Assert.Equal(replicasPerStage, rannc.Plan.Stages.Select(s => s.ReplicaRanks.Count));
             var owned = rannc.Plan.RoleOf(comm.Rank) is { } role
                 ? rannc.Plan.Stages[role.Stage].NodeIds.SelectMany(n => rannc.Graph!.Nodes[n].Parameters).ToHashSet()
                 : [];

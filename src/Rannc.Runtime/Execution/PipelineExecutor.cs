@@ -210,7 +210,37 @@ internal sealed class PipelineExecutor
             IReadOnlyList<int> incoming = Layout.Incoming(owner._stage);
             var values = new Dictionary<int, object?>();
             for (int i = 0; i < incoming.Count; i++) values[incoming[i]] = ValueTransfer.Receive(owner._world, peer, Tag(false, m, i));
+            CheckNoBatchSizeCrosses(m, peer, values);
             (CollectionsMarshalGet(_activationPieces, m)).Add((samples, values));
+        }
+
+        /// <summary>
+        /// A number computed from a tensor's shape (often the batch size) is only right on the other side when both
+        /// sides hold slices of the same size. When the sender's slice differs from this rank's and such a number
+        /// equals the sender's slice size, refuse rather than compute with a wrong shape.
+        /// </summary>
+        private void CheckNoBatchSizeCrosses(int m, int peer, Dictionary<int, object?> values)
+        {
+            PartitionPlan plan = owner._plan;
+            int senderSlice = plan.ReplicaSlice(owner._stage - 1, IndexOfRank(plan.Stages[owner._stage - 1].ReplicaRanks, peer), m).Count;
+            if (senderSlice == MySlice(m).Count) return;
+            foreach ((int v, object? value) in values)
+            {
+                bool holdsSenderBatch = value switch
+                {
+                    long[] shape => shape.Contains(senderSlice),
+                    long number => number == senderSlice,
+                    int number => number == senderSlice,
+                    _ => false,
+                };
+                if (holdsSenderBatch)
+                {
+                    throw new NotSupportedException(
+                        $"Value '{owner._graph.Values[v].Name}' crosses from a stage whose replicas see {senderSlice} samples to one whose " +
+                        $"replicas see {MySlice(m).Count}, and it looks like a batch size taken from a shape. Give neighbouring stages " +
+                        "equal replica counts (e.g. RANNC_PLAN=SxR), or read the size from a tensor inside the stage that uses it.");
+                }
+            }
         }
 
         public void Backward(int m)

@@ -22,6 +22,14 @@ public sealed record RanncOptions
     /// <summary>Force <c>Stages</c> stages of <c>Replicas</c> replicas each (<c>RANNC_PLAN=SxR</c>); null: automatic.</summary>
     public (int Stages, int Replicas)? ForcedShape { get; init; }
 
+    /// <summary>Force one stage per entry with that many replicas (<c>RANNC_PLAN=2,1</c>); takes precedence over
+    /// <see cref="ForcedShape"/>.</summary>
+    public IReadOnlyList<int>? ForcedReplicas { get; init; }
+
+    /// <summary>The forced replicas per stage, if any.</summary>
+    public IReadOnlyList<int>? ForcedReplicasPerStage =>
+        ForcedReplicas ?? (ForcedShape is { } shape ? Enumerable.Repeat(shape.Replicas, shape.Stages).ToList() : null);
+
     /// <summary>Force the number of micro-batches (<c>RANNC_MICRO_BATCHES</c>); null: the planner chooses.</summary>
     public int? MicroBatches { get; init; }
 
@@ -53,7 +61,7 @@ public sealed record RanncOptions
         if (lookup("RANNC_DEVICE_MEMORY") is { Length: > 0 } memory) result = result with { DeviceMemoryBytes = ParseBytes(memory) };
         if (lookup("RANNC_MEM_MARGIN") is { Length: > 0 } margin) result = result with { MemoryMargin = ParseDouble("RANNC_MEM_MARGIN", margin) };
         if (lookup("RANNC_SCHEDULE") is { Length: > 0 } schedule) result = result with { Schedule = ParseSchedule(schedule) };
-        if (lookup("RANNC_PLAN") is { Length: > 0 } plan) result = result with { ForcedShape = ParseShape(plan) };
+        if (lookup("RANNC_PLAN") is { Length: > 0 } plan) result = result with { ForcedReplicas = ParsePlan(plan), ForcedShape = null };
         if (lookup("RANNC_MICRO_BATCHES") is { Length: > 0 } micro) result = result with { MicroBatches = ParsePositive("RANNC_MICRO_BATCHES", micro) };
         if (lookup("RANNC_PLAN_CACHE") is { } cache) result = result with { PlanCacheDirectory = cache };
         if (lookup("RANNC_SAVE_DEPLOYMENT") is { Length: > 0 } save) result = result with { SaveDeploymentPath = save };
@@ -95,15 +103,20 @@ public sealed record RanncOptions
         _ => throw new FormatException($"'{text}' is not a schedule; use auto, gpipe or 1f1b."),
     };
 
-    /// <summary>Parses <c>auto</c> or <c>SxR</c> (stages × replicas per stage), e.g. <c>2x2</c>.</summary>
-    public static (int Stages, int Replicas)? ParseShape(string text)
+    /// <summary>
+    /// Parses a forced plan shape into replicas per stage: <c>auto</c> (null), <c>SxR</c> (S stages of R replicas,
+    /// e.g. <c>2x2</c>) or a list of replica counts, one per stage (e.g. <c>1,2</c>).
+    /// </summary>
+    public static IReadOnlyList<int>? ParsePlan(string text)
     {
         string trimmed = text.Trim().ToLowerInvariant();
         if (trimmed == "auto") return null;
-        string[] parts = trimmed.Split('x');
-        if (parts.Length == 2 && int.TryParse(parts[0], out int stages) && int.TryParse(parts[1], out int replicas) && stages > 0 && replicas > 0)
-            return (stages, replicas);
-        throw new FormatException($"'{text}' is not a plan shape; write auto or SxR, e.g. 2x2 (2 stages, 2 replicas each).");
+        string[] shape = trimmed.Split('x');
+        if (shape.Length == 2 && int.TryParse(shape[0], out int stages) && int.TryParse(shape[1], out int replicas) && stages > 0 && replicas > 0)
+            return Enumerable.Repeat(replicas, stages).ToList();
+        string[] counts = trimmed.Split(',');
+        if (counts.All(c => int.TryParse(c, out int r) && r > 0)) return counts.Select(int.Parse).ToList();
+        throw new FormatException($"'{text}' is not a plan shape; write auto, SxR (e.g. 2x2: 2 stages of 2 replicas) or replicas per stage (e.g. 1,2).");
     }
 
     private static int ParsePositive(string name, string text) =>
