@@ -60,4 +60,27 @@ public sealed class PlanningIntegrationTests
             Directory.Delete(cache, recursive: true);
         }
     }
+
+    [Fact]
+    public void SavedDeployment_IsForcedOnALaterRun_WithoutProfiling()
+    {
+        string folder = Directory.CreateTempSubdirectory("rannc-deployment-").FullName;
+        string file = Path.Combine(folder, "plan.json");
+        try
+        {
+            string first = SampleProgramTests.RunSample([.. SmallBert, "--plan-cache", "", "--plan", "2x2"],
+                new Dictionary<string, string> { ["RANNC_SAVE_DEPLOYMENT"] = file });
+            Assert.True(File.Exists(file));
+            string second = SampleProgramTests.RunSample([.. SmallBert, "--plan-cache", ""],
+                new Dictionary<string, string> { ["RANNC_LOAD_DEPLOYMENT"] = file });
+            JsonElement report = SampleProgramTests.LastJson(second);
+            Assert.Equal([2, 2], report.GetProperty("replicas").EnumerateArray().Select(e => e.GetInt32()));
+            Assert.DoesNotContain("profiled", second);
+            Assert.Equal(SampleProgramTests.LastJson(first).GetProperty("losses").ToString(), report.GetProperty("losses").ToString());
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
 }
