@@ -26,11 +26,12 @@ if (mode == "plan" && args.Length == 4)
 
 if (mode == "probe")
 {
-    // probe <layers> <devices> <memory GiB> <batch> <maxBlocks> <beam>
+    // probe <layers> <devices> <memory GiB> <batch> <maxBlocks> <beam> [refinement blocks]: one warm planning run with these knobs
     int[] a = args[1..].Select(x => int.Parse(x, CultureInfo.InvariantCulture)).ToArray();
     var model = Rannc.Partitioner.SyntheticModels.BertLike(a[0]);
     var cluster = Rannc.Partitioner.Cluster.Typical(Math.Max(1, a[1] / 8), Math.Min(8, a[1]), a[2] * Scenarios.Gib);
-    var options = new Rannc.Partitioner.PlanningOptions(a[3]) { MaxBlocks = a[4], SearchBeamWidth = a[5] };
+    var options = new Rannc.Partitioner.PlanningOptions(a[3]) { MaxBlocks = a[4], SearchBeamWidth = a[5], RefinementBlocks = a.Length > 6 ? a[6] : 128 };
+    Rannc.Partitioner.Planner.Plan(model.Graph, model.Costs, cluster, options);
     var watch = Stopwatch.StartNew();
     var plan = Rannc.Partitioner.Planner.Plan(model.Graph, model.Costs, cluster, options);
     Console.WriteLine($"{watch.Elapsed.TotalSeconds:0.00} s J={plan.ObjectiveSeconds * 1e3:0.0} sim={plan.PredictedStepSeconds * 1e3:0.0} S={plan.Stages.Count} r=[{string.Join(",", plan.Stages.Select(s => s.ReplicaRanks.Count))}] M={plan.MicroBatchCount} {plan.Schedule} exhaustive={plan.SearchWasExhaustive}");

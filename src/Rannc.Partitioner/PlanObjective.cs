@@ -34,8 +34,8 @@ public sealed record PlanEstimate(
 /// where for stage <c>s</c> at its largest replica slice <c>f</c>, <c>b</c> are one micro-batch's forward and
 /// backward (backward includes the recomputed forward), <c>a</c>, <c>g</c> the activation received from and the
 /// gradient sent to the previous stage, and <c>AR</c> the ring all-reduce of its gradients among its replicas,
-/// which overlaps the stage's last backward. Links: the intra-node link on a one-node cluster, otherwise the
-/// inter-node link (the placement is not known while searching). The simulator uses each rank pair's real link.
+/// which overlaps the stage's last backward. Ranks are placed by <see cref="FirstRanks"/>; a transfer uses the
+/// intra-node link when both stages sit on one host, an all-reduce when the stage does.
 /// </summary>
 public static class PlanObjective
 {
@@ -49,6 +49,7 @@ public static class PlanObjective
         double sum = 0, bottleneck = 0, tail = 0;
         bool fits = true;
         var peaks = new long[stageCount];
+        int[] firstRanks = PlanObjective.FirstRanks(shape.Replicas, cluster.DeviceCount);
         for (int s = 0; s < stageCount; s++)
         {
             StageProfile profile = table.Get(s, s + 1);
@@ -56,33 +57,71 @@ public static class PlanObjective
             int inFlight = CostModel.InFlightMicroBatches(shape.Schedule, shape.MicroBatchCount, stageCount - s);
             peaks[s] = CostModel.PeakBytes(profile, samples, inFlight, shape.Recompute[s], options.OptimizerStateFactor);
             fits &= peaks[s] <= usable;
-            StageTerms terms = StageTerms.Compute(profile, samples, shape.Replicas[s], shape.Recompute[s], s > 0, cluster);
+            StageTerms terms = StageTerms.Compute(profile, samples, shape.Replicas[s], shape.Recompute[s], firstRanks[s], cluster);
             sum += terms.Sum;
             bottleneck = Math.Max(bottleneck, terms.Cycle);
             tail = Math.Max(tail, terms.ExposedAllReduce);
+            if (s > 0)
+            {
+                (double activation, double gradient) = StageTerms.Boundary(
+                    cluster, firstRanks[s - 1], shape.Replicas[s - 1], shape.Replicas[s],
+                    profile.ActivationsIn.At(samples), profile.GradientsIn.At(samples));
+                sum += activation + gradient;
+                bottleneck = Math.Max(bottleneck, Math.Max(activation, gradient));
+            }
         }
 
         double objective = sum + (shape.MicroBatchCount - 1) * bottleneck + tail;
         return new PlanEstimate(objective, fits, peaks, sum, bottleneck, tail);
     }
+
+    /// <summary>
+    /// Where each stage's replicas go: stages take consecutive ranks and the last stage ends at the last rank, so
+    /// idle ranks (when a plan uses fewer devices than the cluster has) are the lowest ones. Stage <c>s</c> starts at
+    /// <c>deviceCount − Σ_{t ≥ s} replicas_t</c>.
+    /// </summary>
+    public static int[] FirstRanks(IReadOnlyList<int> replicas, int deviceCount)
+    {
+        int[] first = new int[replicas.Count];
+        int next = deviceCount;
+        for (int s = replicas.Count - 1; s >= 0; s--)
+        {
+            next -= replicas[s];
+            first[s] = next;
+        }
+
+        return first;
+    }
 }
 
-/// <summary>One stage's contribution to the objective (see <see cref="PlanObjective"/>).</summary>
+/// <summary>One stage's contribution to the objective without its incoming transfers (see <see cref="PlanObjective"/>).</summary>
 internal readonly record struct StageTerms(double Sum, double Cycle, double ExposedAllReduce)
 {
-    public static StageTerms Compute(StageProfile profile, int samples, int replicas, bool recompute, bool hasUpstream, Cluster cluster)
+    /// <summary>Compute and all-reduce terms of a stage whose replicas are ranks <c>[firstRank, firstRank + replicas)</c>.</summary>
+    public static StageTerms Compute(StageProfile profile, int samples, int replicas, bool recompute, int firstRank, Cluster cluster)
     {
         double forward = profile.ForwardSeconds(samples);
         double backward = profile.BackwardSeconds(samples, recompute);
-        bool oneNode = cluster.Nodes == 1;
+        bool oneNode = cluster.OnOneNode(firstRank, replicas);
+        double allReduce = CostModel.RingAllReduceSeconds(
+            profile.TrainableParameterBytes, replicas,
+            oneNode ? cluster.IntraNodeBandwidth : cluster.InterNodeBandwidth,
+            oneNode ? cluster.IntraNodeLatencySeconds : cluster.InterNodeLatencySeconds);
+        return new StageTerms(forward + backward, forward + backward, Math.Max(0, allReduce - backward));
+    }
+
+    /// <summary>
+    /// One micro-batch's activation (forward) and gradient (backward) transfer between a stage on ranks
+    /// <c>[upstreamFirstRank, +upstreamReplicas)</c> and the next stage right after it, whose slice receives
+    /// <paramref name="activationBytes"/> and sends back <paramref name="gradientBytes"/>: the intra-node link when
+    /// both stages sit on one host, otherwise the inter-node link.
+    /// </summary>
+    public static (double Activation, double Gradient) Boundary(
+        Cluster cluster, int upstreamFirstRank, int upstreamReplicas, int downstreamReplicas, long activationBytes, long gradientBytes)
+    {
+        bool oneNode = cluster.OnOneNode(upstreamFirstRank, upstreamReplicas + downstreamReplicas);
         double bandwidth = oneNode ? cluster.IntraNodeBandwidth : cluster.InterNodeBandwidth;
         double latency = oneNode ? cluster.IntraNodeLatencySeconds : cluster.InterNodeLatencySeconds;
-        double activationIn = hasUpstream ? latency + profile.ActivationsIn.At(samples) / bandwidth : 0;
-        double gradientOut = hasUpstream ? latency + profile.GradientsIn.At(samples) / bandwidth : 0;
-        double allReduce = CostModel.RingAllReduceSeconds(profile.TrainableParameterBytes, replicas, bandwidth, latency);
-        return new StageTerms(
-            forward + backward + activationIn + gradientOut,
-            Math.Max(forward + backward, Math.Max(activationIn, gradientOut)),
-            Math.Max(0, allReduce - backward));
+        return (latency + activationBytes / bandwidth, latency + gradientBytes / bandwidth);
     }
 }

@@ -82,18 +82,17 @@ public static class Planner
         PlanEstimate estimate = PlanObjective.Evaluate(graph, costs, cluster, options, shape);
 
         var stages = new List<StagePlan>();
-        int nextRank = 0;
+        int[] firstRanks = PlanObjective.FirstRanks(shape.Replicas, cluster.DeviceCount);
         for (int s = 0; s < outcome.Stages.Count; s++)
         {
             int replicas = outcome.Stages[s].Replicas;
             stages.Add(new StagePlan(
                 s,
                 stageNodes[s],
-                Enumerable.Range(nextRank, replicas).ToList(),
+                Enumerable.Range(firstRanks[s], replicas).ToList(),
                 outcome.Stages[s].Recompute,
                 layout.LargestSlice(replicas),
                 estimate.PeakBytesPerStage[s]));
-            nextRank += replicas;
         }
 
         var plan = new PartitionPlan(

@@ -40,10 +40,10 @@ public sealed record PlanningOptions(int GlobalBatchSize)
     public int MaxMicroBatches { get; init; } = 64;
 
     /// <summary>Most blocks the graph is coarsened into before the stage search (more: finer stages, slower search).</summary>
-    public int MaxBlocks { get; init; } = 32;
+    public int MaxBlocks { get; init; } = 24;
 
     /// <summary>Blocks of the refinement pass that follows the coarse search (0 or ≤ MaxBlocks: no refinement).</summary>
-    public int RefinementBlocks { get; init; } = 128;
+    public int RefinementBlocks { get; init; } = 96;
 
     /// <summary>
     /// Most entries kept per dynamic-programming state (the best by lower bound); 0 keeps every Pareto-optimal

@@ -19,6 +19,9 @@ internal sealed class StageSearch(RangeTable table, Cluster cluster, PlanningOpt
     {
         public int Devices;
         public int Stages;
+        public int FirstReplicas;
+        public long InboundActivationBytes;
+        public long InboundGradientBytes;
         public double Score;
         public double Sum;
         public double Bottleneck;
@@ -183,7 +186,10 @@ internal sealed class StageSearch(RangeTable table, Cluster cluster, PlanningOpt
         var fronts = new List<int>?[(_blockCount + 1) * countStates];
         _arena.Add(new Entry { Next = -1 });
         fronts[_blockCount * countStates] = [0];
-        var context = new ExtendContext(microBatches, schedule, minimizeMemory, countInFront, incumbent, bounds);
+        var context = new ExtendContext(microBatches, schedule, minimizeMemory, countInFront, incumbent, bounds)
+        {
+            Exact = options.SearchBeamWidth == 0,
+        };
 
         for (int first = _blockCount - 1; first >= 0; first--)
         {
@@ -208,8 +214,7 @@ internal sealed class StageSearch(RangeTable table, Cluster cluster, PlanningOpt
                             var stage = new ChosenStage(first, end, replicas, recompute);
                             var memory = new StageMemory(profile, slice, recompute, options.OptimizerStateFactor);
                             var plainMemory = new StageMemory(profile, slice, recompute: false, options.OptimizerStateFactor);
-                            StageTerms terms = StageTerms.Compute(profile, slice, replicas, recompute, first > 0, cluster);
-                            Extend(suffix, stage, memory, plainMemory, terms, context, ref fronts[target]);
+                            Extend(suffix, stage, profile, slice, memory, plainMemory, context, ref fronts[target]);
                         }
                     }
                 }
@@ -253,7 +258,12 @@ internal sealed class StageSearch(RangeTable table, Cluster cluster, PlanningOpt
     }
 
     private sealed record ExtendContext(
-        int MicroBatches, PipelineScheduleKind Schedule, bool MinimizeMemory, bool CountInFront, double Incumbent, PrefixBounds Bounds);
+        int MicroBatches, PipelineScheduleKind Schedule, bool MinimizeMemory, bool CountInFront, double Incumbent, PrefixBounds Bounds)
+    {
+        /// <summary>Without a beam the search is exact; with one, an entry using fewer devices also dominates (the
+        /// effect of its placement on the links of the stages before it is ignored), which keeps the fronts small.</summary>
+        public bool Exact { get; init; }
+    }
 
     /// <summary>A stage's peak as a function of its in-flight micro-batches: <c>Base + InFlight × Stash</c>.</summary>
     private readonly struct StageMemory(StageProfile profile, int slice, bool recompute, double optimizerStateFactor)
@@ -265,7 +275,7 @@ internal sealed class StageSearch(RangeTable table, Cluster cluster, PlanningOpt
     }
 
     private void Extend(
-        List<int> suffix, ChosenStage stage, StageMemory memory, StageMemory plainMemory, StageTerms terms,
+        List<int> suffix, ChosenStage stage, StageProfile profile, int slice, StageMemory memory, StageMemory plainMemory,
         ExtendContext context, ref List<int>? front)
     {
         foreach (int index in suffix)
@@ -280,23 +290,38 @@ internal sealed class StageSearch(RangeTable table, Cluster cluster, PlanningOpt
                 continue;
             }
 
+            // Stages fill the ranks from the end (see PlanObjective.FirstRanks): this one ends where the suffix begins.
+            int firstRank = cluster.DeviceCount - e.Devices - stage.Replicas;
+            if (firstRank < 0 || (stage.FirstBlock > 0 && firstRank == 0))
+            {
+                continue; // too many devices, or blocks left but no device for them
+            }
+
+            StageTerms terms = StageTerms.Compute(profile, slice, stage.Replicas, stage.Recompute, firstRank, cluster);
+            double sum = e.Sum + terms.Sum, bottleneck = Math.Max(e.Bottleneck, terms.Cycle);
+            if (e.Next >= 0)
+            {
+                (double activation, double gradient) = StageTerms.Boundary(
+                    cluster, firstRank, stage.Replicas, e.FirstReplicas, e.InboundActivationBytes, e.InboundGradientBytes);
+                sum += activation + gradient;
+                bottleneck = Math.Max(bottleneck, Math.Max(activation, gradient));
+            }
+
             var candidate = new Entry
             {
                 Devices = e.Devices + stage.Replicas,
                 Stages = e.Stages + 1,
-                Sum = e.Sum + terms.Sum,
-                Bottleneck = Math.Max(e.Bottleneck, terms.Cycle),
+                FirstReplicas = stage.Replicas,
+                InboundActivationBytes = profile.ActivationsIn.At(slice),
+                InboundGradientBytes = profile.GradientsIn.At(slice),
+                Sum = sum,
+                Bottleneck = bottleneck,
                 Tail = Math.Max(e.Tail, terms.ExposedAllReduce),
                 Peak = Math.Max(e.Peak, peak),
                 Next = index,
                 Stage = stage,
             };
-            int remaining = cluster.DeviceCount - candidate.Devices;
-            if (remaining < 0 || (stage.FirstBlock > 0 && remaining == 0))
-            {
-                continue; // too many devices, or blocks left but no device for them
-            }
-
+            int remaining = firstRank;
             candidate.Score = context.MinimizeMemory
                 ? candidate.Peak
                 : candidate.Sum + context.Bounds.SumBound(stage.FirstBlock, remaining)
@@ -346,10 +371,17 @@ internal sealed class StageSearch(RangeTable table, Cluster cluster, PlanningOpt
     /// <summary>Whether any front was cut by the beam width since this search was made (then the result may not be optimal).</summary>
     public bool Truncated { get; private set; }
 
+    /// <summary>
+    /// Whether <paramref name="a"/> is at least as good as <paramref name="b"/> for every way of completing them. For the
+    /// exact objective, the devices used must be equal (they fix where the stages before go, hence their links); a first
+    /// stage with fewer replicas and smaller inbound transfers makes the boundary before it no slower.
+    /// </summary>
     private static bool Dominates(in Entry a, in Entry b, ExtendContext context) =>
         context.MinimizeMemory
             ? a.Devices <= b.Devices && a.Peak <= b.Peak && (!context.CountInFront || a.Stages <= b.Stages)
-            : a.Devices <= b.Devices && a.Sum <= b.Sum && a.Bottleneck <= b.Bottleneck && a.Tail <= b.Tail
+            : (context.Exact ? a.Devices == b.Devices : a.Devices <= b.Devices) && a.Sum <= b.Sum && a.Bottleneck <= b.Bottleneck && a.Tail <= b.Tail
+              && a.FirstReplicas <= b.FirstReplicas && a.InboundActivationBytes <= b.InboundActivationBytes
+              && a.InboundGradientBytes <= b.InboundGradientBytes
               && (!context.CountInFront || a.Stages <= b.Stages);
 
     /// <summary>

@@ -2,8 +2,13 @@ using Rannc.Partitioner;
 
 namespace Rannc.Partitioner.Tests;
 
+/// <summary>The search against a brute-force oracle on small graphs. The beam is switched off (width 0): the beam is
+/// a speed knob for large inputs, and these tests check the exact algorithm under it.</summary>
 public class PartitionerOracleTests
 {
+    private static PlanningCase Exhaustive(PlanningCase input) =>
+        input with { Options = input.Options with { SearchBeamWidth = 0 } };
+
     public static TheoryData<int, int, int> SmallCases()
     {
         var data = new TheoryData<int, int, int>();
@@ -19,7 +24,7 @@ public class PartitionerOracleTests
     [MemberData(nameof(SmallCases))]
     public void Plan_RandomSmallGraph_MatchesBruteForceOptimum(int seed, int nodes, int devices)
     {
-        PlanningCase input = TestInputs.RandomCase(seed, nodes, devices);
+        PlanningCase input = Exhaustive(TestInputs.RandomCase(seed, nodes, devices));
         Assert.Equal(nodes, GraphBlocks.AtomicUnits(input.Graph).Count);
         BruteForceOracle.Result oracle = BruteForceOracle.Solve(input);
 
@@ -44,7 +49,7 @@ public class PartitionerOracleTests
     [InlineData(102, 5, 5)]
     public void Plan_OnlyOneFOneBWithStageBounds_MatchesBruteForceOptimum(int seed, int nodes, int devices)
     {
-        PlanningCase input = TestInputs.RandomCase(seed, nodes, devices);
+        PlanningCase input = Exhaustive(TestInputs.RandomCase(seed, nodes, devices));
         input = input with
         {
             Options = input.Options with { Schedules = [PipelineScheduleKind.OneFOneB], MinStages = 2, MaxStages = 3 },
@@ -62,7 +67,7 @@ public class PartitionerOracleTests
     [Fact]
     public void Plan_ForcedShape_UsesExactlyThatShapeAndItsBestCuts()
     {
-        PlanningCase input = TestInputs.RandomCase(7, 6, 4);
+        PlanningCase input = Exhaustive(TestInputs.RandomCase(7, 6, 4));
         input = input with
         {
             Options = input.Options with { ForcedReplicasPerStage = [1, 2, 1] },
@@ -82,7 +87,7 @@ public class PartitionerOracleTests
     [InlineData(23)]
     public void Plan_MoreMemory_NeverSlower(int seed)
     {
-        PlanningCase input = TestInputs.RandomCase(seed, 6, 4);
+        PlanningCase input = Exhaustive(TestInputs.RandomCase(seed, 6, 4));
         double previous = double.PositiveInfinity;
         foreach (double factor in new[] { 0.5, 0.75, 1, 1.5, 2, 4, 16 })
         {
