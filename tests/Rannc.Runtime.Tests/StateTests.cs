@@ -28,62 +28,46 @@ public sealed class StateTests
     }
 
     [Fact]
-    public void SavedCheckpoint_LoadsIntoAPlainModel_WithTheSameOutputs()
+    public void SavedCheckpoint_LoadsIntoAPlainModel_WithTheSameOutputs() => WithTemporaryDirectory(directory =>
     {
-        string directory = Directory.CreateTempSubdirectory("rannc-checkpoint-").FullName;
-        try
+        var reference = new Reference(2);
+        InProcessLauncher.Run(2, comm =>
         {
-            var reference = new Reference(2);
-            InProcessLauncher.Run(2, comm =>
-            {
-                using Trainer trainer = new(comm, (2, 1));
-                trainer.Steps(0, 2);
-                trainer.Rannc.SaveCheckpoint(directory);
-            }, Launch);
-            nn.Module plain = CreateSeeded();
-            plain.load(Path.Combine(directory, "model.bin"));
-            Tensor[] batch = BatchOf(7);
-            using var noGrad = torch.no_grad();
-            AssertClose(SampleTask.Forward(reference.Model, batch).item<double>(), SampleTask.Forward(plain, batch).item<double>(), "output");
-        }
-        finally
-        {
-            Directory.Delete(directory, recursive: true);
-        }
-    }
+            using Trainer trainer = new(comm, (2, 1));
+            trainer.Steps(0, 2);
+            trainer.Rannc.SaveCheckpoint(directory);
+        }, Launch);
+        nn.Module plain = CreateSeeded();
+        plain.load(Path.Combine(directory, "model.bin"));
+        Tensor[] batch = BatchOf(7);
+        using var noGrad = torch.no_grad();
+        AssertClose(SampleTask.Forward(reference.Model, batch).item<double>(), SampleTask.Forward(plain, batch).item<double>(), "output");
+    });
 
     [Fact]
-    public void Checkpoint_LoadedIntoADifferentPlanAndWorldSize_ContinuesLikeAnUninterruptedRun()
+    public void Checkpoint_LoadedIntoADifferentPlanAndWorldSize_ContinuesLikeAnUninterruptedRun() => WithTemporaryDirectory(directory =>
     {
-        string directory = Directory.CreateTempSubdirectory("rannc-checkpoint-").FullName;
-        try
+        var reference = new Reference(4);
+        InProcessLauncher.Run(2, comm =>
         {
-            var reference = new Reference(4);
-            InProcessLauncher.Run(2, comm =>
-            {
-                using Trainer trainer = new(comm, (2, 1));
-                trainer.Steps(0, 2);
-                trainer.Rannc.SaveCheckpoint(directory);
-            }, Launch);
-            var results = InProcessLauncher.Run(3, comm =>
-            {
-                using Trainer trainer = new(comm, (1, 3));
-                trainer.Rannc.LoadCheckpoint(directory);
-                double[] losses = trainer.Steps(2, 4);
-                return (losses, trainer.Rannc.StateDict());
-            }, Launch);
-            foreach ((double[] losses, Dictionary<string, Tensor> state) in results)
-            {
-                AssertClose(reference.Losses[2], losses[0], "loss of step 3");
-                AssertClose(reference.Losses[3], losses[1], "loss of step 4");
-                AssertSameTensors(reference.State(), state);
-            }
-        }
-        finally
+            using Trainer trainer = new(comm, (2, 1));
+            trainer.Steps(0, 2);
+            trainer.Rannc.SaveCheckpoint(directory);
+        }, Launch);
+        var results = InProcessLauncher.Run(3, comm =>
         {
-            Directory.Delete(directory, recursive: true);
+            using Trainer trainer = new(comm, (1, 3));
+            trainer.Rannc.LoadCheckpoint(directory);
+            double[] losses = trainer.Steps(2, 4);
+            return (losses, trainer.Rannc.StateDict());
+        }, Launch);
+        foreach ((double[] losses, Dictionary<string, Tensor> state) in results)
+        {
+            AssertClose(reference.Losses[2], losses[0], "loss of step 3");
+            AssertClose(reference.Losses[3], losses[1], "loss of step 4");
+            AssertSameTensors(reference.State(), state);
         }
-    }
+    });
 
     [Fact]
     public void ClipGradNorm_OverAllRanks_EqualsClippingTheWholeModel()
@@ -100,6 +84,19 @@ public sealed class StateTests
             AssertSameTensors(reference.State(), state);
         }
         Assert.True(reference.ClippedSteps > 0, "the clipping threshold never bit; the test would not show anything");
+    }
+
+    private static void WithTemporaryDirectory(Action<string> test)
+    {
+        string directory = Directory.CreateTempSubdirectory("rannc-checkpoint-").FullName;
+        try
+        {
+            test(directory);
+        }
+        finally
+        {
+            Directory.Delete(directory, recursive: true);
+        }
     }
 
     private static Tensor[] BatchOf(int step) => Task.CreateBatch(Batch, step).Select(t => t.is_floating_point() ? t.to_type(ScalarType.Float64) : t).ToArray();

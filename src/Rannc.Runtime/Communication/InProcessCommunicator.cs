@@ -58,12 +58,7 @@ public sealed class InProcessCommunicator : ICommunicator
 
     public void AllReduce(IReadOnlyList<Tensor> tensors, ReduceOp op)
     {
-        ArgumentNullException.ThrowIfNull(tensors);
-        foreach (Tensor t in tensors)
-        {
-            TensorBuffers.CheckTransferable(t, "AllReduce");
-            CheckReducible(t.dtype, op);
-        }
+        TensorBuffers.CheckReducible(tensors, op);
         object?[] all = Exchange(tensors, "AllReduce");
         var lists = all.Cast<IReadOnlyList<Tensor>>().ToArray();
         CheckSameTensors(lists, "AllReduce");
@@ -75,7 +70,7 @@ public sealed class InProcessCommunicator : ICommunicator
             {
                 // Every rank reduces in rank order, so all ranks get bit-identical results. Half types are
                 // accumulated in float32, as the MPI implementation does.
-                ScalarType accumulate = ReductionType(tensors[i].dtype);
+                ScalarType accumulate = TensorBuffers.ReductionType(tensors[i].dtype);
                 Tensor acc = lists[0][i].to(accumulate, copy: true);
                 for (int r = 1; r < lists.Length; r++)
                 {
@@ -164,17 +159,6 @@ public sealed class InProcessCommunicator : ICommunicator
     {
         old.Dispose();
         return replacement;
-    }
-
-    internal static ScalarType ReductionType(ScalarType dtype) =>
-        dtype is ScalarType.Float16 or ScalarType.BFloat16 ? ScalarType.Float32 : dtype;
-
-    internal static void CheckReducible(ScalarType dtype, ReduceOp op)
-    {
-        if (dtype == ScalarType.Bool && op != ReduceOp.Max)
-            throw new ArgumentException($"AllReduce {op} is not defined for Bool tensors; use Max (logical or).");
-        if (dtype == ScalarType.Int64 && op == ReduceOp.Average)
-            throw new ArgumentException("AllReduce Average needs a floating-point tensor; Int64 would truncate.");
     }
 
     private void CheckSameTensors(IReadOnlyList<Tensor>[] lists, string operation)

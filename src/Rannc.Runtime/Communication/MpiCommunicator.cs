@@ -80,17 +80,12 @@ public sealed class MpiCommunicator : ICommunicator
 
     public void AllReduce(IReadOnlyList<Tensor> tensors, ReduceOp op)
     {
-        ArgumentNullException.ThrowIfNull(tensors);
-        foreach (Tensor t in tensors)
-        {
-            TensorBuffers.CheckTransferable(t, "AllReduce");
-            InProcessCommunicator.CheckReducible(t.dtype, op);
-        }
+        TensorBuffers.CheckReducible(tensors, op);
         CheckSameEverywhere(Signature(tensors), "AllReduce", "the tensors' count, dtypes or sizes differ between ranks");
         using var noGrad = torch.no_grad();
         foreach (Tensor tensor in tensors)
         {
-            ScalarType accumulate = InProcessCommunicator.ReductionType(tensor.dtype);
+            ScalarType accumulate = TensorBuffers.ReductionType(tensor.dtype);
             if (accumulate != tensor.dtype)
             {
                 // MPI has no 16-bit float sum: reduce a float32 copy, as the in-process implementation does.

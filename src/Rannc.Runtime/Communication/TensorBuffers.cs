@@ -39,6 +39,24 @@ public static class TensorBuffers
         }
     }
 
+    /// <summary>Checks the tensors of an all-reduce and that <paramref name="op"/> is defined for their dtypes.</summary>
+    public static void CheckReducible(IReadOnlyList<Tensor> tensors, ReduceOp op)
+    {
+        ArgumentNullException.ThrowIfNull(tensors);
+        foreach (Tensor t in tensors)
+        {
+            CheckTransferable(t, "AllReduce");
+            if (t.dtype == ScalarType.Bool && op != ReduceOp.Max)
+                throw new ArgumentException($"AllReduce {op} is not defined for Bool tensors; use Max (logical or).");
+            if (t.dtype == ScalarType.Int64 && op == ReduceOp.Average)
+                throw new ArgumentException("AllReduce Average needs a floating-point tensor; Int64 would truncate.");
+        }
+    }
+
+    /// <summary>The type reductions run in: 16-bit floats are summed in float32 (MPI has no 16-bit float sum).</summary>
+    public static ScalarType ReductionType(ScalarType dtype) =>
+        dtype is ScalarType.Float16 or ScalarType.BFloat16 ? ScalarType.Float32 : dtype;
+
     public static void CheckTag(int tag)
     {
         if (tag < 0 || tag > MaxTag) throw new ArgumentOutOfRangeException(nameof(tag), tag, $"Tags must be in [0, {MaxTag}].");

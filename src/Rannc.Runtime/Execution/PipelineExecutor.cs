@@ -190,7 +190,7 @@ internal sealed class PipelineExecutor
 
         public IEnumerable<ICommRequest> SendActivations(int m, int peer)
         {
-            SampleRange samples = TransferTo(m, peer, gradient: false);
+            SampleRange samples = SharedSamples(m, owner._stage + 1, peer);
             SampleRange mine = MySlice(m);
             var requests = new List<ICommRequest>();
             IReadOnlyList<int> outgoing = Layout.Outgoing(owner._stage);
@@ -206,7 +206,7 @@ internal sealed class PipelineExecutor
 
         public void ReceiveActivations(int m, int peer)
         {
-            SampleRange samples = TransferFrom(m, peer, gradient: false);
+            SampleRange samples = SharedSamples(m, owner._stage - 1, peer);
             IReadOnlyList<int> incoming = Layout.Incoming(owner._stage);
             var values = new Dictionary<int, object?>();
             for (int i = 0; i < incoming.Count; i++) values[incoming[i]] = ValueTransfer.Receive(owner._world, peer, Tag(false, m, i));
@@ -297,7 +297,7 @@ internal sealed class PipelineExecutor
 
         public IEnumerable<ICommRequest> SendGradients(int m, int peer)
         {
-            SampleRange samples = TransferTo(m, peer, gradient: true);
+            SampleRange samples = SharedSamples(m, owner._stage - 1, peer);
             SampleRange mine = MySlice(m);
             var requests = new List<ICommRequest>();
             IReadOnlyList<int> incoming = Layout.Incoming(owner._stage);
@@ -313,7 +313,7 @@ internal sealed class PipelineExecutor
 
         public void ReceiveGradients(int m, int peer)
         {
-            SampleRange samples = TransferFrom(m, peer, gradient: true);
+            SampleRange samples = SharedSamples(m, owner._stage + 1, peer);
             IReadOnlyList<int> outgoing = Layout.Outgoing(owner._stage);
             var gradients = new Dictionary<int, Tensor>();
             for (int i = 0; i < outgoing.Count; i++)
@@ -407,28 +407,19 @@ internal sealed class PipelineExecutor
                 throw new InvalidOperationException($"The {what} received for micro-batch {m} do not cover samples [{slice.Start}, {slice.End}).");
         }
 
-        /// <summary>The samples a send to <paramref name="peer"/> carries (next stage for activations, previous for gradients).</summary>
-        private SampleRange TransferTo(int m, int peer, bool gradient)
+        /// <summary>
+        /// The samples exchanged with <paramref name="peer"/> of the neighbouring stage <paramref name="neighbour"/>
+        /// in micro-batch <paramref name="m"/>: the overlap of the two replicas' slices, the same for activations
+        /// going forward and gradients coming back.
+        /// </summary>
+        private SampleRange SharedSamples(int m, int neighbour, int peer)
         {
             PartitionPlan plan = owner._plan;
-            int neighbour = gradient ? owner._stage - 1 : owner._stage + 1;
             int peerReplica = IndexOfRank(plan.Stages[neighbour].ReplicaRanks, peer);
-            (int from, int to) = gradient ? (peerReplica, owner._replica) : (owner._replica, peerReplica);
             int lower = Math.Min(owner._stage, neighbour);
+            (int fromReplica, int toReplica) = neighbour > owner._stage ? (owner._replica, peerReplica) : (peerReplica, owner._replica);
             return plan.Layout.Transfers(m, plan.Stages[lower].ReplicaRanks.Count, plan.Stages[lower + 1].ReplicaRanks.Count)
-                .Single(t => t.FromReplica == from && t.ToReplica == to).Samples;
-        }
-
-        /// <summary>The samples a receive from <paramref name="peer"/> carries.</summary>
-        private SampleRange TransferFrom(int m, int peer, bool gradient)
-        {
-            PartitionPlan plan = owner._plan;
-            int neighbour = gradient ? owner._stage + 1 : owner._stage - 1;
-            int peerReplica = IndexOfRank(plan.Stages[neighbour].ReplicaRanks, peer);
-            (int from, int to) = gradient ? (owner._replica, peerReplica) : (peerReplica, owner._replica);
-            int lower = Math.Min(owner._stage, neighbour);
-            return plan.Layout.Transfers(m, plan.Stages[lower].ReplicaRanks.Count, plan.Stages[lower + 1].ReplicaRanks.Count)
-                .Single(t => t.FromReplica == from && t.ToReplica == to).Samples;
+                .Single(t => t.FromReplica == fromReplica && t.ToReplica == toReplica).Samples;
         }
 
         private static int IndexOfRank(IReadOnlyList<int> ranks, int rank)
