@@ -32,6 +32,7 @@ public sealed class RanncModule : IDisposable
     private readonly RanncOptions _options;
     private readonly Tensor _anchor = torch.zeros(Array.Empty<long>(), ScalarType.Float64).requires_grad_(true);
     private Deployed? _deployed;
+    private Exception? _failedBackward;
 
     /// <param name="model">The <c>[RaNNC]</c> model; every rank constructs its own with the same seed.</param>
     /// <param name="optimizer">The optimizer over the model's parameters (it steps the parameters this rank owns).</param>
@@ -66,6 +67,8 @@ public sealed class RanncModule : IDisposable
     public Tensor forward(params Tensor[] inputs)
     {
         ArgumentNullException.ThrowIfNull(inputs);
+        if (_failedBackward is { } failure)
+            throw new InvalidOperationException($"The previous backward pass through the pipeline failed: {failure.Message}", failure);
         if (inputs.Length == 0 || inputs[0].dim() == 0) throw new ArgumentException("forward needs batch tensors (first dimension = batch).");
         int batch = (int)inputs[0].shape[0];
         _deployed ??= Deploy(inputs, batch);
@@ -76,10 +79,26 @@ public sealed class RanncModule : IDisposable
                 "Use the same batch size every step (drop or pad the last batch).");
         }
         bool training = _model.training && torch.is_grad_enabled();
-        StepResult step = _deployed.Executor.Run(inputs, training);
-        if (_deployed.OutputIsScalar) return Loss(step, training);
-        if (training) throw new NotSupportedException("Training needs forward() to return a scalar loss; models returning other tensors run in eval mode or under no_grad.");
-        return GatherOutput(step);
+        if (_deployed.OutputIsScalar) return Loss(_deployed.Executor.Run(inputs, training), training);
+        if (!training) return GatherOutput(_deployed.Executor.Run(inputs, computeGradients: false).OutputSlices);
+
+        // The loss is computed from the gathered output after this call, so the backward passes wait for its gradient.
+        PipelineExecutor.DeferredStep pending = _deployed.Executor.RunForward(inputs);
+        using Tensor output = GatherOutput(pending.OutputSlices);
+        var owned = _deployed.OwnedParameters;
+        return PipelineResultFunction.apply(_anchor, output, (Action<Tensor>)(gradOutput =>
+        {
+            // An exception cannot cross libtorch's native backward: report it now and fail the next call.
+            try
+            {
+                AddGradients(owned, pending.Backward(gradOutput), scale: null);
+            }
+            catch (Exception e)
+            {
+                _failedBackward = e;
+                Log($"Rannc: rank {_world.Rank}: the pipeline's backward pass failed: {e.Message}");
+            }
+        }));
     }
 
     /// <summary>Switches the model (every stage) to training mode.</summary>
@@ -204,29 +223,36 @@ public sealed class RanncModule : IDisposable
         using var total = torch.tensor(step.WeightedLoss, ScalarType.Float64);
         _world.AllReduce(total, ReduceOp.Sum);
         double loss = total.item<double>();
-        if (!training) return torch.tensor(loss, ScalarType.Float64).to_type(_deployed!.OutputDType);
+        Tensor value = torch.tensor(loss, ScalarType.Float64).to_type(_deployed!.OutputDType);
+        if (!training) return value;
         IReadOnlyDictionary<string, Tensor> gradients = step.Gradients!;
-        var owned = _deployed!.OwnedParameters;
-        return PipelineLossFunction.apply(_anchor, loss, _deployed.OutputDType, (Action<Tensor>)(gradOutput =>
+        var owned = _deployed.OwnedParameters;
+        using (value)
         {
-            using var noGrad = torch.no_grad();
-            foreach ((string name, Tensor parameter) in owned)
-            {
-                if (!gradients.TryGetValue(name, out Tensor? gradient)) continue;
-                Tensor scaled = gradient * gradOutput.to_type(gradient.dtype);
-                parameter.grad = parameter.grad is null ? scaled : parameter.grad + scaled;
-            }
-        }));
+            return PipelineResultFunction.apply(_anchor, value, (Action<Tensor>)(gradOutput => AddGradients(owned, gradients, gradOutput)));
+        }
+    }
+
+    /// <summary>Adds the pipeline's gradients (times <paramref name="scale"/>, when given) to the owned parameters' <c>.grad</c>.</summary>
+    private static void AddGradients(IReadOnlyList<(string Name, Tensor Parameter)> owned, IReadOnlyDictionary<string, Tensor> gradients, Tensor? scale)
+    {
+        using var noGrad = torch.no_grad();
+        foreach ((string name, Tensor parameter) in owned)
+        {
+            if (!gradients.TryGetValue(name, out Tensor? gradient)) continue;
+            Tensor scaled = scale is null ? gradient : gradient * scale.to_type(gradient.dtype);
+            parameter.grad = parameter.grad is null ? scaled : parameter.grad + scaled;
+        }
     }
 
     /// <summary>Every rank gets the whole output: the last stage's replicas fill their slices, a sum joins them.</summary>
-    private Tensor GatherOutput(StepResult step)
+    private Tensor GatherOutput(IReadOnlyList<(SampleRange Samples, Tensor Value)> slices)
     {
-        long[]?[] shapes = _world.AllGather(step.OutputSlices.Count > 0 ? step.OutputSlices[0].Value.shape : null);
+        long[]?[] shapes = _world.AllGather(slices.Count > 0 ? slices[0].Value.shape : null);
         long[] sliceShape = shapes.First(s => s is not null)!;
         long[] shape = [_deployed!.Plan.GlobalBatchSize, .. sliceShape.Skip(1)];
         Tensor output = torch.zeros(shape, _deployed.OutputDType);
-        foreach ((SampleRange samples, Tensor value) in step.OutputSlices) output.narrow(0, samples.Start, samples.Count).copy_(value);
+        foreach ((SampleRange samples, Tensor value) in slices) output.narrow(0, samples.Start, samples.Count).copy_(value);
         _world.AllReduce(output, ReduceOp.Sum);
         return output;
     }

@@ -59,10 +59,73 @@ internal sealed class PipelineExecutor
     {
         if (IsIdle) return new StepResult(0, [], computeGradients ? new Dictionary<string, Tensor>() : null);
         var step = new Step(this, inputs, computeGradients);
+        try
+        {
+            Execute(step, _actions.Where(a => computeGradients || IsForwardAction(a)));
+        }
+        finally
+        {
+            // Sends have completed (or the step failed): nothing in flight reads the step's tensors any more.
+            step.ReleaseAll();
+        }
+        return step.Result();
+    }
+
+    /// <summary>
+    /// Runs only the forward actions, keeping the autograd graphs, for a model whose output is not a scalar loss:
+    /// the loss is computed after the output is gathered, so the backward actions wait for its gradient
+    /// (<see cref="DeferredStep.Backward"/>). Forwards then backwards in each rank's order is GPipe's order.
+    /// </summary>
+    public DeferredStep RunForward(IReadOnlyList<object?> inputs)
+    {
+        var step = new Step(this, inputs, computeGradients: true);
+        if (!IsIdle)
+        {
+            try
+            {
+                Execute(step, _actions.Where(IsForwardAction));
+            }
+            catch
+            {
+                step.ReleaseAll();
+                throw;
+            }
+        }
+        return new DeferredStep(this, step);
+    }
+
+    /// <summary>A step whose forward actions have run and whose backward actions wait for the output's gradient.</summary>
+    internal sealed class DeferredStep(PipelineExecutor owner, Step step)
+    {
+        public IReadOnlyList<(SampleRange Samples, Tensor Value)> OutputSlices => owner.IsIdle ? [] : step.Result().OutputSlices;
+
+        /// <summary>Runs the backward actions with the gradient of the whole (gathered) output; returns this rank's gradients.</summary>
+        public IReadOnlyDictionary<string, Tensor> Backward(Tensor outputGradient)
+        {
+            if (owner.IsIdle) return new Dictionary<string, Tensor>();
+            try
+            {
+                step.SetOutputGradient(outputGradient);
+                owner.Execute(step, owner._actions.Where(a => !IsForwardAction(a)));
+            }
+            finally
+            {
+                step.ReleaseAll();
+            }
+            return step.Result().Gradients!;
+        }
+    }
+
+    private static bool IsForwardAction(PipelineAction action) =>
+        action.Kind is ActionKind.Forward or ActionKind.SendActivation or ActionKind.RecvActivation;
+
+    /// <summary>Runs <paramref name="actions"/> of this rank in order, one <c>switch</c>, then waits for its sends.</summary>
+    private void Execute(Step step, IEnumerable<PipelineAction> actions)
+    {
         var pending = new List<ICommRequest>();
         try
         {
-            foreach (PipelineAction action in _actions)
+            foreach (PipelineAction action in actions)
             {
                 switch (action.Kind)
                 {
@@ -75,21 +138,19 @@ internal sealed class PipelineExecutor
                     case ActionKind.RecvActivation:
                         step.Capture(action.MicroBatch, () => step.ReceiveActivations(action.MicroBatch, action.Peer));
                         break;
-                    case ActionKind.Backward when computeGradients:
+                    case ActionKind.Backward:
                         step.ReleaseFinishedMicroBatches(action.MicroBatch);
                         step.Capture(action.MicroBatch, () => step.Backward(action.MicroBatch));
                         break;
-                    case ActionKind.SendGradient when computeGradients:
+                    case ActionKind.SendGradient:
                         pending.AddRange(step.CaptureUntilStepEnd(() => step.SendGradients(action.MicroBatch, action.Peer)));
                         break;
-                    case ActionKind.RecvGradient when computeGradients:
+                    case ActionKind.RecvGradient:
                         step.Capture(action.MicroBatch, () => step.ReceiveGradients(action.MicroBatch, action.Peer));
                         break;
-                    case ActionKind.AllReduce when computeGradients:
+                    case ActionKind.AllReduce:
                         step.AllReduceGradients();
                         break;
-                    case ActionKind.Backward or ActionKind.SendGradient or ActionKind.RecvGradient or ActionKind.AllReduce:
-                        break; // inference: forward actions only
                     default:
                         throw new InvalidOperationException($"Unknown action {action}.");
                 }
@@ -102,12 +163,6 @@ internal sealed class PipelineExecutor
                 $"Rank {_world.Rank} (stage {_stage}, replica {_replica}) failed while running its schedule: {e.Message}\n" +
                 $"Schedule (rank × step):\n{new PipelineSchedule(RankActionsForMessage()).FormatGrid(computeOnly: true)}", e);
         }
-        finally
-        {
-            // Sends have completed (or the step failed): nothing in flight reads the step's tensors any more.
-            step.ReleaseAll();
-        }
-        return step.Result();
     }
 
     private IReadOnlyList<IReadOnlyList<PipelineAction>> RankActionsForMessage() =>
@@ -117,7 +172,7 @@ internal sealed class PipelineExecutor
         ((gradient ? 1 : 0) * MaxMicroBatches + microBatch) * StageLayout.MaxBoundaryValues + valueIndex;
 
     /// <summary>The state of one step: values per micro-batch, received pieces, accumulated gradients.</summary>
-    private sealed class Step(PipelineExecutor owner, IReadOnlyList<object?> inputs, bool computeGradients)
+    internal sealed class Step(PipelineExecutor owner, IReadOnlyList<object?> inputs, bool computeGradients)
     {
         private readonly Dictionary<int, Dictionary<int, object?>> _values = [];
         private readonly Dictionary<int, Dictionary<int, Tensor>> _leaves = [];
@@ -125,6 +180,8 @@ internal sealed class PipelineExecutor
         private readonly Dictionary<int, List<(SampleRange Samples, Dictionary<int, Tensor> Gradients)>> _gradientPieces = [];
         private readonly Dictionary<int, Dictionary<int, Tensor>> _inputGradients = [];
         private readonly Dictionary<int, Tensor> _losses = [];
+        private readonly Dictionary<int, Tensor> _outputs = [];
+        private Tensor? _outputGradient;
         private readonly Dictionary<string, Tensor> _gradients = [];
         private readonly List<(SampleRange, Tensor)> _outputSlices = [];
         private readonly Dictionary<int, List<IDisposable>> _microBatchTensors = [];
@@ -184,9 +241,13 @@ internal sealed class PipelineExecutor
             }
             else
             {
+                _outputs[m] = result;
                 _outputSlices.Add((slice, result.detach()));
             }
         }
+
+        /// <summary>The gradient of the whole gathered output, for a deferred backward (see <see cref="RunForward"/>).</summary>
+        public void SetOutputGradient(Tensor gradient) => _outputGradient = gradient;
 
         public IEnumerable<ICommRequest> SendActivations(int m, int peer)
         {
@@ -248,13 +309,20 @@ internal sealed class PipelineExecutor
             var outputs = new List<Tensor>();
             var outputGradients = new List<Tensor>();
             Dictionary<int, Tensor> received = owner.IsLastStage ? [] : AssembleGradients(m);
-            if (owner.IsLastStage)
+            if (owner.IsLastStage && _losses.TryGetValue(m, out Tensor? loss))
             {
-                if (!_losses.TryGetValue(m, out Tensor? loss))
-                    throw new NotSupportedException("Training through Rannc needs forward() to return a scalar loss.");
+                // The step's loss is the sum over slices of (slice samples / batch) × slice loss.
                 double weight = (double)MySlice(m).Count / owner._plan.GlobalBatchSize;
                 outputs.Add(loss);
                 outputGradients.Add(torch.full_like(loss, weight));
+            }
+            else if (owner.IsLastStage)
+            {
+                Tensor output = _outputs[m];
+                Tensor gradient = _outputGradient ?? throw new InvalidOperationException("The output's gradient has not been given.");
+                SampleRange slice = MySlice(m);
+                outputs.Add(output);
+                outputGradients.Add(gradient.narrow(0, slice.Start, slice.Count).to_type(output.dtype));
             }
             else
             {
@@ -483,6 +551,7 @@ internal sealed class PipelineExecutor
             _values.Remove(m);
             _leaves.Remove(m);
             _losses.Remove(m);
+            _outputs.Remove(m);
             _inputGradients.Remove(m);
             if (_microBatchTensors.Remove(m, out var tensors))
             {
