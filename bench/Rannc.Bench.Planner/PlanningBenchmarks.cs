@@ -4,8 +4,10 @@ using Rannc.Partitioner;
 
 namespace Rannc.Bench.Planning;
 
-/// <summary>BenchmarkDotNet short run of the headline planning cases.</summary>
-[SimpleJob(RunStrategy.Monitoring, launchCount: 1, warmupCount: 1, iterationCount: 3)]
+/// <summary>BenchmarkDotNet short run of the headline planning cases, in process (no generated project to build):
+/// one warm-up and five measured calls each.</summary>
+[SimpleJob(RunStrategy.Monitoring, launchCount: 1, warmupCount: 1, iterationCount: 5)]
+[InProcess]
 [MemoryDiagnoser]
 public class PlanningBenchmarks
 {

@@ -57,7 +57,7 @@ internal static class Tables
             var (graph, costs, cluster, options) = Scenarios.Bert(layers, 1024, 80);
             (PartitionPlan? plan, double elapsed, string? error) = Time(graph, costs, cluster, options);
             output.WriteLine($"| {layers} | {Format(elapsed)} | {Format(s_lastCpuSeconds)} | {Describe(plan, error)} |");
-            if (s_lastCpuSeconds > seconds || layers >= 24576)
+            if (plan is null || s_lastCpuSeconds > seconds || layers >= 24576)
             {
                 break;
             }

@@ -27,6 +27,7 @@ public static class Planner
         IReadOnlyList<IReadOnlyList<int>> fine = GraphBlocks.Coarsen(graph, costs, units, Math.Max(options.MaxBlocks, options.RefinementBlocks));
         var coarseSearch = new StageSearch(RangeTable.Build(graph, costs, coarse), cluster, options);
         SearchOutcome? best = coarseSearch.FindBest();
+        double bestObjective = best?.Value ?? double.PositiveInfinity; // a memory-optimal fallback has no objective yet
         IReadOnlyList<IReadOnlyList<int>> bestBlocks = coarse;
         bool truncated = coarseSearch.Truncated || coarse.Count < units.Count;
         var fineSearch = coarseSearch;
@@ -38,17 +39,26 @@ public static class Planner
                 .Select(o => (o.MicroBatchCount, o.Schedule)).Reverse().ToList();
             if (best is null)
             {
-                // Nothing fitted on the coarse blocks: the finer ones may still fit; search them fully.
-                best = fineSearch.FindBest();
+                // Nothing fitted on the coarse blocks. The finer ones may fit: check that cheaply first, then search them fully.
+                SearchOutcome? smallest = fineSearch.FindSmallestPeak();
+                if (smallest is null || smallest.Value > CostModel.UsableBytes(cluster, options))
+                {
+                    throw Infeasible(smallest, fine.Count, units.Count, cluster, options);
+                }
+
+                // The beam may lose every completion that fits; the memory-optimal plan found above always does.
+                best = fineSearch.FindBest() ?? smallest;
+                bestObjective = best == smallest ? double.PositiveInfinity : best.Value;
                 bestBlocks = fine;
             }
 
             foreach ((int microBatches, PipelineScheduleKind schedule) in configurations)
             {
-                SearchOutcome? refined = fineSearch.FindBest(microBatches, schedule, best!.Value);
+                SearchOutcome? refined = fineSearch.FindBest(microBatches, schedule, bestObjective);
                 if (refined is not null)
                 {
                     best = refined;
+                    bestObjective = refined.Value;
                     bestBlocks = fine;
                 }
             }
@@ -58,7 +68,15 @@ public static class Planner
 
         if (best is null)
         {
-            throw Infeasible(fineSearch, fine.Count, cluster, options);
+            SearchOutcome? smallest = fineSearch.FindSmallestPeak();
+            if (smallest is null || smallest.Value > CostModel.UsableBytes(cluster, options))
+            {
+                throw Infeasible(smallest, fine.Count, units.Count, cluster, options);
+            }
+
+            best = smallest; // the beam lost every completion that fits; the memory-optimal plan fits
+            bestBlocks = fine;
+            truncated = true;
         }
 
         return BuildPlan(graph, costs, cluster, options, bestBlocks, best, exhaustive: !truncated);
@@ -109,10 +127,10 @@ public static class Planner
         return plan with { PredictedStepSeconds = simulated.StepSeconds };
     }
 
-    private static NoFeasiblePlanException Infeasible(StageSearch search, int blockCount, Cluster cluster, PlanningOptions options)
+    private static NoFeasiblePlanException Infeasible(
+        SearchOutcome? smallest, int blockCount, int unitCount, Cluster cluster, PlanningOptions options)
     {
         long device = cluster.MemoryBytesPerDevice;
-        SearchOutcome? smallest = search.FindSmallestPeak();
         if (smallest is null)
         {
             return new NoFeasiblePlanException(
@@ -130,7 +148,10 @@ public static class Planner
             + $"{Units.Gib(neededDevice)} of device memory with the {options.MemoryMargin:P0} margin, but each device has "
             + $"{Units.Gib(device)} ({Units.Gib(CostModel.UsableBytes(cluster, options))} usable). "
             + $"That plan has {smallest.Stages.Count} stage(s) with [{string.Join(", ", smallest.Stages.Select(s => s.Replicas))}] "
-            + $"replicas, {smallest.MicroBatchCount} micro-batch(es), {smallest.Schedule}.",
+            + $"replicas, {smallest.MicroBatchCount} micro-batch(es), {smallest.Schedule}."
+            + (blockCount < unitCount
+                ? $" (Stages were made of {blockCount} blocks coarsened from {unitCount} atomic units; raise RefinementBlocks for finer stages.)"
+                : ""),
             peak, device);
     }
 }

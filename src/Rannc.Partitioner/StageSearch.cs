@@ -172,8 +172,7 @@ internal sealed class StageSearch(RangeTable table, Cluster cluster, PlanningOpt
         bool countInState = forced is not null || options.MinStages > 1 || maxStages < _blockCount;
         int countStates = countInState ? maxStages + 1 : 1;
         bool countInFront = !countInState && schedule == PipelineScheduleKind.OneFOneB && !minimizeMemory;
-        // The memory search (for the infeasibility message) is always exhaustive.
-        List<int> candidates = ReplicaCandidates(layout.LargestMicroBatch, replicaLimit, minimizeMemory ? int.MaxValue : options.DenseReplicaLimit);
+        List<int> candidates = ReplicaCandidates(layout.LargestMicroBatch, replicaLimit, options.DenseReplicaLimit);
         if (candidates.Count < ReplicaCandidates(layout.LargestMicroBatch, replicaLimit, int.MaxValue).Count)
         {
             Truncated = true;

@@ -48,13 +48,16 @@ internal sealed partial class ForwardWalker
     private void ReturningBranch(IConditionalOperation conditional, List<IOperation> otherwise)
     {
         var condition = Eval(conditional.Condition);
+        var resultType = _return.ReturnType;
         if (condition.DependsOnValues)
         {
             Report(DiagnosticDescriptors.DataDependentControlFlow, conditional.Condition.Syntax.GetLocation(), TypeName,
                 "'if (" + conditional.Condition.Syntax + ")'");
+            // already reported: do not report the missing return as well
+            _return.Value = ErrorValue(resultType);
+            _return.Returned = true;
             return;
         }
-        var resultType = _return.ReturnType;
         if (resultType is INamedTypeSymbol { IsTupleType: true })
         {
             Report(DiagnosticDescriptors.UnsupportedConstruct, conditional.Syntax.GetLocation(), TypeName,

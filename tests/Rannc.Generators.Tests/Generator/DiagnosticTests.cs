@@ -54,6 +54,23 @@ public sealed class DiagnosticTests
         """);
 
     [Fact]
+    public void Rannc0001_EarlyReturnOnTensorValue_IsReportedOnceOnTheCondition() => Verify("""
+        [RaNNC]
+        public partial class Net : Module<Tensor, Tensor>
+        {
+            public Net() : base("net") { }
+            public override Tensor forward(Tensor x)
+            {
+                if ({|RANNC0001:x.max().item<double>() > 1|})
+                {
+                    return x / 2;
+                }
+                return x;
+            }
+        }
+        """);
+
+    [Fact]
     public void Rannc0002_CallOfAnUnknownMethod_IsReportedOnTheCall() => Verify("""
         public static class Helpers
         {
