@@ -273,6 +273,9 @@ public sealed class RanncModule : IDisposable
         IReadOnlyList<ValueMeasurement> small = graph.Measure(SampleInputs(measureSamples));
         IReadOnlyList<ValueMeasurement> large = batch >= 2 * measureSamples ? graph.Measure(SampleInputs(2 * measureSamples)) : small;
         PlanningGraph planningGraph = graph.ToPlanningGraph(small, large, measureSamples);
+        IReadOnlyDictionary<int, BatchDerivedNumber?> batchDerived = batch >= 2 * measureSamples
+            ? BatchDerivedNumber.Find(graph, SampleInputs, measureSamples)
+            : new Dictionary<int, BatchDerivedNumber?>();
         ValueMeasurement output = small[graph.Outputs[0]];
         if (output.DType is not ScalarType outputDType) throw new NotSupportedException("forward() must return a tensor.");
 
@@ -313,7 +316,7 @@ public sealed class RanncModule : IDisposable
         }
         if (_options.SaveDeploymentPath is { } savePath && _world.Rank == 0) DeploymentStore.Write(savePath, key, plan);
 
-        var layout = new StageLayout(graph, planningGraph, plan);
+        var layout = new StageLayout(graph, planningGraph, plan, batchDerived, small, large, measureSamples);
         PipelineSchedule schedule = ScheduleBuilder.Build(plan.Schedule, PipelineTopology.FromPlan(plan));
         (int Stage, int Replica)? role = plan.RoleOf(_world.Rank);
         ICommunicator replicas = _world.Split(role?.Stage ?? plan.Stages.Count, _world.Rank);

@@ -259,7 +259,7 @@ internal sealed class PipelineExecutor
             {
                 int v = outgoing[i];
                 object? value = _values[m][v];
-                if (value is Tensor t && Layout.BatchDependent[v]) value = t.narrow(0, samples.Start - mine.Start, samples.Count);
+                if (value is Tensor t && Layout.BatchDependent[v] && samples != mine) value = Layout.SliceSamples(v, t, samples.Start - mine.Start, samples.Count);
                 requests.AddRange(ValueTransfer.StartSend(owner._world, value, peer, Tag(false, m, i)));
             }
             return requests;
@@ -271,37 +271,7 @@ internal sealed class PipelineExecutor
             IReadOnlyList<int> incoming = Layout.Incoming(owner._stage);
             var values = new Dictionary<int, object?>();
             for (int i = 0; i < incoming.Count; i++) values[incoming[i]] = ValueTransfer.Receive(owner._world, peer, Tag(false, m, i));
-            CheckNoBatchSizeCrosses(m, peer, values);
             (CollectionsMarshalGet(_activationPieces, m)).Add((samples, values));
-        }
-
-        /// <summary>
-        /// A number computed from a tensor's shape (often the batch size) is only right on the other side when both
-        /// sides hold slices of the same size. When the sender's slice differs from this rank's and such a number
-        /// equals the sender's slice size, refuse rather than compute with a wrong shape.
-        /// </summary>
-        private void CheckNoBatchSizeCrosses(int m, int peer, Dictionary<int, object?> values)
-        {
-            PartitionPlan plan = owner._plan;
-            int senderSlice = plan.ReplicaSlice(owner._stage - 1, IndexOfRank(plan.Stages[owner._stage - 1].ReplicaRanks, peer), m).Count;
-            if (senderSlice == MySlice(m).Count) return;
-            foreach ((int v, object? value) in values)
-            {
-                bool holdsSenderBatch = value switch
-                {
-                    long[] shape => shape.Contains(senderSlice),
-                    long number => number == senderSlice,
-                    int number => number == senderSlice,
-                    _ => false,
-                };
-                if (holdsSenderBatch)
-                {
-                    throw new NotSupportedException(
-                        $"Value '{owner._graph.Values[v].Name}' crosses from a stage whose replicas see {senderSlice} samples to one whose " +
-                        $"replicas see {MySlice(m).Count}, and it looks like a batch size taken from a shape. Give neighbouring stages " +
-                        "equal replica counts (e.g. RANNC_PLAN=SxR), or read the size from a tensor inside the stage that uses it.");
-                }
-            }
         }
 
         public void Backward(int m)
@@ -373,7 +343,7 @@ internal sealed class PipelineExecutor
             {
                 int v = incoming[i];
                 if (!_inputGradients[m].TryGetValue(v, out Tensor? g)) continue;
-                if (Layout.BatchDependent[v]) g = g.narrow(0, samples.Start - mine.Start, samples.Count);
+                if (Layout.BatchDependent[v] && samples != mine) g = Layout.SliceSamples(v, g, samples.Start - mine.Start, samples.Count);
                 requests.AddRange(ValueTransfer.StartSend(owner._world, g, peer, Tag(true, m, i)));
             }
             return requests;
@@ -431,7 +401,7 @@ internal sealed class PipelineExecutor
             {
                 var parts = pieces.Select(p => p.Gradients[v]).ToList();
                 result[v] = Layout.BatchDependent[v]
-                    ? (parts.Count == 1 ? parts[0] : torch.cat(parts, 0))
+                    ? (parts.Count == 1 ? parts[0] : Layout.JoinSamples(v, parts))
                     : parts.Aggregate((a, b) => a + b); // a batch-independent value is used by every piece: gradients add
             }
             _gradientPieces.Remove(m);
@@ -440,18 +410,21 @@ internal sealed class PipelineExecutor
 
         private object? Combine(int v, List<object?> parts, int m)
         {
-            if (parts.Count == 1) return parts[0];
-            if (parts[0] is Tensor && Layout.BatchDependent[v]) return torch.cat(parts.Cast<Tensor>().ToList(), 0);
-            // A batch-independent value (a shape, a constant) must be the same in every piece.
+            if (parts[0] is Tensor && Layout.BatchDependent[v])
+                return parts.Count == 1 ? parts[0] : Layout.JoinSamples(v, parts.Cast<Tensor>().ToList());
+            if (Layout.BatchDerived.TryGetValue(v, out BatchDerivedNumber? derived))
+            {
+                // A number taken from a shape that grows with the batch: recompute it for this rank's slice.
+                return derived?.For(MySlice(m).Count, parts[0]) ?? throw new NotSupportedException(
+                    $"Value '{owner._graph.Values[v].Name}' changes with the batch size but not in proportion, so it cannot cross " +
+                    "between stages whose replicas see different numbers of samples. Give neighbouring stages equal replica counts " +
+                    "(e.g. RANNC_PLAN=SxR), or compute it inside the stage that uses it.");
+            }
+            // Anything else does not depend on the batch and must be the same in every piece.
             for (int i = 1; i < parts.Count; i++)
             {
                 if (!SameValue(parts[0], parts[i]))
-                {
-                    throw new NotSupportedException(
-                        $"Value '{owner._graph.Values[v].Name}' of micro-batch {m} differs between the replicas that sent it " +
-                        "(it probably holds a batch size): stages whose replica counts differ cannot pass it. Force equal " +
-                        "replica counts (e.g. RANNC_PLAN=SxR) or compute it from a tensor in the stage that uses it.");
-                }
+                    throw new InvalidOperationException($"Value '{owner._graph.Values[v].Name}' of micro-batch {m} differs between the replicas that sent it.");
             }
             return parts[0];
         }

@@ -1,4 +1,6 @@
 using Rannc.Capture;
+using TorchSharp;
+using static TorchSharp.torch;
 using Rannc.Partitioner;
 using PlanningGraph = Rannc.Partitioner.Graph;
 
@@ -15,8 +17,13 @@ internal sealed class StageLayout
     /// <summary>Most values one stage boundary may carry (they are numbered inside a message tag).</summary>
     public const int MaxBoundaryValues = 2048;
 
-    public StageLayout(CapturedGraph graph, PlanningGraph planningGraph, PartitionPlan plan)
+    public StageLayout(CapturedGraph graph, PlanningGraph planningGraph, PartitionPlan plan,
+        IReadOnlyDictionary<int, BatchDerivedNumber?> batchDerived, IReadOnlyList<ValueMeasurement> atSamples,
+        IReadOnlyList<ValueMeasurement> atTwiceSamples, int samples)
     {
+        BatchDerived = batchDerived;
+        _graph = graph;
+        _batchAxes = atSamples.Zip(atTwiceSamples, (a, b) => FindBatchAxis(a.Shape, b.Shape, samples)).ToArray();
         int stageCount = plan.Stages.Count;
         Stages = plan.Stages.Select(s => graph.CreateStage(s.NodeIds)).ToArray();
         var graphInputs = new HashSet<int>(graph.Inputs);
@@ -60,6 +67,9 @@ internal sealed class StageLayout
     /// <summary>Per value: whether its first dimension is the batch (it grows with the number of samples).</summary>
     public bool[] BatchDependent { get; }
 
+    /// <summary>Numbers computed from shapes that grow with the batch (null: not in proportion), by value id.</summary>
+    public IReadOnlyDictionary<int, BatchDerivedNumber?> BatchDerived { get; }
+
     /// <summary>Per value: whether a gradient flows back through it.</summary>
     public bool[] NeedsGradient { get; }
 
@@ -69,6 +79,38 @@ internal sealed class StageLayout
 
     /// <summary>Per value: the stage that computes it (-1 for graph inputs).</summary>
     public int[] ProducerStage { get; }
+
+    private readonly CapturedGraph _graph;
+    private readonly BatchAxis?[] _batchAxes;
+
+    /// <summary>Where a tensor holds its samples: dimension <paramref name="Dim"/>, <paramref name="PerSample"/> rows each
+    /// (1 for batch-first tensors; the sequence length for a [batch × sequence, …] view).</summary>
+    private readonly record struct BatchAxis(int Dim, long PerSample);
+
+    /// <summary>The rows of samples [<paramref name="first"/>, +<paramref name="count"/>) of a slice's tensor.</summary>
+    public Tensor SliceSamples(int value, Tensor tensor, int first, int count)
+    {
+        BatchAxis axis = AxisOf(value);
+        return tensor.narrow(axis.Dim, first * axis.PerSample, count * axis.PerSample);
+    }
+
+    /// <summary>Joins pieces of consecutive samples (in sample order) along the batch axis.</summary>
+    public Tensor JoinSamples(int value, IList<Tensor> pieces) => torch.cat(pieces, AxisOf(value).Dim);
+
+    private BatchAxis AxisOf(int value) => _batchAxes[value] ?? throw new NotSupportedException(
+        $"Value '{_graph.Values[value].Name}' grows with the batch but not along one dimension, so it cannot be split between " +
+        "replicas of neighbouring stages; give them equal replica counts (e.g. RANNC_PLAN=SxR).");
+
+    /// <summary>The one dimension that grows in proportion to the samples between two measurements, if any.</summary>
+    private static BatchAxis? FindBatchAxis(long[]? small, long[]? large, int samples)
+    {
+        if (small is null || large is null || small.Length != large.Length) return null;
+        var growing = Enumerable.Range(0, small.Length).Where(d => small[d] != large[d]).ToList();
+        if (growing.Count != 1) return null;
+        int dim = growing[0];
+        long perSample = (large[dim] - small[dim]) / samples;
+        return perSample > 0 && small[dim] == perSample * samples && large[dim] == 2 * perSample * samples ? new BatchAxis(dim, perSample) : null;
+    }
 
     /// <summary>Values stage <paramref name="stage"/> receives from the previous stage.</summary>
     public IReadOnlyList<int> Incoming(int stage) => stage == 0 ? [] : Boundaries[stage - 1];
