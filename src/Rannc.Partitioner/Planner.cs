@@ -10,6 +10,9 @@ public static class Planner
     /// <summary>How many of the coarse search's best configurations the refinement pass searches again on finer blocks.</summary>
     private const int RefinedConfigurations = 3;
 
+    /// <summary>How much wider the refinement pass's beam is than <see cref="PlanningOptions.SearchBeamWidth"/>.</summary>
+    private const int RefinementBeamFactor = 2;
+
     /// <summary>Plans how to run <paramref name="graph"/> on <paramref name="cluster"/>.</summary>
     /// <exception cref="NoFeasiblePlanException">No plan fits in device memory; the message says how much memory the
     /// best plan would need.</exception>
@@ -34,7 +37,9 @@ public static class Planner
         if (fine.Count > coarse.Count)
         {
             // Refine the configurations (micro-batches, schedule) of the last few improvements of the coarse search.
-            fineSearch = new StageSearch(RangeTable.Build(graph, costs, fine), cluster, options);
+            // The refinement pass sees few configurations, so it can afford a wider beam.
+            PlanningOptions fineOptions = options with { SearchBeamWidth = options.SearchBeamWidth * RefinementBeamFactor };
+            fineSearch = new StageSearch(RangeTable.Build(graph, costs, fine), cluster, fineOptions);
             var configurations = coarseSearch.Improvements.TakeLast(RefinedConfigurations)
                 .Select(o => (o.MicroBatchCount, o.Schedule)).Reverse().ToList();
             if (best is null)
