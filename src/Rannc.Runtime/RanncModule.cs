@@ -308,9 +308,12 @@ public sealed class RanncModule : IDisposable
             }
             catch (NoFeasiblePlanException e)
             {
+                string needed = e.RequiredPeakBytes >= 0
+                    ? $"the smallest plan needs {FormatBytes(e.RequiredPeakBytes)} per rank before the {_options.MemoryMargin:P0} margin"
+                    : "no plan shape is allowed by the options";
                 throw new InvalidOperationException(
-                    $"The model does not fit: {e.Message} (per-rank budget {FormatBytes(budget)} on {_world.Size} rank(s); " +
-                    "set RANNC_DEVICE_MEMORY or add ranks).", e);
+                    $"The model does not fit: {needed}, but each of the {_world.Size} rank(s) has {FormatBytes(budget)} " +
+                    $"(set RANNC_DEVICE_MEMORY or add ranks). Planner: {e.Message}", e);
             }
             if (_world.Rank == 0) SavePlan(key, plan);
         }
