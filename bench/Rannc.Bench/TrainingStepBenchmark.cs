@@ -27,26 +27,32 @@ public static class TrainingStepBenchmark
             $"{Environment.ProcessorCount} cores, {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC");
         var reference = new List<double>();
         var oneRank = new List<double>();
+        var oneRankAuto = new List<double>();
         var twoStages = new List<double>();
-        int microBatches = 0;
+        int microBatches = 0, autoMicroBatches = 0;
+        var allThreads = new InProcessOptions(TorchThreads: Environment.ProcessorCount);
         for (int round = 0; round < Rounds; round++)
         {
             torch.set_num_threads(Environment.ProcessorCount);
             reference.Add(Reference(task, batch));
-            oneRank.Add(InProcessLauncher.Run(1, comm => WithRannc(task, batch, comm, (1, 1)).StepMs, new InProcessOptions(TorchThreads: Environment.ProcessorCount))[0]);
-            var two = InProcessLauncher.Run(2, comm => WithRannc(task, batch, comm, (2, 1)), new InProcessOptions(TorchThreads: 1))[0];
+            oneRank.Add(InProcessLauncher.Run(1, comm => WithRannc(task, batch, comm, (1, 1), microBatches: 1).StepMs, allThreads)[0]);
+            var auto = InProcessLauncher.Run(1, comm => WithRannc(task, batch, comm, (1, 1), microBatches: null), allThreads)[0];
+            oneRankAuto.Add(auto.StepMs);
+            autoMicroBatches = auto.MicroBatches;
+            var two = InProcessLauncher.Run(2, comm => WithRannc(task, batch, comm, (2, 1), microBatches: null), new InProcessOptions(TorchThreads: 1))[0];
             twoStages.Add(two.StepMs);
             microBatches = two.MicroBatches;
         }
-        double referenceMs = Median(reference), oneMs = Median(oneRank), twoMs = Median(twoStages);
+        double referenceMs = Median(reference), oneMs = Median(oneRank), autoMs = Median(oneRankAuto), twoMs = Median(twoStages);
         // GPipe/1F1B with S stages and M micro-batches keep each stage busy M of M+S-1 slots.
         double idealSpeedUp = 2.0 * microBatches / (microBatches + 1);
         Console.WriteLine();
         Console.WriteLine("| run | median step | ratio |");
         Console.WriteLine("|---|---|---|");
         Console.WriteLine($"| plain TorchSharp (reference), {Environment.ProcessorCount} threads | {referenceMs:0.0} ms | 1.00 |");
-        Console.WriteLine($"| Rannc, 1 rank (1×1), {Environment.ProcessorCount} threads | {oneMs:0.0} ms | {oneMs / referenceMs:0.000} (overhead {(oneMs / referenceMs - 1) * 100:0.0} %) |");
-        Console.WriteLine($"| Rannc, 2 ranks as 2 stages (2×1), {microBatches} micro-batches, 1 thread each | {twoMs:0.0} ms | speed-up over 1 rank {oneMs / twoMs:0.00} (ideal with this bubble {idealSpeedUp:0.00}) |");
+        Console.WriteLine($"| Rannc, 1 rank (1×1), 1 micro-batch, {Environment.ProcessorCount} threads | {oneMs:0.0} ms | {oneMs / referenceMs:0.000} (overhead {(oneMs / referenceMs - 1) * 100:0.0} %) |");
+        Console.WriteLine($"| Rannc, 1 rank (1×1), {autoMicroBatches} micro-batch(es) chosen by the planner | {autoMs:0.0} ms | {autoMs / referenceMs:0.000} |");
+        Console.WriteLine($"| Rannc, 2 ranks as 2 stages (2×1), {microBatches} micro-batches, 1 thread each | {twoMs:0.0} ms | speed-up over 1 rank (planner's micro-batches) {autoMs / twoMs:0.00}; ideal with this bubble {idealSpeedUp:0.00} |");
         return 0;
     }
 
@@ -69,7 +75,7 @@ public static class TrainingStepBenchmark
         return Median(times.Skip(1).ToList());
     }
 
-    private static (double StepMs, int MicroBatches) WithRannc(SampleTask task, int batch, ICommunicator comm, (int, int) shape)
+    private static (double StepMs, int MicroBatches) WithRannc(SampleTask task, int batch, ICommunicator comm, (int, int) shape, int? microBatches)
     {
         nn.Module model;
         lock (typeof(TrainingStepBenchmark))
@@ -78,7 +84,7 @@ public static class TrainingStepBenchmark
             model = task.CreateModel();
         }
         var optimizer = torch.optim.Adam(model.parameters());
-        using var rannc = new RanncModule(model, optimizer, comm, new RanncOptions { ForcedShape = shape, PlanCacheDirectory = "", Log = _ => { } });
+        using var rannc = new RanncModule(model, optimizer, comm, new RanncOptions { ForcedShape = shape, MicroBatches = microBatches, PlanCacheDirectory = "", Log = _ => { } });
         var times = new List<double>();
         for (int step = 0; step < StepsPerRound; step++)
         {
