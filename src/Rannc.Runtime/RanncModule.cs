@@ -31,6 +31,7 @@ public sealed class RanncModule : IDisposable
     private readonly ICommunicator _world;
     private readonly RanncOptions _options;
     private readonly Tensor _anchor = torch.zeros(Array.Empty<long>(), ScalarType.Float64).requires_grad_(true);
+    private readonly ParameterResidency _residency = new();
     private Deployed? _deployed;
     private Exception? _failedBackward;
 
@@ -109,7 +110,7 @@ public sealed class RanncModule : IDisposable
 
     /// <summary>
     /// Every parameter and buffer of the model under its own name, up to date on every rank (each comes from the
-    /// rank that trains it). Every rank must call it. The model on every rank is brought up to date too.
+    /// rank that trains it). Every rank must call it. Parameters this rank holds are brought up to date too.
     /// </summary>
     public Dictionary<string, Tensor> StateDict()
     {
@@ -119,9 +120,10 @@ public sealed class RanncModule : IDisposable
         {
             foreach ((string name, Tensor local) in _model.state_dict())
             {
-                Tensor gathered = local.detach().clone();
+                bool released = _residency.IsReleased(name);
+                Tensor gathered = released ? _residency.Zeros(name) : local.detach().clone();
                 if (owners.TryGetValue(name, out int owner)) _world.Broadcast(gathered, owner);
-                local.copy_(gathered);
+                if (!released) local.copy_(gathered);
                 state[name] = gathered;
             }
         }
@@ -166,13 +168,16 @@ public sealed class RanncModule : IDisposable
     /// </summary>
     public void SaveCheckpoint(string directory)
     {
-        StateDict();
+        Dictionary<string, Tensor> state = StateDict();
         GatherOptimizerState();
         if (_world.Rank == 0)
         {
             Directory.CreateDirectory(directory);
+            // Parameters of other stages are not held here: put the gathered values in for the save.
+            _residency.RestoreAll(state);
             _model.save(Path.Combine(directory, "model.bin"));
             ((OptimizerHelper)Optimizer).save_state_dict(Path.Combine(directory, "optimizer.bin"));
+            _residency.ReleaseAgain();
         }
         _world.Barrier();
     }
@@ -180,7 +185,9 @@ public sealed class RanncModule : IDisposable
     /// <summary>Loads a checkpoint written by <see cref="SaveCheckpoint"/>, on any plan and world size. Every rank calls it.</summary>
     public void LoadCheckpoint(string directory)
     {
+        _residency.RestoreAll(values: null);
         _model.load(Path.Combine(directory, "model.bin"));
+        _residency.ReleaseAgain();
         string optimizerFile = Path.Combine(directory, "optimizer.bin");
         if (File.Exists(optimizerFile)) ((OptimizerHelper)Optimizer).load_state_dict(optimizerFile);
     }
@@ -325,6 +332,10 @@ public sealed class RanncModule : IDisposable
         ICommunicator replicas = _world.Split(role?.Stage ?? plan.Stages.Count, _world.Rank);
         var owned = OwnedParameters(graph, plan, role?.Stage);
         var executor = new PipelineExecutor(graph, layout, plan, schedule, _world, replicas, owned);
+        // Only the parameters of this rank's stage stay in memory; the others are owned by other ranks.
+        var usedElsewhere = graph.Nodes.SelectMany(n => n.Parameters).ToHashSet();
+        usedElsewhere.ExceptWith(owned.Select(o => o.Name));
+        _residency.Release(_model.named_parameters().Where(p => usedElsewhere.Contains(p.name)).Select(p => (p.name, (Tensor)p.parameter)));
         LogOnce(Summary(plan, graph, planningGraph, loaded, clock.Elapsed));
         return new Deployed(graph, plan, executor, replicas, owned, Owners(graph, plan), output.Shape!.Length == 0, outputDType, loaded);
     }
