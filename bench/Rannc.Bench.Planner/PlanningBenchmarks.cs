@@ -1,13 +1,15 @@
 using BenchmarkDotNet.Attributes;
+using BenchmarkDotNet.Configs;
 using BenchmarkDotNet.Engines;
+using BenchmarkDotNet.Jobs;
+using BenchmarkDotNet.Toolchains.InProcess.Emit;
 using Rannc.Partitioner;
 
 namespace Rannc.Bench.Planning;
 
-/// <summary>BenchmarkDotNet short run of the headline planning cases, in process (no generated project to build):
+/// <summary>BenchmarkDotNet short run of the headline planning cases: in process (no generated project to build),
 /// one warm-up and five measured calls each.</summary>
-[SimpleJob(RunStrategy.Monitoring, launchCount: 1, warmupCount: 1, iterationCount: 5)]
-[InProcess]
+[Config(typeof(ShortInProcessConfig))]
 [MemoryDiagnoser]
 public class PlanningBenchmarks
 {
@@ -24,4 +26,15 @@ public class PlanningBenchmarks
 
     [Benchmark]
     public PartitionPlan Plan() => Planner.Plan(_input.Graph, _input.Costs, _input.Cluster, _input.Options);
+
+    private sealed class ShortInProcessConfig : ManualConfig
+    {
+        public ShortInProcessConfig() =>
+            AddJob(Job.Default
+                .WithStrategy(RunStrategy.Monitoring)
+                .WithLaunchCount(1)
+                .WithWarmupCount(1)
+                .WithIterationCount(5)
+                .WithToolchain(InProcessEmitToolchain.Instance));
+    }
 }

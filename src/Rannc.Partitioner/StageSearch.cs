@@ -346,7 +346,16 @@ internal sealed class StageSearch(RangeTable table, Cluster cluster, PlanningOpt
             }
         }
 
-        front.RemoveAll(index => Dominates(candidate, _arena[index], context));
+        int kept = 0;
+        for (int i = 0; i < front.Count; i++)
+        {
+            if (!Dominates(candidate, _arena[front[i]], context))
+            {
+                front[kept++] = front[i];
+            }
+        }
+
+        front.RemoveRange(kept, front.Count - kept);
         front.Add(_arena.Count);
         _arena.Add(candidate);
         int width = options.SearchBeamWidth;

@@ -109,4 +109,33 @@ public class PlannerHandCaseTests
         Assert.StartsWith("No plan shape satisfies the options on 2 devices", error.Message, StringComparison.Ordinal);
         Assert.Equal(-1, error.RequiredPeakBytes);
     }
+
+    [Fact]
+    public void Plan_FewerUsefulReplicasThanDevices_LeavesTheLowestRanksIdle()
+    {
+        // A batch of 2 gives at most 2 useful replicas per stage; pure data parallelism on 2 of the 4 devices wins.
+        PlanningCase input = Chain(4, TestInputs.Mib, devices: 4, memory: 16 * TestInputs.Gib, batch: 2);
+
+        PartitionPlan plan = input.Plan();
+
+        StagePlan stage = Assert.Single(plan.Stages);
+        Assert.Equal([2, 3], stage.ReplicaRanks);
+        Assert.Null(plan.RoleOf(0));
+        Assert.Equal((0, 1), plan.RoleOf(3));
+        PipelineSchedule schedule = ScheduleBuilder.Build(plan.Schedule, PipelineTopology.FromPlan(plan));
+        Assert.Empty(schedule.Ranks[0]);
+        Assert.Equal("0F0 0B0 0AR", string.Join(' ', schedule.Ranks[2]));
+        Assert.Equal(12 * Ms, plan.PredictedStepSeconds, 1e-12);
+    }
+
+    [Fact]
+    public void Plan_InfeasibleCoarsenedGraph_SaysTheStagesWereCoarsened()
+    {
+        PlanningCase input = Chain(200, TestInputs.Gib, devices: 2, memory: TestInputs.Gib);
+
+        NoFeasiblePlanException error = Assert.Throws<NoFeasiblePlanException>(input.Plan);
+
+        Assert.Contains("Stages were made of 96 blocks coarsened from 200 atomic units", error.Message, StringComparison.Ordinal);
+    }
 }
+
