@@ -28,6 +28,24 @@ public sealed class StateTests
     }
 
     [Fact]
+    public void ParametersOfOtherStages_HoldNoMemoryOnARank()
+    {
+        var held = InProcessLauncher.Run(2, comm =>
+        {
+            using Trainer trainer = new(comm, (2, 1));
+            trainer.Steps(0, 1);
+            var ownNodes = trainer.Rannc.Plan!.Stages[trainer.Rannc.Plan.RoleOf(comm.Rank)!.Value.Stage].NodeIds;
+            var own = ownNodes.SelectMany(n => trainer.Rannc.Graph!.Nodes[n].Parameters).ToHashSet();
+            return trainer.Model.named_parameters().Select(p => (p.name, Own: own.Contains(p.name), Elements: p.parameter.numel())).ToList();
+        }, Launch);
+        Assert.Contains(held, parameters => parameters.Any(p => !p.Own));
+        foreach (var parameters in held)
+        {
+            Assert.All(parameters, p => Assert.True(p.Own ? p.Elements > 0 : p.Elements == 0, $"{p.name}: own={p.Own}, {p.Elements} elements"));
+        }
+    }
+
+    [Fact]
     public void SavedCheckpoint_LoadsIntoAPlainModel_WithTheSameOutputs() => WithTemporaryDirectory(directory =>
     {
         var reference = new Reference(2);
@@ -158,6 +176,8 @@ public sealed class StateTests
         }
 
         public RanncModule Rannc { get; }
+
+        public nn.Module Model => _model;
 
         public double[] Steps(int first, int end)
         {
