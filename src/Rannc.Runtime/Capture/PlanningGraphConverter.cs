@@ -17,6 +17,10 @@ public static class PlanningGraphConverter
     /// <summary>Runs the whole graph once on <paramref name="inputs"/> (with autograd on) and records every value.</summary>
     public static IReadOnlyList<ValueMeasurement> Measure(this CapturedGraph graph, params object?[] inputs)
     {
+        if (inputs.Length != graph.Inputs.Count)
+        {
+            throw new ArgumentException($"The graph takes {graph.Inputs.Count} input(s) but {inputs.Length} were given.", nameof(inputs));
+        }
         using var scope = torch.NewDisposeScope();
         using var grad = torch.enable_grad();
         var values = new object?[graph.Values.Count];
