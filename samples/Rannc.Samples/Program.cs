@@ -64,23 +64,9 @@ Tensor[] Batch(int step) =>
     nn.Module model = CreateModel();
     var optimizer = torch.optim.Adam(model.parameters(), lr: options.LearningRate);
     using var rannc = new RanncModule(model, optimizer, comm, options.ToRanncOptions());
-    var losses = new List<double>();
-    var times = new List<double>();
-    for (int step = 0; step < options.Steps; step++)
-    {
-        using var scope = torch.NewDisposeScope();
-        Tensor[] batch = Batch(step);
-        var clock = Stopwatch.StartNew();
-        optimizer.zero_grad();
-        Tensor loss = rannc.forward(batch);
-        loss.backward();
-        optimizer.step();
-        times.Add(clock.Elapsed.TotalMilliseconds);
-        losses.Add(loss.to_type(ScalarType.Float64).item<double>());
-        if (comm.Rank == 0 && !options.Json) Console.WriteLine($"step {step + 1}/{options.Steps}: loss {losses[^1]:0.000000} ({times[^1]:0} ms)");
-    }
+    (double[] losses, double stepMs) = Train(optimizer, rannc.forward, print: comm.Rank == 0);
     var plan = rannc.Plan!;
-    return (losses.ToArray(), MedianAfterFirst(times), new PlanSummary(plan.Stages.Count, plan.Stages.Select(s => s.ReplicaRanks.Count).ToArray(),
+    return (losses, stepMs, new PlanSummary(plan.Stages.Count, plan.Stages.Select(s => s.ReplicaRanks.Count).ToArray(),
         plan.MicroBatchCount, plan.Schedule == Rannc.Partitioner.PipelineScheduleKind.GPipe ? "gpipe" : "1f1b", rannc.PlanLoaded ? "hit" : "miss"));
 }
 
@@ -88,6 +74,12 @@ Tensor[] Batch(int step) =>
 {
     nn.Module model = CreateModel();
     var optimizer = torch.optim.Adam(model.parameters(), lr: options.LearningRate);
+    return Train(optimizer, batch => SampleTask.Forward(model, batch), print: true);
+}
+
+/// <summary>The training loop both modes share: the loss comes from <paramref name="forward"/>.</summary>
+(double[] Losses, double StepMs) Train(optim.Optimizer optimizer, Func<Tensor[], Tensor> forward, bool print)
+{
     var losses = new List<double>();
     var times = new List<double>();
     for (int step = 0; step < options.Steps; step++)
@@ -96,12 +88,12 @@ Tensor[] Batch(int step) =>
         Tensor[] batch = Batch(step);
         var clock = Stopwatch.StartNew();
         optimizer.zero_grad();
-        Tensor loss = SampleTask.Forward(model, batch);
+        Tensor loss = forward(batch);
         loss.backward();
         optimizer.step();
         times.Add(clock.Elapsed.TotalMilliseconds);
         losses.Add(loss.to_type(ScalarType.Float64).item<double>());
-        if (!options.Json) Console.WriteLine($"step {step + 1}/{options.Steps}: loss {losses[^1]:0.000000} ({times[^1]:0} ms)");
+        if (print && !options.Json) Console.WriteLine($"step {step + 1}/{options.Steps}: loss {losses[^1]:0.000000} ({times[^1]:0} ms)");
     }
     return (losses.ToArray(), MedianAfterFirst(times));
 }

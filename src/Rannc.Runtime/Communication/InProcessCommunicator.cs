@@ -33,9 +33,7 @@ public sealed class InProcessCommunicator : ICommunicator
 
     public ICommRequest StartSend(Tensor tensor, int destination, int tag)
     {
-        TensorBuffers.CheckTransferable(tensor, "Send");
-        TensorBuffers.CheckPeer(destination, Size, nameof(destination));
-        TensorBuffers.CheckTag(tag);
+        TensorBuffers.CheckPointToPoint(tensor, destination, Size, tag, "Send");
         ThrowIfStopped();
         Job.MailboxOf(_group.WorldRanks[destination]).Deliver(_group.Id, Rank, tag, tensor);
         var request = new InProcessRequest(Job, _worldRank, $"Send to rank {destination} tag {tag}");
@@ -45,9 +43,7 @@ public sealed class InProcessCommunicator : ICommunicator
 
     public ICommRequest StartReceive(Tensor into, int source, int tag)
     {
-        TensorBuffers.CheckTransferable(into, "Receive");
-        TensorBuffers.CheckPeer(source, Size, nameof(source));
-        TensorBuffers.CheckTag(tag);
+        TensorBuffers.CheckPointToPoint(into, source, Size, tag, "Receive");
         ThrowIfStopped();
         var request = new InProcessRequest(Job, _worldRank, $"Receive from rank {source} tag {tag} (group {_group.Id})");
         Job.MailboxOf(_worldRank).Post(new PostedReceive(_group.Id, source, tag, into, request));

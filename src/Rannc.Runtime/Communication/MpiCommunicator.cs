@@ -52,9 +52,7 @@ public sealed class MpiCommunicator : ICommunicator
 
     public ICommRequest StartSend(Tensor tensor, int destination, int tag)
     {
-        TensorBuffers.CheckTransferable(tensor, "Send");
-        TensorBuffers.CheckPeer(destination, Size, nameof(destination));
-        TensorBuffers.CheckTag(tag);
+        TensorBuffers.CheckPointToPoint(tensor, destination, Size, tag, "Send");
         var request = new MpiRequest(this, tensor, $"Send to rank {destination} tag {tag}");
         MessageHeader.Write(request.Header, tensor.dtype, tensor.numel());
         request.Add(Isend(request.Header, MessageHeader.Bytes, destination, HeaderTag(tag)));
@@ -65,9 +63,7 @@ public sealed class MpiCommunicator : ICommunicator
 
     public ICommRequest StartReceive(Tensor into, int source, int tag)
     {
-        TensorBuffers.CheckTransferable(into, "Receive");
-        TensorBuffers.CheckPeer(source, Size, nameof(source));
-        TensorBuffers.CheckTag(tag);
+        TensorBuffers.CheckPointToPoint(into, source, Size, tag, "Receive");
         var request = new MpiRequest(this, into, $"Receive from rank {source} tag {tag}");
         request.Add(Irecv(request.Header, MessageHeader.Bytes, source, HeaderTag(tag)));
         foreach ((IntPtr address, int count) in Chunks(into))

@@ -57,6 +57,14 @@ public static class TensorBuffers
     public static ScalarType ReductionType(ScalarType dtype) =>
         dtype is ScalarType.Float16 or ScalarType.BFloat16 ? ScalarType.Float32 : dtype;
 
+    /// <summary>The checks of every send and receive: the tensor, the peer's rank and the tag.</summary>
+    public static void CheckPointToPoint(Tensor tensor, int peer, int size, int tag, string operation)
+    {
+        CheckTransferable(tensor, operation);
+        CheckPeer(peer, size, nameof(peer));
+        CheckTag(tag);
+    }
+
     public static void CheckTag(int tag)
     {
         if (tag < 0 || tag > MaxTag) throw new ArgumentOutOfRangeException(nameof(tag), tag, $"Tags must be in [0, {MaxTag}].");
