@@ -37,5 +37,11 @@ read -r passed failed skipped < <(awk '
     END { printf "%d %d %d\n", p, f, s }' "$log")
 # A build error or a crashed test host leaves no summary line: count it as a failure, never as success.
 if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi
+
+# Packaging: the runtime package must carry the generator, so a project referencing only it gets capture and diagnostics.
+if [ $# -eq 0 ]; then
+    echo "test.sh: packaging check (build/pack-consumer-test.sh)"
+    if bash build/pack-consumer-test.sh; then passed=$((passed + 1)); else failed=$((failed + 1)); status=1; fi
+fi
 echo "$passed passed, $failed failed, $skipped skipped"
 exit "$status"
