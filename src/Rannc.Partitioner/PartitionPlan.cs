@@ -307,8 +307,8 @@ public sealed record PartitionPlan(
             if (peak > usable)
             {
                 problems.Add(
-                    $"Stage {stage.Index} needs {Units.Gib(peak)} per device but only {Units.Gib(usable)} are usable "
-                    + $"({Units.Gib(cluster.MemoryBytesPerDevice)} with a {options.MemoryMargin:P0} margin).");
+                    $"Stage {stage.Index} needs {Units.Bytes(peak)} per device but only {Units.Bytes(usable)} are usable "
+                    + $"({Units.Bytes(cluster.MemoryBytesPerDevice)} with a {options.MemoryMargin:P0} margin).");
             }
         }
     }
@@ -347,6 +347,18 @@ public sealed class NoFeasiblePlanException(string message, long requiredPeakByt
 
 internal static class Units
 {
-    public static string Gib(long bytes) =>
-        (bytes / (1024.0 * 1024 * 1024)).ToString("0.###", System.Globalization.CultureInfo.InvariantCulture) + " GiB";
+    /// <summary>A byte count in the largest binary unit that keeps it at least 1 (so 8 MiB reads "8 MiB", not "0.008 GiB").</summary>
+    public static string Bytes(long bytes)
+    {
+        string[] names = ["B", "KiB", "MiB", "GiB", "TiB"];
+        double value = bytes;
+        int unit = 0;
+        while (Math.Abs(value) >= 1024 && unit < names.Length - 1)
+        {
+            value /= 1024;
+            unit++;
+        }
+
+        return value.ToString("0.###", System.Globalization.CultureInfo.InvariantCulture) + " " + names[unit];
+    }
 }

@@ -149,9 +149,9 @@ public static class Planner
         long peak = (long)smallest.Value;
         long neededDevice = (long)Math.Ceiling(peak / (1 - options.MemoryMargin));
         return new NoFeasiblePlanException(
-            $"No plan fits in device memory: the best plan needs {Units.Gib(peak)} per device, that is "
-            + $"{Units.Gib(neededDevice)} of device memory with the {options.MemoryMargin:P0} margin, but each device has "
-            + $"{Units.Gib(device)} ({Units.Gib(CostModel.UsableBytes(cluster, options))} usable). "
+            $"No plan fits in device memory: the best plan needs {Units.Bytes(peak)} per device, that is "
+            + $"{Units.Bytes(neededDevice)} of device memory with the {options.MemoryMargin:P0} margin, but each device has "
+            + $"{Units.Bytes(device)} ({Units.Bytes(CostModel.UsableBytes(cluster, options))} usable). "
             + $"That plan has {smallest.Stages.Count} stage(s) with [{string.Join(", ", smallest.Stages.Select(s => s.Replicas))}] "
             + $"replicas, {smallest.MicroBatchCount} micro-batch(es), {smallest.Schedule}."
             + (blockCount < unitCount

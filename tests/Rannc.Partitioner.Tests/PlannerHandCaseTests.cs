@@ -87,7 +87,7 @@ public class PlannerHandCaseTests
         NoFeasiblePlanException error = Assert.Throws<NoFeasiblePlanException>(input.Plan);
 
         Assert.Contains("No plan fits in device memory: the best plan needs", error.Message, StringComparison.Ordinal);
-        Assert.Contains("but each device has 0.008 GiB", error.Message, StringComparison.Ordinal);
+        Assert.Contains("but each device has 8 MiB", error.Message, StringComparison.Ordinal);
         Assert.True(error.RequiredPeakBytes > CostModel.UsableBytes(input.Cluster, input.Options));
 
         // The stated need is exact: with that much memory a plan exists, with one byte less of usable memory none does.
