@@ -44,9 +44,7 @@ public sealed class PlanningIntegrationTests
             Assert.Equal("hit", SampleProgramTests.LastJson(second).GetProperty("plan_cache").GetString());
             Assert.Contains("loaded the plan", second);
             Assert.DoesNotContain("profiled", second);
-            Assert.Equal(
-                SampleProgramTests.LastJson(first).GetProperty("losses").ToString(),
-                SampleProgramTests.LastJson(second).GetProperty("losses").ToString());
+            AssertSameLosses(SampleProgramTests.LastJson(first), SampleProgramTests.LastJson(second));
 
             string file = Assert.Single(Directory.GetFiles(cache, "deployment-*.json"));
             File.WriteAllText(file, "{ this is not a plan");
@@ -76,11 +74,20 @@ public sealed class PlanningIntegrationTests
             JsonElement report = SampleProgramTests.LastJson(second);
             Assert.Equal([2, 2], report.GetProperty("replicas").EnumerateArray().Select(e => e.GetInt32()));
             Assert.DoesNotContain("profiled", second);
-            Assert.Equal(SampleProgramTests.LastJson(first).GetProperty("losses").ToString(), report.GetProperty("losses").ToString());
+            AssertSameLosses(SampleProgramTests.LastJson(first), report);
         }
         finally
         {
             Directory.Delete(folder, recursive: true);
         }
+    }
+
+    /// <summary>Two runs of the same plan: equal up to the last bits that libtorch's kernels may vary from run to run.</summary>
+    private static void AssertSameLosses(JsonElement first, JsonElement second)
+    {
+        double[] a = first.GetProperty("losses").EnumerateArray().Select(e => e.GetDouble()).ToArray();
+        double[] b = second.GetProperty("losses").EnumerateArray().Select(e => e.GetDouble()).ToArray();
+        Assert.Equal(a.Length, b.Length);
+        for (int i = 0; i < a.Length; i++) Assert.True(Math.Abs(a[i] - b[i]) <= 1e-12 * Math.Abs(a[i]), $"step {i}: {a[i]:R} vs {b[i]:R}");
     }
 }
