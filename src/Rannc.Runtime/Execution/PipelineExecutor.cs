@@ -271,7 +271,7 @@ internal sealed class PipelineExecutor
             IReadOnlyList<int> incoming = Layout.Incoming(owner._stage);
             var values = new Dictionary<int, object?>();
             for (int i = 0; i < incoming.Count; i++) values[incoming[i]] = ValueTransfer.Receive(owner._world, peer, Tag(false, m, i));
-            (CollectionsMarshalGet(_activationPieces, m)).Add((samples, values));
+            ListFor(_activationPieces, m).Add((samples, values));
         }
 
         public void Backward(int m)
@@ -360,7 +360,7 @@ internal sealed class PipelineExecutor
                 if (!GradientCrosses(v)) continue;
                 gradients[v] = (Tensor)ValueTransfer.Receive(owner._world, peer, Tag(true, m, i));
             }
-            CollectionsMarshalGet(_gradientPieces, m).Add((samples, gradients));
+            ListFor(_gradientPieces, m).Add((samples, gradients));
         }
 
         public void AllReduceGradients()
@@ -488,7 +488,7 @@ internal sealed class PipelineExecutor
             // The step's results outlive the micro-batch: accumulated gradients and gathered output slices.
             var keep = _gradients.Values.Concat(_outputSlices.Select(o => o.Item2)).Where(scope.Contains).Cast<IDisposable>().ToList();
             scope.Detach(created);
-            (_microBatchTensors.TryGetValue(m, out var list) ? list : _microBatchTensors[m] = []).AddRange(created.Except(keep));
+            ListFor(_microBatchTensors, m).AddRange(created.Except(keep));
         }
 
         /// <summary>Runs a send; the tensors it creates stay alive until the step's transfers have completed.</summary>
@@ -532,7 +532,8 @@ internal sealed class PipelineExecutor
             }
         }
 
-        private static List<T> CollectionsMarshalGet<T>(Dictionary<int, List<T>> map, int key) =>
+        /// <summary>The list of micro-batch <paramref name="key"/>, created on first use.</summary>
+        private static List<T> ListFor<T>(Dictionary<int, List<T>> map, int key) =>
             map.TryGetValue(key, out List<T>? list) ? list : map[key] = [];
     }
 }
