@@ -6,6 +6,7 @@ using Rannc.Bench.Planning;
 // Planner benchmarks.
 //   dotnet run -c Release --project bench/Rannc.Bench.Planner -- tables   planning-time and plan-quality tables (Stopwatch)
 //   dotnet run -c Release --project bench/Rannc.Bench.Planner -- plan 96 1024 80   one planning run with its plan
+//   dotnet run -c Release --project bench/Rannc.Bench.Planner -- quality  the plan-quality table alone
 //   dotnet run -c Release --project bench/Rannc.Bench.Planner -- bdn      BenchmarkDotNet short run of the headline case
 CultureInfo.DefaultThreadCurrentCulture = CultureInfo.InvariantCulture;
 CultureInfo.CurrentCulture = CultureInfo.InvariantCulture;
@@ -38,9 +39,15 @@ if (mode == "probe")
     return 0;
 }
 
+if (mode == "quality")
+{
+    Tables.PrintQuality(Console.Out); // the plan-quality table alone
+    return 0;
+}
+
 if (mode != "tables")
 {
-    Console.Error.WriteLine("usage: Rannc.Bench.Planner [tables | plan <layers> <devices> <memory GiB> | bdn [BenchmarkDotNet arguments]]");
+    Console.Error.WriteLine("usage: Rannc.Bench.Planner [tables | quality | plan <layers> <devices> <memory GiB> | bdn [BenchmarkDotNet arguments]]");
     return 2;
 }
 

@@ -2,7 +2,14 @@ namespace Rannc.Partitioner;
 
 /// <summary>
 /// The planner: <c>Plan(graph, costs, cluster, options)</c> returns the partition plan with the smallest
-/// objective (<see cref="PlanObjective"/>) among all plans the options allow that fit in device memory.
+/// objective (<see cref="PlanObjective"/>) among all plans the options allow that fit in device memory, when the
+/// search is exhaustive (<see cref="PartitionPlan.SearchWasExhaustive"/>). When it is heuristic (beam, grids or
+/// coarsening cut something), the final choice is by simulated step time (<see cref="PipelineSimulator"/>) among a
+/// few candidates: the J-best plan found and, for the 1F1B configurations with the J-best plan's micro-batch count
+/// and the refined ones, the best plan under J with adjacent-stage coupling (a 1F1B stage waits for its neighbour's
+/// transfers, which J's single bottleneck does not count); smallest simulated time wins, ties go to the smaller
+/// objective, then to the J-best plan. So in heuristic mode the returned plan may have a slightly larger J than the
+/// J-best one, never a larger <see cref="PartitionPlan.PredictedStepSeconds"/>.
 /// Pure: no I/O, no clock, no global state; the same inputs give the same plan, byte for byte.
 /// </summary>
 public static class Planner
@@ -17,6 +24,28 @@ public static class Planner
     /// <exception cref="NoFeasiblePlanException">No plan fits in device memory; the message says how much memory the
     /// best plan would need.</exception>
     public static PartitionPlan Plan(Graph graph, CostTable costs, Cluster cluster, PlanningOptions options)
+    {
+        IReadOnlyList<PartitionPlan> candidates = Candidates(graph, costs, cluster, options);
+        PartitionPlan plan = candidates[0];
+        foreach (PartitionPlan candidate in candidates.Skip(1))
+        {
+            if (IsBetter(candidate, plan))
+            {
+                plan = candidate;
+            }
+        }
+
+        return plan;
+    }
+
+    /// <summary>Smaller simulated step time; on a tie, smaller objective.</summary>
+    private static bool IsBetter(PartitionPlan candidate, PartitionPlan incumbent) =>
+        candidate.PredictedStepSeconds < incumbent.PredictedStepSeconds
+        || (candidate.PredictedStepSeconds == incumbent.PredictedStepSeconds && candidate.ObjectiveSeconds < incumbent.ObjectiveSeconds);
+
+    /// <summary>The plans <see cref="Plan"/> chooses from, the J-best first (the only one when the search was
+    /// exhaustive or fell back to the memory-optimal plan); see <see cref="Plan"/>.</summary>
+    internal static IReadOnlyList<PartitionPlan> Candidates(Graph graph, CostTable costs, Cluster cluster, PlanningOptions options)
     {
         GraphChecks.EnsureValid(graph);
         costs.EnsureMatches(graph);
@@ -34,14 +63,14 @@ public static class Planner
         IReadOnlyList<IReadOnlyList<int>> bestBlocks = coarse;
         bool truncated = coarseSearch.Truncated || coarse.Count < units.Count;
         var fineSearch = coarseSearch;
+        List<(int MicroBatches, PipelineScheduleKind Schedule)> refinedConfigurations = coarseSearch.Improvements.TakeLast(RefinedConfigurations)
+            .Select(o => (o.MicroBatchCount, o.Schedule)).Reverse().ToList();
         if (fine.Count > coarse.Count)
         {
             // Refine the configurations (micro-batches, schedule) of the last few improvements of the coarse search.
             // The refinement pass sees few configurations, so it can afford a wider beam.
             PlanningOptions fineOptions = options with { SearchBeamWidth = options.SearchBeamWidth * RefinementBeamFactor };
             fineSearch = new StageSearch(RangeTable.Build(graph, costs, fine), cluster, fineOptions);
-            var configurations = coarseSearch.Improvements.TakeLast(RefinedConfigurations)
-                .Select(o => (o.MicroBatchCount, o.Schedule)).Reverse().ToList();
             if (best is null)
             {
                 // Nothing fitted on the coarse blocks. The finer ones may fit: check that cheaply first, then search them fully.
@@ -57,7 +86,7 @@ public static class Planner
                 bestBlocks = fine;
             }
 
-            foreach ((int microBatches, PipelineScheduleKind schedule) in configurations)
+            foreach ((int microBatches, PipelineScheduleKind schedule) in refinedConfigurations)
             {
                 SearchOutcome? refined = fineSearch.FindBest(microBatches, schedule, bestObjective);
                 if (refined is not null)
@@ -84,12 +113,53 @@ public static class Planner
             truncated = true;
         }
 
-        return BuildPlan(graph, costs, cluster, options, bestBlocks, best, exhaustive: !truncated);
+        string fingerprint = PlanCacheKey.Compute(graph, costs, cluster, options);
+        PartitionPlan plan = BuildPlan(graph, costs, cluster, options, fingerprint, bestBlocks, best, exhaustive: !truncated);
+        var candidates = new List<PartitionPlan> { plan };
+        if (!truncated || double.IsPositiveInfinity(bestObjective))
+        {
+            return candidates; // exhaustive: the J-optimal plan, exactly; memory fallback: the only plan known to fit
+        }
+
+        // Heuristic mode: J has one bottleneck term, but in the 1F1B steady state adjacent stages wait for each other's
+        // transfers, so a pipeline of several equally loaded stages is slower than J says. The final choice is made by
+        // simulated step time between the J-best plan and, for each 1F1B configuration among the J-best plan's
+        // micro-batch count and the refined ones, the best plan under J with adjacent-stage coupling
+        // (StageSearch.FindBestWithAdjacentCoupling), searched below the incumbent's simulated time, only when the J-best
+        // plan simulates slower than its J. Smallest simulated time wins; ties: smaller objective, then the earlier candidate.
+        PartitionPlan incumbent = plan;
+        // A coupled value is at least the plan's J, which the J-best search found no smaller than bestObjective, so when
+        // the J-best plan's simulation does not exceed its objective no candidate can beat it: skip the extra searches.
+        if (options.Schedules.Contains(PipelineScheduleKind.OneFOneB) && plan.PredictedStepSeconds > plan.ObjectiveSeconds)
+        {
+            IEnumerable<int> microBatchCounts = refinedConfigurations
+                .Where(c => c.Schedule == PipelineScheduleKind.OneFOneB)
+                .Select(c => c.MicroBatches)
+                .Prepend(best.MicroBatchCount)
+                .Distinct();
+            foreach (int microBatches in microBatchCounts.ToList())
+            {
+                SearchOutcome? candidate = fineSearch.FindBestWithAdjacentCoupling(microBatches, incumbent.PredictedStepSeconds);
+                if (candidate is null)
+                {
+                    continue;
+                }
+
+                PartitionPlan built = BuildPlan(graph, costs, cluster, options, fingerprint, fine, candidate, exhaustive: false);
+                candidates.Add(built);
+                if (IsBetter(built, incumbent))
+                {
+                    incumbent = built;
+                }
+            }
+        }
+
+        return candidates;
     }
 
     private static PartitionPlan BuildPlan(
         Graph graph, CostTable costs, Cluster cluster, PlanningOptions options,
-        IReadOnlyList<IReadOnlyList<int>> blocks, SearchOutcome outcome, bool exhaustive)
+        string fingerprint, IReadOnlyList<IReadOnlyList<int>> blocks, SearchOutcome outcome, bool exhaustive)
     {
         var layout = new MicroBatchLayout(options.GlobalBatchSize, outcome.MicroBatchCount);
         var stageNodes = outcome.Stages
@@ -119,7 +189,7 @@ public static class Planner
         }
 
         var plan = new PartitionPlan(
-            PlanCacheKey.Compute(graph, costs, cluster, options),
+            fingerprint,
             cluster.DeviceCount,
             options.GlobalBatchSize,
             Enumerable.Range(0, outcome.MicroBatchCount).Select(layout.MicroBatchSize).ToList(),

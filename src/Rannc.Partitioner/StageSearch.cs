@@ -20,6 +20,7 @@ internal sealed class StageSearch(RangeTable table, Cluster cluster, PlanningOpt
         public int Devices;
         public int Stages;
         public int FirstReplicas;
+        public double FirstCycle;
         public long InboundActivationBytes;
         public long InboundGradientBytes;
         public double Score;
@@ -149,7 +150,18 @@ internal sealed class StageSearch(RangeTable table, Cluster cluster, PlanningOpt
         return candidates;
     }
 
-    private SearchOutcome? Run(int microBatches, PipelineScheduleKind schedule, bool minimizeMemory, double incumbent)
+    /// <summary>
+    /// The best 1F1B plan of one configuration under a variant of the objective that also counts the coupling of
+    /// adjacent stages: in the 1F1B steady state, stage <c>s</c>'s backward of micro-batch <c>m</c> waits for stage
+    /// <c>s+1</c>'s, and stage <c>s+1</c>'s forward of <c>m+2</c> for stage <c>s</c>'s, so two cycles of the later stage
+    /// last at least <c>c_s + c_{s+1} + a + g</c>; the bottleneck is then at least half of that for every boundary. Its
+    /// value is that variant, not J; null when no plan fits with a value below <paramref name="upperBound"/>.
+    /// </summary>
+    public SearchOutcome? FindBestWithAdjacentCoupling(int microBatches, double upperBound) =>
+        Run(microBatches, PipelineScheduleKind.OneFOneB, minimizeMemory: false, upperBound, adjacentCoupling: true);
+
+    private SearchOutcome? Run(
+        int microBatches, PipelineScheduleKind schedule, bool minimizeMemory, double incumbent, bool adjacentCoupling = false)
     {
         var layout = new MicroBatchLayout(options.GlobalBatchSize, microBatches);
         int deviceCount = cluster.DeviceCount;
@@ -188,6 +200,7 @@ internal sealed class StageSearch(RangeTable table, Cluster cluster, PlanningOpt
         var context = new ExtendContext(microBatches, schedule, minimizeMemory, countInFront, incumbent, bounds)
         {
             Exact = options.SearchBeamWidth == 0,
+            AdjacentCoupling = adjacentCoupling && !minimizeMemory,
         };
 
         for (int first = _blockCount - 1; first >= 0; first--)
@@ -247,13 +260,18 @@ internal sealed class StageSearch(RangeTable table, Cluster cluster, PlanningOpt
             return null;
         }
 
+        return new SearchOutcome(microBatches, schedule, bestValue, StagesFrom(bestIndex));
+    }
+
+    private List<ChosenStage> StagesFrom(int index)
+    {
         var stages = new List<ChosenStage>();
-        for (int i = bestIndex; _arena[i].Next >= 0; i = _arena[i].Next)
+        for (int i = index; _arena[i].Next >= 0; i = _arena[i].Next)
         {
             stages.Add(_arena[i].Stage);
         }
 
-        return new SearchOutcome(microBatches, schedule, bestValue, stages);
+        return stages;
     }
 
     private sealed record ExtendContext(
@@ -262,6 +280,10 @@ internal sealed class StageSearch(RangeTable table, Cluster cluster, PlanningOpt
         /// <summary>Without a beam the search is exact; with one, an entry using fewer devices also dominates (the
         /// effect of its placement on the links of the stages before it is ignored), which keeps the fronts small.</summary>
         public bool Exact { get; init; }
+
+        /// <summary>Whether the bottleneck also counts adjacent stages' 1F1B coupling (see <see cref="FindBestWithAdjacentCoupling"/>);
+        /// then an entry whose first stage has a shorter cycle is also better.</summary>
+        public bool AdjacentCoupling { get; init; }
     }
 
     /// <summary>A stage's peak as a function of its in-flight micro-batches: <c>Base + InFlight × Stash</c>.</summary>
@@ -304,6 +326,10 @@ internal sealed class StageSearch(RangeTable table, Cluster cluster, PlanningOpt
                     cluster, firstRank, stage.Replicas, e.FirstReplicas, e.InboundActivationBytes, e.InboundGradientBytes);
                 sum += activation + gradient;
                 bottleneck = Math.Max(bottleneck, Math.Max(activation, gradient));
+                if (context.AdjacentCoupling)
+                {
+                    bottleneck = Math.Max(bottleneck, (terms.Cycle + e.FirstCycle + activation + gradient) / 2);
+                }
             }
 
             var candidate = new Entry
@@ -311,6 +337,7 @@ internal sealed class StageSearch(RangeTable table, Cluster cluster, PlanningOpt
                 Devices = e.Devices + stage.Replicas,
                 Stages = e.Stages + 1,
                 FirstReplicas = stage.Replicas,
+                FirstCycle = terms.Cycle,
                 InboundActivationBytes = profile.ActivationsIn.At(slice),
                 InboundGradientBytes = profile.GradientsIn.At(slice),
                 Sum = sum,
@@ -390,7 +417,8 @@ internal sealed class StageSearch(RangeTable table, Cluster cluster, PlanningOpt
             : (context.Exact ? a.Devices == b.Devices : a.Devices <= b.Devices) && a.Sum <= b.Sum && a.Bottleneck <= b.Bottleneck && a.Tail <= b.Tail
               && a.FirstReplicas <= b.FirstReplicas && a.InboundActivationBytes <= b.InboundActivationBytes
               && a.InboundGradientBytes <= b.InboundGradientBytes
-              && (!context.CountInFront || a.Stages <= b.Stages);
+              && (!context.CountInFront || a.Stages <= b.Stages)
+              && (!context.AdjacentCoupling || a.FirstCycle <= b.FirstCycle);
 
     /// <summary>
     /// Lower bounds for the blocks before a state, given the devices still free. Compute: each stage's slice is at
