@@ -34,6 +34,9 @@ public sealed class RanncModule : IDisposable
     private readonly ParameterResidency _residency = new();
     private Deployed? _deployed;
     private Exception? _failedBackward;
+    private long _steps;
+    // The training step whose loss has not had backward() yet (null once it has): ranks must agree on it.
+    private long? _awaitingBackward;
 
     /// <param name="model">The <c>[RaNNC]</c> model; every rank constructs its own with the same seed.</param>
     /// <param name="optimizer">The optimizer over the model's parameters (it steps the parameters this rank owns).</param>
@@ -71,6 +74,11 @@ public sealed class RanncModule : IDisposable
         if (_failedBackward is { } failure)
             throw new InvalidOperationException($"The previous backward pass through the pipeline failed: {failure.Message}", failure);
         if (inputs.Length == 0 || inputs[0].dim() == 0) throw new ArgumentException("forward needs batch tensors (first dimension = batch).");
+        bool training = _model.training && torch.is_grad_enabled();
+        long step = _steps++;
+        if (_options.CheckInputSteps is not int checkedSteps || step < checkedSteps)
+            StepAgreement.Check(_world, StepAgreement.Of(inputs, training, _awaitingBackward, hashContents: true), step);
+        _awaitingBackward = null;
         int batch = (int)inputs[0].shape[0];
         _deployed ??= Deploy(inputs, batch);
         if (batch != _deployed.Plan.GlobalBatchSize)
@@ -79,16 +87,22 @@ public sealed class RanncModule : IDisposable
                 $"The plan was made for batch size {_deployed.Plan.GlobalBatchSize}, but this batch has {batch} samples. " +
                 "Use the same batch size every step (drop or pad the last batch).");
         }
-        bool training = _model.training && torch.is_grad_enabled();
-        if (_deployed.OutputIsScalar) return Loss(_deployed.Executor.Run(inputs, training), training);
+        if (_deployed.OutputIsScalar)
+        {
+            Tensor loss = Loss(_deployed.Executor.Run(inputs, training), training);
+            if (training) _awaitingBackward = step;
+            return loss;
+        }
         if (!training) return GatherOutput(_deployed.Executor.Run(inputs, computeGradients: false).OutputSlices);
 
         // The loss is computed from the gathered output after this call, so the backward passes wait for its gradient.
         PipelineExecutor.DeferredStep pending = _deployed.Executor.RunForward(inputs);
         using Tensor output = GatherOutput(pending.OutputSlices);
         var owned = _deployed.OwnedParameters;
+        _awaitingBackward = step;
         return PipelineResultFunction.apply(_anchor, output, (Action<Tensor>)(gradOutput =>
         {
+            _awaitingBackward = null;
             // An exception cannot cross libtorch's native backward: report it now and fail the next call.
             try
             {
@@ -120,9 +134,11 @@ public sealed class RanncModule : IDisposable
         {
             foreach ((string name, Tensor local) in _model.state_dict())
             {
-                bool released = _residency.IsReleased(name);
-                Tensor gathered = released ? _residency.Zeros(name) : local.detach().clone();
-                if (owners.TryGetValue(name, out int owner)) _world.Broadcast(gathered, owner);
+                // A tied weight is listed under each of its names; it is one tensor under its graph name.
+                string graphName = GraphName(name);
+                bool released = _residency.IsReleased(graphName);
+                Tensor gathered = released ? _residency.Zeros(graphName) : local.detach().clone();
+                if (owners.TryGetValue(graphName, out int owner)) _world.Broadcast(gathered, owner);
                 if (!released) local.copy_(gathered);
                 state[name] = gathered;
             }
@@ -144,7 +160,7 @@ public sealed class RanncModule : IDisposable
         var mine = new Dictionary<int, byte[]>();
         for (int i = 0; i < parameters.Count; i++)
         {
-            if (nameOfHandle.TryGetValue(parameters[i].Handle, out string? name) && name is not null && owners.TryGetValue(name, out int owner) && owner == _world.Rank)
+            if (nameOfHandle.TryGetValue(parameters[i].Handle, out string? name) && name is not null && owners.TryGetValue(GraphName(name), out int owner) && owner == _world.Rank)
             {
                 using var buffer = new MemoryStream();
                 using (var writer = new BinaryWriter(buffer, Encoding.UTF8, leaveOpen: true)) states[i].SaveStateDict(writer);
@@ -199,7 +215,8 @@ public sealed class RanncModule : IDisposable
     public double ClipGradNorm(double maxNorm)
     {
         IReadOnlyDictionary<string, int> owners = _deployed?.Owners ?? new Dictionary<string, int>();
-        var owned = _model.named_parameters().Where(p => p.parameter.grad is not null).ToList();
+        // A tied weight is listed under several names but has one gradient: count and scale it once.
+        var owned = _model.named_parameters().Where(p => p.parameter.grad is not null && GraphName(p.name) == p.name).ToList();
         double sumOfSquares = 0;
         foreach ((string name, Parameter parameter) in owned)
         {
@@ -222,21 +239,31 @@ public sealed class RanncModule : IDisposable
     public void Dispose()
     {
         _deployed?.Replicas?.Dispose();
+        foreach (var (_, communicator) in _deployed?.SharedGroups ?? []) communicator.Dispose();
         _anchor.Dispose();
     }
 
     private Tensor Loss(StepResult step, bool training)
     {
-        using var total = torch.tensor(step.WeightedLoss, ScalarType.Float64);
-        _world.AllReduce(total, ReduceOp.Sum);
-        double loss = total.item<double>();
-        Tensor value = torch.tensor(loss, ScalarType.Float64).to_type(_deployed!.OutputDType);
+        // Σ weight × slice loss and Σ weight over every slice of every rank (LossCombination).
+        using var totals = torch.tensor(new[] { step.LossNumerator, step.LossDenominator }, ScalarType.Float64);
+        _world.AllReduce(totals, ReduceOp.Sum);
+        double numerator = totals[0].item<double>();
+        double denominator = _deployed!.Loss.Rule == LossRule.Sum ? 1 : totals[1].item<double>();
+        // No counted item in the whole batch: the mean is 0/0, NaN as in plain TorchSharp.
+        double loss = denominator == 0 ? double.NaN : numerator / denominator;
+        Tensor value = torch.tensor(loss, ScalarType.Float64).to_type(_deployed.OutputDType);
         if (!training) return value;
         IReadOnlyDictionary<string, Tensor> gradients = step.Gradients!;
         var owned = _deployed.OwnedParameters;
+        double inverse = 1 / denominator;
         using (value)
         {
-            return PipelineResultFunction.apply(_anchor, value, (Action<Tensor>)(gradOutput => AddGradients(owned, gradients, gradOutput)));
+            return PipelineResultFunction.apply(_anchor, value, (Action<Tensor>)(gradOutput =>
+            {
+                _awaitingBackward = null;
+                AddGradients(owned, gradients, gradOutput.to_type(ScalarType.Float64) * inverse);
+            }));
         }
     }
 
@@ -267,6 +294,8 @@ public sealed class RanncModule : IDisposable
     private Deployed Deploy(Tensor[] inputs, int batch)
     {
         var clock = Stopwatch.StartNew();
+        // Every rank starts from rank 0's parameters and buffers (as PyTorch's DDP does), whatever each was seeded with.
+        BroadcastInitialState();
         CapturedGraph graph = CapturedGraph.Build(_model);
         if (graph.Inputs.Count != inputs.Length)
             throw new ArgumentException($"The model's forward() takes {graph.Inputs.Count} argument(s) but {inputs.Length} were given.");
@@ -285,6 +314,9 @@ public sealed class RanncModule : IDisposable
             : new Dictionary<int, BatchDerivedNumber?>();
         ValueMeasurement output = small[graph.Outputs[0]];
         if (output.DType is not ScalarType outputDType) throw new NotSupportedException("forward() must return a tensor.");
+        LossCombination lossCombination = output.Shape!.Length == 0
+            ? AnalyseLoss(graph, SampleInputs(measureSamples), planningGraph)
+            : LossCombination.PerSample;
 
         long budget = _options.DeviceMemoryBytes ?? DefaultMemoryBudget();
         var cluster = new Cluster(1, _world.Size, budget, CpuLinkBandwidth, CpuLinkLatency, CpuLinkBandwidth, CpuLinkLatency);
@@ -329,16 +361,66 @@ public sealed class RanncModule : IDisposable
         var layout = new StageLayout(graph, planningGraph, plan, batchDerived, small, large, measureSamples);
         PipelineSchedule schedule = ScheduleBuilder.Build(plan.Schedule, PipelineTopology.FromPlan(plan));
         (int Stage, int Replica)? role = plan.RoleOf(_world.Rank);
+        var placement = new ParameterPlacement(graph, plan);
+        if (placement.SharedBuffers.Count > 0)
+        {
+            throw new NotSupportedException(
+                $"The plan puts readers of buffer(s) {string.Join(", ", placement.SharedBuffers)} in more than one stage; their copies " +
+                "would diverge. Keep the nodes that read a buffer in one stage (e.g. RANNC_PLAN with fewer stages).");
+        }
         ICommunicator replicas = _world.Split(role?.Stage ?? plan.Stages.Count, _world.Rank);
-        var owned = OwnedParameters(graph, plan, role?.Stage);
-        var executor = new PipelineExecutor(graph, layout, plan, schedule, _world, replicas, owned);
+        var owned = OwnedParameters(graph, placement, role?.Stage);
+        var shared = SharedGroupCommunicators(placement, role?.Stage);
+        var executor = new PipelineExecutor(graph, layout, plan, schedule, _world, replicas, owned, shared, lossCombination);
         // Only the parameters of this rank's stage stay in memory; the others are owned by other ranks.
         var usedElsewhere = graph.Nodes.SelectMany(n => n.Parameters).ToHashSet();
         usedElsewhere.ExceptWith(owned.Select(o => o.Name));
         _residency.Release(_model.named_parameters().Where(p => usedElsewhere.Contains(p.name)).Select(p => (p.name, (Tensor)p.parameter)));
         LogOnce(Summary(plan, graph, planningGraph, loaded, clock.Elapsed));
-        return new Deployed(graph, plan, executor, replicas, owned, Owners(graph, plan), output.Shape!.Length == 0, outputDType, loaded);
+        return new Deployed(graph, plan, executor, replicas, shared, owned, Owners(placement, plan), output.Shape!.Length == 0, outputDType, loaded,
+            lossCombination);
     }
+
+    /// <summary>How slice losses combine, from one run of the graph on a sample of the batch.</summary>
+    private static LossCombination AnalyseLoss(CapturedGraph graph, object?[] sampleInputs, PlanningGraph planningGraph)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        object?[] values = graph.ExecuteAll(sampleInputs);
+        return LossCombination.Analyse(graph, values, planningGraph.Values.Select(v => v.BytesPerSample > 0).ToList());
+    }
+
+    /// <summary>Copies rank 0's parameters and buffers to every rank (each tensor once, tied weights included).</summary>
+    private void BroadcastInitialState()
+    {
+        if (_world.Size == 1) return;
+        var seen = new HashSet<TensorIdentity>();
+        using var noGrad = torch.no_grad();
+        foreach ((_, Tensor tensor) in _model.state_dict())
+        {
+            if (seen.Add(TensorIdentity.Of(tensor))) _world.Broadcast(tensor, 0);
+        }
+    }
+
+    /// <summary>
+    /// One communicator per group of shared parameters whose holders include this rank's stage: every rank of the
+    /// holding stages sums its gradients of them there. Every rank takes part in each split, in the same order.
+    /// </summary>
+    private List<(SharedParameterGroup Group, ICommunicator Communicator)> SharedGroupCommunicators(ParameterPlacement placement, int? stage)
+    {
+        var groups = new List<(SharedParameterGroup, ICommunicator)>();
+        foreach (SharedParameterGroup group in placement.SharedGroups)
+        {
+            bool member = stage is int s && group.Stages.Contains(s);
+            ICommunicator communicator = _world.Split(member ? 0 : 1, _world.Rank);
+            if (member) groups.Add((group, communicator));
+            else communicator.Dispose();
+        }
+        return groups;
+    }
+
+    /// <summary>The graph's name for a name of <c>named_parameters()</c> / <c>state_dict()</c> (tied weights have one).</summary>
+    private string GraphName(string name) => _deployed?.Graph.CanonicalName(name) ?? name;
 
     /// <summary>One shared-memory link between CPU ranks (measured here at 4–7 GB/s; see bench/RESULTS.md).</summary>
     private const double CpuLinkBandwidth = 4e9;
@@ -408,27 +490,12 @@ public sealed class RanncModule : IDisposable
         return physical / Math.Max(1, ranksHere);
     }
 
-    private List<(string Name, Tensor Parameter)> OwnedParameters(CapturedGraph graph, PartitionPlan plan, int? stage)
+    /// <summary>The parameters this rank's stage holds, each once under its graph name (a tied weight's other names are skipped).</summary>
+    private List<(string Name, Tensor Parameter)> OwnedParameters(CapturedGraph graph, ParameterPlacement placement, int? stage)
     {
-        var stageOfParameter = new Dictionary<string, int>();
-        foreach (StagePlan s in plan.Stages)
-        {
-            foreach (int node in s.NodeIds)
-            {
-                foreach (string name in graph.Nodes[node].Parameters)
-                {
-                    if (stageOfParameter.TryGetValue(name, out int other) && other != s.Index)
-                    {
-                        throw new NotSupportedException(
-                            $"Parameter '{name}' is used by stages {other} and {s.Index}; parameters shared across stages are not supported yet.");
-                    }
-                    stageOfParameter[name] = s.Index;
-                }
-            }
-        }
-        if (stage is null) return [];
+        if (stage is not int s) return [];
         return _model.named_parameters()
-            .Where(p => stageOfParameter.TryGetValue(p.name, out int s) && s == stage)
+            .Where(p => graph.CanonicalName(p.name) == p.name && placement.IsHeldBy(p.name, s))
             .Select(p => (p.name, (Tensor)p.parameter))
             .ToList();
     }
@@ -462,24 +529,20 @@ public sealed class RanncModule : IDisposable
         if (_world.Rank == 0) Log(line);
     }
 
-    /// <summary>The rank whose copy of each parameter and buffer is authoritative: replica 0 of the stage that uses it.</summary>
-    private static Dictionary<string, int> Owners(CapturedGraph graph, PartitionPlan plan)
+    /// <summary>
+    /// The rank whose copy of each parameter and buffer is authoritative: replica 0 of the first stage that holds it
+    /// (the copies of a shared parameter are equal).
+    /// </summary>
+    private static Dictionary<string, int> Owners(ParameterPlacement placement, PartitionPlan plan)
     {
-        var owners = new Dictionary<string, int>();
-        foreach (StagePlan stage in plan.Stages)
-        {
-            foreach (int node in stage.NodeIds)
-            {
-                foreach (string name in graph.Nodes[node].Parameters.Concat(graph.Nodes[node].Buffers)) owners.TryAdd(name, stage.ReplicaRanks[0]);
-            }
-        }
-        return owners;
+        return placement.Names.ToDictionary(name => name, name => plan.Stages[placement.HoldersOf(name)[0]].ReplicaRanks[0]);
     }
 
     private sealed record Deployed(
         CapturedGraph Graph, PartitionPlan Plan, PipelineExecutor Executor, ICommunicator? Replicas,
+        IReadOnlyList<(SharedParameterGroup Group, ICommunicator Communicator)> SharedGroups,
         IReadOnlyList<(string Name, Tensor Parameter)> OwnedParameters, IReadOnlyDictionary<string, int> Owners,
-        bool OutputIsScalar, ScalarType OutputDType, bool Loaded);
+        bool OutputIsScalar, ScalarType OutputDType, bool Loaded, LossCombination Loss);
 
     /// <summary>Saves the model's buffers and the random state, and puts them back on dispose.</summary>
     private sealed class PreservedState : IDisposable

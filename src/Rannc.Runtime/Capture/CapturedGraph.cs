@@ -96,9 +96,11 @@ public sealed class CapturedGraph
 {
     internal CapturedGraph(
         nn.Module model, IReadOnlyList<CapturedNode> nodes, IReadOnlyList<CapturedValue> values,
-        IReadOnlyList<CapturedParameter> parameters, IReadOnlyList<int> inputs, IReadOnlyList<int> outputs)
+        IReadOnlyList<CapturedParameter> parameters, IReadOnlyList<int> inputs, IReadOnlyList<int> outputs,
+        IReadOnlyDictionary<string, string> canonicalNames)
     {
         Model = model;
+        CanonicalNames = canonicalNames;
         Nodes = nodes;
         Values = values;
         Parameters = parameters;
@@ -116,6 +118,16 @@ public sealed class CapturedGraph
 
     /// <summary>Parameters and buffers used by the graph, in order of first use.</summary>
     public IReadOnlyList<CapturedParameter> Parameters { get; }
+
+    /// <summary>
+    /// Every name in the model's <c>named_parameters()</c> and <c>named_buffers()</c>, mapped to the name the graph uses
+    /// for its tensor: the first name under which that tensor is listed. A tied weight (<c>head.weight = wte.weight</c>)
+    /// has two names and one graph name; every other name maps to itself.
+    /// </summary>
+    public IReadOnlyDictionary<string, string> CanonicalNames { get; }
+
+    /// <summary>The graph's name for the parameter or buffer the model lists as <paramref name="name"/>.</summary>
+    public string CanonicalName(string name) => CanonicalNames.TryGetValue(name, out var canonical) ? canonical : name;
 
     /// <summary>Values bound to forward()'s parameters, in order.</summary>
     public IReadOnlyList<int> Inputs { get; }
@@ -152,6 +164,21 @@ public sealed class CapturedGraph
             outputs[i] = values[Outputs[i]];
         }
         return outputs;
+    }
+
+    /// <summary>Runs every node and returns every value, by value id (for analyses of the graph's values).</summary>
+    internal object?[] ExecuteAll(object?[] inputs)
+    {
+        var values = new object?[Values.Count];
+        for (var i = 0; i < inputs.Length; i++)
+        {
+            values[Inputs[i]] = inputs[i];
+        }
+        foreach (var node in Nodes)
+        {
+            node.Execute(values);
+        }
+        return values;
     }
 
     /// <summary>
@@ -233,7 +260,11 @@ public sealed class CapturedGraph
     /// Autograd is intact: <c>backward</c> from the outputs with received gradients reaches the parameters the stage
     /// uses and any input tensors that require gradients.
     /// </summary>
-    public IReadOnlyDictionary<int, object?> ExecuteStage(GraphStage stage, IReadOnlyDictionary<int, object?> inputs)
+    public IReadOnlyDictionary<int, object?> ExecuteStage(GraphStage stage, IReadOnlyDictionary<int, object?> inputs) =>
+        ExecuteStage(stage, inputs, []);
+
+    /// <summary>As <see cref="ExecuteStage(GraphStage, IReadOnlyDictionary{int, object?})"/>, also returning the values <paramref name="alsoReturn"/> the stage computes.</summary>
+    internal IReadOnlyDictionary<int, object?> ExecuteStage(GraphStage stage, IReadOnlyDictionary<int, object?> inputs, IReadOnlyList<int> alsoReturn)
     {
         var values = new object?[Values.Count];
         foreach (var value in stage.InputValues)
@@ -251,7 +282,7 @@ public sealed class CapturedGraph
             Nodes[id].Execute(values);
         }
         var outputs = new Dictionary<int, object?>(stage.OutputValues.Count);
-        foreach (var value in stage.OutputValues)
+        foreach (var value in stage.OutputValues.Concat(alsoReturn))
         {
             outputs[value] = values[value];
         }

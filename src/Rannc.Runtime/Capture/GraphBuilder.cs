@@ -16,8 +16,11 @@ internal sealed class GraphBuilder
     private readonly Dictionary<string, int> _parameterIndex = new(StringComparer.Ordinal);
     private readonly Dictionary<string, int> _nameUses = new(StringComparer.Ordinal);
     private readonly Dictionary<nn.Module, string> _modulePaths = new(ReferenceEqualityComparer.Instance);
-    private readonly Dictionary<IntPtr, (string Name, bool IsBuffer, Tensor Tensor)> _tensorNames = [];
+    // Parameters are identified by their storage, not by name or wrapper: a tied weight (head.weight = wte.weight)
+    // is listed under two names, and a direct read (wte.weight) returns a new wrapper of the same tensor.
+    private readonly Dictionary<TensorIdentity, (string Name, bool IsBuffer, Tensor Tensor)> _tensorNames = [];
     private readonly Dictionary<string, (bool IsBuffer, Tensor Tensor)> _tensorsByName = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, string> _canonicalNames = new(StringComparer.Ordinal);
 
     private GraphBuilder(nn.Module model)
     {
@@ -28,15 +31,28 @@ internal sealed class GraphBuilder
         }
         foreach (var (name, parameter) in model.named_parameters())
         {
-            _tensorNames.TryAdd(parameter.Handle, (name, false, parameter));
-            _tensorsByName.TryAdd(name, (false, parameter));
+            AddTensorName(name, isBuffer: false, parameter);
         }
         foreach (var (name, buffer) in model.named_buffers())
         {
-            _tensorNames.TryAdd(buffer.Handle, (name, true, buffer));
-            _tensorsByName.TryAdd(name, (true, buffer));
+            AddTensorName(name, isBuffer: true, buffer);
         }
     }
+
+    private void AddTensorName(string name, bool isBuffer, Tensor tensor)
+    {
+        if (!_tensorNames.TryGetValue(TensorIdentity.Of(tensor), out var first))
+        {
+            first = (name, isBuffer, tensor);
+            _tensorNames[TensorIdentity.Of(tensor)] = first;
+            _tensorsByName.TryAdd(name, (isBuffer, tensor));
+        }
+        _canonicalNames.TryAdd(name, first.Name);
+    }
+
+    /// <summary>The model's first name for the tensor behind a submodule's parameter or buffer.</summary>
+    private string CanonicalName(string modulePath, string localName, Tensor tensor) =>
+        _tensorNames.TryGetValue(TensorIdentity.Of(tensor), out var known) ? known.Name : Join(modulePath, localName);
 
     public static CapturedGraph Build(nn.Module model)
     {
@@ -64,7 +80,7 @@ internal sealed class GraphBuilder
         }
         builder.Unroll(captured, template, template.Body, scope, string.Empty, []);
         var outputs = template.Outputs.Select(scope.Lookup).ToList();
-        return new CapturedGraph(model, builder._nodes, builder._values, builder._parameters, inputs, outputs);
+        return new CapturedGraph(model, builder._nodes, builder._values, builder._parameters, inputs, outputs, builder._canonicalNames);
     }
 
     /// <summary>Maps template value ids to concrete value ids; one scope per loop iteration and per inlined module.</summary>
@@ -155,18 +171,18 @@ internal sealed class GraphBuilder
                     return;
                 }
                 name = UniqueName(modulePath);
-                foreach (var (parameterName, _) in module.named_parameters())
+                foreach (var (parameterName, parameter) in module.named_parameters())
                 {
-                    parameters.Add(Join(modulePath, parameterName));
+                    AddOnce(parameters, CanonicalName(modulePath, parameterName, parameter));
                 }
-                foreach (var (bufferName, _) in module.named_buffers())
+                foreach (var (bufferName, buffer) in module.named_buffers())
                 {
-                    buffers.Add(Join(modulePath, bufferName));
+                    AddOnce(buffers, CanonicalName(modulePath, bufferName, buffer));
                 }
                 break;
             case NodeKind.Attribute:
                 var tensor = owner.ResolveTarget(node.Id, loopIndices.ToArray()) as Tensor;
-                if (tensor is not null && _tensorNames.TryGetValue(tensor.Handle, out var known))
+                if (tensor is not null && _tensorNames.TryGetValue(TensorIdentity.Of(tensor), out var known))
                 {
                     (known.IsBuffer ? buffers : parameters).Add(known.Name);
                     name = UniqueName(known.Name);
@@ -238,6 +254,14 @@ internal sealed class GraphBuilder
             _ => operation,
         };
         return operation.ToLowerInvariant();
+    }
+
+    private static void AddOnce(List<string> names, string name)
+    {
+        if (!names.Contains(name))
+        {
+            names.Add(name);
+        }
     }
 
     private static string Join(string prefix, string name) => prefix.Length == 0 ? name : prefix + "." + name;

@@ -7,11 +7,12 @@ using static TorchSharp.torch;
 namespace Rannc.Execution;
 
 /// <summary>What one step of the pipeline produced on this rank.</summary>
-/// <param name="WeightedLoss">Σ over this rank's last-stage slices of (slice samples / batch) × slice loss; 0 elsewhere.</param>
+/// <param name="LossNumerator">Σ over this rank's last-stage slices of weight × slice loss (see <see cref="LossCombination"/>); 0 elsewhere.</param>
+/// <param name="LossDenominator">Σ of those slices' weights.</param>
 /// <param name="OutputSlices">For a non-scalar graph output: this rank's slices of it (last stage only).</param>
 /// <param name="Gradients">Gradients of the parameters this rank owns, summed over micro-batches and replicas,
-/// for a loss of 1 (null when the step ran without gradients).</param>
-internal sealed record StepResult(double WeightedLoss, IReadOnlyList<(SampleRange Samples, Tensor Value)> OutputSlices,
+/// for a loss of 1 and before division by the step's total loss weight (null when the step ran without gradients).</param>
+internal sealed record StepResult(double LossNumerator, double LossDenominator, IReadOnlyList<(SampleRange Samples, Tensor Value)> OutputSlices,
     IReadOnlyDictionary<string, Tensor>? Gradients);
 
 /// <summary>
@@ -34,9 +35,13 @@ internal sealed class PipelineExecutor
     private readonly int _stage;
     private readonly int _replica;
     private readonly IReadOnlyList<(string Name, Tensor Parameter)> _ownedParameters;
+    private readonly IReadOnlyList<(SharedParameterGroup Group, ICommunicator Communicator)> _sharedGroups;
+    private readonly HashSet<string> _sharedNames;
+    private readonly LossCombination _lossCombination;
 
     public PipelineExecutor(CapturedGraph graph, StageLayout layout, PartitionPlan plan, PipelineSchedule schedule,
-        ICommunicator world, ICommunicator? replicas, IReadOnlyList<(string Name, Tensor Parameter)> ownedParameters)
+        ICommunicator world, ICommunicator? replicas, IReadOnlyList<(string Name, Tensor Parameter)> ownedParameters,
+        IReadOnlyList<(SharedParameterGroup Group, ICommunicator Communicator)>? sharedGroups = null, LossCombination? lossCombination = null)
     {
         if (plan.MicroBatchCount > MaxMicroBatches)
             throw new NotSupportedException($"The plan has {plan.MicroBatchCount} micro-batches; at most {MaxMicroBatches} are supported.");
@@ -48,6 +53,9 @@ internal sealed class PipelineExecutor
         _actions = schedule.Ranks[world.Rank];
         (_stage, _replica) = plan.RoleOf(world.Rank) ?? (-1, -1);
         _ownedParameters = ownedParameters;
+        _sharedGroups = sharedGroups ?? [];
+        _sharedNames = _sharedGroups.SelectMany(g => g.Group.Names).ToHashSet(StringComparer.Ordinal);
+        _lossCombination = lossCombination ?? LossCombination.PerSample;
     }
 
     public bool IsIdle => _stage < 0;
@@ -57,11 +65,12 @@ internal sealed class PipelineExecutor
     /// <summary>Runs one step on <paramref name="inputs"/> (forward()'s arguments, whole batch, on every rank).</summary>
     public StepResult Run(IReadOnlyList<object?> inputs, bool computeGradients)
     {
-        if (IsIdle) return new StepResult(0, [], computeGradients ? new Dictionary<string, Tensor>() : null);
+        if (IsIdle) return new StepResult(0, 0, [], computeGradients ? new Dictionary<string, Tensor>() : null);
         var step = new Step(this, inputs, computeGradients);
         try
         {
             Execute(step, _actions.Where(a => computeGradients || IsForwardAction(a)));
+            if (computeGradients) step.AllReduceSharedGradients();
         }
         finally
         {
@@ -107,6 +116,7 @@ internal sealed class PipelineExecutor
             {
                 step.SetOutputGradient(outputGradient);
                 owner.Execute(step, owner._actions.Where(a => !IsForwardAction(a)));
+                step.AllReduceSharedGradients();
             }
             finally
             {
@@ -180,6 +190,7 @@ internal sealed class PipelineExecutor
         private readonly Dictionary<int, List<(SampleRange Samples, Dictionary<int, Tensor> Gradients)>> _gradientPieces = [];
         private readonly Dictionary<int, Dictionary<int, Tensor>> _inputGradients = [];
         private readonly Dictionary<int, Tensor> _losses = [];
+        private readonly Dictionary<int, double> _lossWeights = [];
         private readonly Dictionary<int, Tensor> _outputs = [];
         private Tensor? _outputGradient;
         private readonly Dictionary<string, Tensor> _gradients = [];
@@ -187,7 +198,8 @@ internal sealed class PipelineExecutor
         private readonly Dictionary<int, List<IDisposable>> _microBatchTensors = [];
         private readonly List<IDisposable> _stepTensors = [];
         private readonly HashSet<int> _backwardDone = [];
-        private double _weightedLoss;
+        private double _lossNumerator;
+        private double _lossDenominator;
 
         private StageLayout Layout => owner._layout;
 
@@ -223,7 +235,8 @@ internal sealed class PipelineExecutor
             IReadOnlyDictionary<int, object?> produced;
             using (computeGradients ? torch.enable_grad() : torch.no_grad())
             {
-                produced = owner._graph.ExecuteStage(Stage, stageInputs);
+                // The last stage also keeps the loss node's inputs: the loss combination weighs each slice by them.
+                produced = owner._graph.ExecuteStage(Stage, stageInputs, owner.IsLastStage ? owner._lossCombination.InputValues : []);
             }
             var values = new Dictionary<int, object?>(stageInputs);
             foreach ((int v, object? value) in produced) values[v] = value;
@@ -235,8 +248,12 @@ internal sealed class PipelineExecutor
                 throw new NotSupportedException($"The model returned {values[output]?.GetType().Name ?? "null"}; Rannc needs a tensor.");
             if (result.dim() == 0)
             {
-                double weight = (double)slice.Count / owner._plan.GlobalBatchSize;
-                _weightedLoss += weight * result.to_type(ScalarType.Float64).item<double>();
+                LossCombination combination = owner._lossCombination;
+                double weight = combination.SliceWeight(values, slice.Count, owner._graph);
+                // A slice with nothing to count (no unmasked token) adds nothing; its own mean would be NaN.
+                if (weight != 0) _lossNumerator += weight * result.to_type(ScalarType.Float64).item<double>();
+                if (combination.Rule != LossRule.Sum) _lossDenominator += weight;
+                _lossWeights[m] = weight;
                 _losses[m] = result;
             }
             else
@@ -281,10 +298,13 @@ internal sealed class PipelineExecutor
             Dictionary<int, Tensor> received = owner.IsLastStage ? [] : AssembleGradients(m);
             if (owner.IsLastStage && _losses.TryGetValue(m, out Tensor? loss))
             {
-                // The step's loss is the sum over slices of (slice samples / batch) × slice loss.
-                double weight = (double)MySlice(m).Count / owner._plan.GlobalBatchSize;
-                outputs.Add(loss);
-                outputGradients.Add(torch.full_like(loss, weight));
+                // The step's loss is Σ weight × slice loss / Σ weight; the division happens once the total is known.
+                double weight = _lossWeights[m];
+                if (weight != 0)
+                {
+                    outputs.Add(loss);
+                    outputGradients.Add(torch.full_like(loss, weight));
+                }
             }
             else if (owner.IsLastStage)
             {
@@ -367,13 +387,31 @@ internal sealed class PipelineExecutor
         {
             if (owner._replicas is null) return;
             // Every replica lists the same parameters in the same order; a parameter without a gradient gets zeros.
-            var tensors = owner._ownedParameters.Where(p => p.Parameter.requires_grad).Select(p =>
-                _gradients.TryGetValue(p.Name, out Tensor? g) ? g : _gradients[p.Name] = torch.zeros_like(p.Parameter)).ToList();
+            // Shared parameters are summed over all their holders' ranks instead (AllReduceSharedGradients).
+            var tensors = owner._ownedParameters.Where(p => p.Parameter.requires_grad && !owner._sharedNames.Contains(p.Name))
+                .Select(p => GradientOf(p.Name, p.Parameter)).ToList();
             owner._replicas.AllReduce(tensors, ReduceOp.Sum);
         }
 
+        /// <summary>
+        /// Sums the gradients of parameters held by several stages over every rank of those stages, after the schedule
+        /// (each rank's share covers its own slices, so the sum is the whole batch's gradient on every copy).
+        /// </summary>
+        public void AllReduceSharedGradients()
+        {
+            var parameters = owner._ownedParameters.ToDictionary(p => p.Name, p => p.Parameter, StringComparer.Ordinal);
+            foreach ((SharedParameterGroup group, ICommunicator communicator) in owner._sharedGroups)
+            {
+                var tensors = group.Names.Where(n => parameters[n].requires_grad).Select(n => GradientOf(n, parameters[n])).ToList();
+                communicator.AllReduce(tensors, ReduceOp.Sum);
+            }
+        }
+
+        private Tensor GradientOf(string name, Tensor parameter) =>
+            _gradients.TryGetValue(name, out Tensor? g) ? g : _gradients[name] = torch.zeros_like(parameter);
+
         public StepResult Result() =>
-            new(_weightedLoss, _outputSlices, computeGradients ? _gradients : null);
+            new(_lossNumerator, _lossDenominator, _outputSlices, computeGradients ? _gradients : null);
 
         /// <summary>Whether stage boundaries carry a gradient for value <paramref name="v"/> (both sides agree).</summary>
         private bool GradientCrosses(int v) => Layout.NeedsGradient[v];
@@ -486,9 +524,10 @@ internal sealed class PipelineExecutor
             action();
             var created = scope.DisposablesView.ToList();
             // The step's results outlive the micro-batch: accumulated gradients and gathered output slices.
-            var keep = _gradients.Values.Concat(_outputSlices.Select(o => o.Item2)).Where(scope.Contains).Cast<IDisposable>().ToList();
+            // By reference: Tensor.Equals compares values, and a NaN tensor is not equal to itself.
+            var keep = new HashSet<IDisposable>(_gradients.Values.Concat(_outputSlices.Select(o => o.Item2)), ReferenceEqualityComparer.Instance);
             scope.Detach(created);
-            ListFor(_microBatchTensors, m).AddRange(created.Except(keep));
+            ListFor(_microBatchTensors, m).AddRange(created.Where(t => !keep.Contains(t)));
         }
 
         /// <summary>Runs a send; the tensors it creates stay alive until the step's transfers have completed.</summary>
@@ -524,6 +563,7 @@ internal sealed class PipelineExecutor
             _values.Remove(m);
             _leaves.Remove(m);
             _losses.Remove(m);
+            _lossWeights.Remove(m);
             _outputs.Remove(m);
             _inputGradients.Remove(m);
             if (_microBatchTensors.Remove(m, out var tensors))

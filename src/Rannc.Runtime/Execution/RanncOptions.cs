@@ -48,6 +48,13 @@ public sealed record RanncOptions
     /// <summary>Timed repetitions per node when profiling (<c>RANNC_PROFILE_REPEATS</c>).</summary>
     public int ProfileRepeats { get; init; } = 3;
 
+    /// <summary>
+    /// For how many steps every rank's inputs (dtype, shape and a hash of the contents), training mode and backward
+    /// calls are compared across ranks (<c>RANNC_CHECK_INPUTS</c>: a number of steps, <c>all</c> or <c>0</c>).
+    /// Null: every step. The check costs one small all-gather and a hash of the inputs per step (bench/RESULTS.md).
+    /// </summary>
+    public int? CheckInputSteps { get; init; }
+
     /// <summary>Where Rannc's log lines go (rank 0 prints the plan summary); null: standard error.</summary>
     public Action<string>? Log { get; init; }
 
@@ -66,6 +73,8 @@ public sealed record RanncOptions
         if (lookup("RANNC_PLAN_CACHE") is { } cache) result = result with { PlanCacheDirectory = cache };
         if (lookup("RANNC_SAVE_DEPLOYMENT") is { Length: > 0 } save) result = result with { SaveDeploymentPath = save };
         if (lookup("RANNC_LOAD_DEPLOYMENT") is { Length: > 0 } load) result = result with { LoadDeploymentPath = load };
+        if (lookup("RANNC_CHECK_INPUTS") is { Length: > 0 } check)
+            result = result with { CheckInputSteps = check.Trim().Equals("all", StringComparison.OrdinalIgnoreCase) ? null : ParseNonNegative("RANNC_CHECK_INPUTS", check) };
         if (lookup("RANNC_PROFILE_REPEATS") is { Length: > 0 } repeats) result = result with { ProfileRepeats = ParsePositive("RANNC_PROFILE_REPEATS", repeats) };
         return result;
     }
@@ -123,6 +132,11 @@ public sealed record RanncOptions
         int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out int value) && value > 0
             ? value
             : throw new FormatException($"{name}='{text}' must be a positive integer.");
+
+    private static int ParseNonNegative(string name, string text) =>
+        int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out int value) && value >= 0
+            ? value
+            : throw new FormatException($"{name}='{text}' must be 'all' or a number of steps (0 or more).");
 
     private static double ParseDouble(string name, string text) =>
         double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out double value) && value >= 0 && value < 1

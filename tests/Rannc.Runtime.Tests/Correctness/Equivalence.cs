@@ -1,0 +1,140 @@
+using Rannc.Communication;
+using Rannc.Execution;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Rannc.Tests.Correctness;
+
+/// <summary>Which optimizer a run uses: SGD shows gradient scale errors that Adam's normalisation hides.</summary>
+public enum OptimizerKind
+{
+    Sgd,
+    Adam,
+}
+
+/// <summary>
+/// Trains a model with Rannc on in-process ranks and plain TorchSharp on the whole batch, with the same optimizer,
+/// seed and data, and compares per-step losses, the last step's gradients and the final parameters (float64, 1e-9).
+/// </summary>
+internal static class Equivalence
+{
+    public const double Tolerance = 1e-9;
+
+    /// <summary>What one run produced: per-step losses, the last step's gradients and the final parameters, by name.</summary>
+    public sealed record Run(double[] Losses, Dictionary<string, Tensor> Gradients, Dictionary<string, Tensor> Parameters);
+
+    public static optim.Optimizer CreateOptimizer(nn.Module model, OptimizerKind kind) => kind switch
+    {
+        OptimizerKind.Sgd => torch.optim.SGD(model.parameters(), 0.1),
+        _ => torch.optim.Adam(model.parameters(), lr: 0.01),
+    };
+
+    /// <summary>Plain TorchSharp on one process: the whole batch per step.</summary>
+    public static Run Reference(Func<nn.Module> create, long seed, Tensor[][] batches, OptimizerKind optimizerKind)
+    {
+        nn.Module model = SeededModels.Create(create, seed);
+        optim.Optimizer optimizer = CreateOptimizer(model, optimizerKind);
+        var losses = new double[batches.Length];
+        var gradients = new Dictionary<string, Tensor>();
+        for (int step = 0; step < batches.Length; step++)
+        {
+            optimizer.zero_grad();
+            Tensor loss = Forward(model, batches[step]);
+            loss.backward();
+            losses[step] = loss.item<double>();
+            if (step == batches.Length - 1) gradients = Gradients(model);
+            optimizer.step();
+        }
+        return new Run(losses, gradients, model.named_parameters().ToDictionary(p => p.name, p => p.parameter.detach().clone()));
+    }
+
+    /// <summary>Rannc on <c>Σ replicas</c> in-process ranks; <paramref name="seedOfRank"/> gives each rank's construction seed.</summary>
+    public static Run[] Rannc(Func<nn.Module> create, Func<int, long> seedOfRank, Tensor[][] batches, OptimizerKind optimizerKind,
+        IReadOnlyList<int> replicasPerStage, string schedule, int? microBatches = null, Func<int, int, Tensor[]>? batchOfRank = null)
+    {
+        var options = new RanncOptions
+        {
+            ForcedReplicas = replicasPerStage,
+            Schedule = RanncOptions.ParseSchedule(schedule),
+            PlanCacheDirectory = "",
+            ProfileRepeats = 1,
+            MicroBatches = microBatches,
+            Log = _ => { },
+        };
+        return InProcessLauncher.Run(replicasPerStage.Sum(), comm =>
+        {
+            nn.Module model = SeededModels.Create(create, seedOfRank(comm.Rank));
+            optim.Optimizer optimizer = CreateOptimizer(model, optimizerKind);
+            using var rannc = new RanncModule(model, optimizer, comm, options);
+            var losses = new double[batches.Length];
+            var gradients = new Dictionary<string, Tensor>();
+            for (int step = 0; step < batches.Length; step++)
+            {
+                optimizer.zero_grad();
+                Tensor loss = rannc.forward(batchOfRank?.Invoke(comm.Rank, step) ?? batches[step]);
+                loss.backward();
+                losses[step] = loss.item<double>();
+                if (step == batches.Length - 1) gradients = Gradients(model);
+                optimizer.step();
+            }
+            Assert.Equal(replicasPerStage, rannc.Plan!.Stages.Select(s => s.ReplicaRanks.Count));
+            var held = rannc.Plan.RoleOf(comm.Rank) is { } role
+                ? rannc.Plan.Stages[role.Stage].NodeIds.SelectMany(n => rannc.Graph!.Nodes[n].Parameters).ToHashSet()
+                : [];
+            var parameters = model.named_parameters().Where(p => held.Contains(rannc.Graph!.CanonicalName(p.name)))
+                .ToDictionary(p => p.name, p => p.parameter.detach().clone());
+            return new Run(losses, gradients, parameters);
+        }, new InProcessOptions(Timeout: TimeSpan.FromMinutes(3)));
+    }
+
+    /// <summary>Every rank's losses, gradients and held parameters equal the reference's; every parameter is held somewhere.</summary>
+    public static void AssertEqual(Run reference, IReadOnlyList<Run> ranks)
+    {
+        foreach (Run rank in ranks)
+        {
+            for (int s = 0; s < reference.Losses.Length; s++) AssertClose(reference.Losses[s], rank.Losses[s], $"loss of step {s}");
+        }
+        double gradientScale = reference.Gradients.Values.Select(g => g.abs().max().item<double>()).DefaultIfEmpty(1).Max();
+        var seen = new HashSet<string>();
+        foreach (Run rank in ranks)
+        {
+            foreach ((string name, Tensor value) in rank.Gradients)
+                AssertCloseTensors(reference.Gradients[name], value, $"gradient of {name} in the last step", gradientScale);
+            foreach ((string name, Tensor value) in rank.Parameters)
+            {
+                seen.Add(name);
+                AssertCloseTensors(reference.Parameters[name], value, $"parameter {name}", 1e-12);
+            }
+        }
+        Assert.Equal(reference.Parameters.Keys.Order(), seen.Order());
+    }
+
+    public static Tensor Forward(nn.Module model, Tensor[] batch) => model switch
+    {
+        nn.Module<Tensor, Tensor, Tensor> two when batch.Length == 2 => two.forward(batch[0], batch[1]),
+        nn.Module<Tensor, Tensor> one when batch.Length == 1 => one.forward(batch[0]),
+        _ => throw new NotSupportedException($"{model.GetType().Name} with {batch.Length} input(s)"),
+    };
+
+    private static Dictionary<string, Tensor> Gradients(nn.Module model) =>
+        model.named_parameters().Where(p => p.parameter.grad is not null).ToDictionary(p => p.name, p => p.parameter.grad!.detach().clone());
+
+    public static void AssertClose(double expected, double actual, string what)
+    {
+        if (double.IsNaN(expected))
+        {
+            Assert.True(double.IsNaN(actual), $"{what}: expected NaN, got {actual:R}");
+            return;
+        }
+        double difference = Math.Abs(expected - actual);
+        Assert.True(difference <= Tolerance * Math.Max(1e-12, Math.Abs(expected)), $"{what}: expected {expected:R}, got {actual:R}");
+    }
+
+    private static void AssertCloseTensors(Tensor expected, Tensor actual, string what, double floor)
+    {
+        Assert.Equal(expected.shape, actual.shape);
+        double scale = Math.Max(floor, expected.abs().max().item<double>());
+        double difference = (actual - expected).abs().max().item<double>();
+        Assert.True(difference <= Tolerance * scale, $"{what} differs by {difference:e3} (scale {scale:e3})");
+    }
+}
