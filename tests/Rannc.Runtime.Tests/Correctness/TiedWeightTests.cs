@@ -1,4 +1,5 @@
 using TorchSharp;
+using Rannc.Samples.Models;
 using static TorchSharp.torch;
 
 namespace Rannc.Tests.Correctness;
@@ -36,7 +37,7 @@ public sealed class TiedWeightTests
     {
         Func<nn.Module> create = model == "reads"
             ? () => new GptReadsEmbedding(Vocabulary, 8, 2, 2, Sequence)
-            : () => new GptAssignsHead(Vocabulary, 8, 2, 2, Sequence);
+            : () => new GptLanguageModel(Vocabulary, 8, 2, 2, Sequence);
         Tensor[][] batches = Batches(3);
         var reference = Equivalence.Reference(create, 7, batches, optimizer);
         var ranks = Equivalence.Rannc(create, _ => 7, batches, optimizer, ParsePlan(plan), schedule, microBatches: 2);
