@@ -89,14 +89,19 @@ public sealed class RanncModule : IDisposable
         }
         if (_deployed.OutputIsScalar)
         {
-            Tensor loss = Loss(_deployed.Executor.Run(inputs, training), training);
-            if (training) _awaitingBackward = step;
+            Tensor loss = Loss(_deployed.Executor.Run(inputs, training), training, step, inputs);
+            if (training)
+            {
+                _awaitingBackward = step;
+                AverageReplicaBuffers();
+            }
             return loss;
         }
         if (!training) return GatherOutput(_deployed.Executor.Run(inputs, computeGradients: false).OutputSlices);
 
         // The loss is computed from the gathered output after this call, so the backward passes wait for its gradient.
         PipelineExecutor.DeferredStep pending = _deployed.Executor.RunForward(inputs);
+        AverageReplicaBuffers();
         using Tensor output = GatherOutput(pending.OutputSlices);
         var owned = _deployed.OwnedParameters;
         _awaitingBackward = step;
@@ -243,7 +248,7 @@ public sealed class RanncModule : IDisposable
         _anchor.Dispose();
     }
 
-    private Tensor Loss(StepResult step, bool training)
+    private Tensor Loss(StepResult step, bool training, long stepNumber, Tensor[] inputs)
     {
         // Σ weight × slice loss and Σ weight over every slice of every rank (LossCombination).
         using var totals = torch.tensor(new[] { step.LossNumerator, step.LossDenominator }, ScalarType.Float64);
@@ -255,8 +260,10 @@ public sealed class RanncModule : IDisposable
         Tensor value = torch.tensor(loss, ScalarType.Float64).to_type(_deployed.OutputDType);
         if (!training) return value;
         IReadOnlyDictionary<string, Tensor> gradients = step.Gradients!;
+        if (_options.PerturbGradient is { } perturb) gradients = gradients.ToDictionary(g => g.Key, g => perturb(g.Key, g.Value));
         var owned = _deployed.OwnedParameters;
         double inverse = 1 / denominator;
+        if (stepNumber < _options.VerifySteps) VerifyStep(stepNumber, inputs, loss, gradients, inverse);
         using (value)
         {
             return PipelineResultFunction.apply(_anchor, value, (Action<Tensor>)(gradOutput =>
@@ -265,6 +272,37 @@ public sealed class RanncModule : IDisposable
                 AddGradients(owned, gradients, gradOutput.to_type(ScalarType.Float64) * inverse);
             }));
         }
+    }
+
+    /// <summary>Runs the verify mode's comparison for this step (every rank).</summary>
+    private void VerifyStep(long step, Tensor[] inputs, double loss, IReadOnlyDictionary<string, Tensor> gradients, double inverse)
+    {
+        Deployed deployed = _deployed!;
+        using var scope = torch.NewDisposeScope();
+        var normalised = gradients.ToDictionary(g => g.Key, g => g.Value * inverse);
+        var tensors = _model.named_parameters().Select(p => (p.name, tensor: (Tensor)p.parameter))
+            .Concat(_model.named_buffers().Select(b => (b.name, tensor: b.buffer)))
+            .Where(p => deployed.Graph.CanonicalName(p.name) == p.name)
+            .ToDictionary(p => p.name, p => p.tensor);
+        Tensor ValueOf(string name)
+        {
+            using var noGrad = torch.no_grad();
+            return _residency.IsReleased(name) ? _residency.Zeros(name) : tensors[name].detach().clone();
+        }
+        Action Restore(IReadOnlyDictionary<string, Tensor> values)
+        {
+            var buffers = _model.named_buffers().Select(b => (b.buffer, saved: b.buffer.detach().clone())).ToList();
+            _residency.RestoreAll(values);
+            return () =>
+            {
+                using var noGrad = torch.no_grad();
+                foreach ((Tensor buffer, Tensor saved) in buffers) buffer.copy_(saved);
+                _residency.ReleaseAgain();
+            };
+        }
+        new StepVerifier(deployed.Graph, deployed.Plan, deployed.Placement, deployed.Loss, _world)
+            .Verify(step, inputs, loss, normalised, ValueOf, Restore, _options.DeviceMemoryBytes ?? DefaultMemoryBudget(), Log);
+        LogOnce($"Rannc verify: step {step} matches the unpartitioned step.");
     }
 
     /// <summary>Adds the pipeline's gradients (times <paramref name="scale"/>, when given) to the owned parameters' <c>.grad</c>.</summary>
@@ -377,8 +415,12 @@ public sealed class RanncModule : IDisposable
         usedElsewhere.ExceptWith(owned.Select(o => o.Name));
         _residency.Release(_model.named_parameters().Where(p => usedElsewhere.Contains(p.name)).Select(p => (p.name, (Tensor)p.parameter)));
         LogOnce(Summary(plan, graph, planningGraph, loaded, clock.Elapsed));
+        var buffers = role is { } mine
+            ? _model.named_buffers().Where(b => b.buffer.is_floating_point() && graph.CanonicalName(b.name) == b.name && placement.IsHeldBy(b.name, mine.Stage))
+                .Select(b => b.buffer).ToList()
+            : [];
         return new Deployed(graph, plan, executor, replicas, shared, owned, Owners(placement, plan), output.Shape!.Length == 0, outputDType, loaded,
-            lossCombination);
+            lossCombination, buffers, placement);
     }
 
     /// <summary>How slice losses combine, from one run of the graph on a sample of the batch.</summary>
@@ -388,6 +430,20 @@ public sealed class RanncModule : IDisposable
         using var noGrad = torch.no_grad();
         object?[] values = graph.ExecuteAll(sampleInputs);
         return LossCombination.Analyse(graph, values, planningGraph.Values.Select(v => v.BytesPerSample > 0).ToList());
+    }
+
+    /// <summary>
+    /// Keeps the replicas of a stage equal in their floating-point buffers (batch norm's running statistics), which each
+    /// replica updates from its own slices: they are averaged among the replicas after every training step, so
+    /// <see cref="StateDict"/> does not depend on which replica it reads. Counters (<c>num_batches_tracked</c>) are equal
+    /// already: every replica runs the same number of slices.
+    /// </summary>
+    private void AverageReplicaBuffers()
+    {
+        if (_deployed is not { Replicas: { Size: > 1 } replicas, ReplicaBuffers.Count: > 0 } deployed) return;
+        using var noGrad = torch.no_grad();
+        replicas.AllReduce(deployed.ReplicaBuffers, ReduceOp.Sum);
+        foreach (Tensor buffer in deployed.ReplicaBuffers) buffer.div_(replicas.Size);
     }
 
     /// <summary>Copies rank 0's parameters and buffers to every rank (each tensor once, tied weights included).</summary>
@@ -542,7 +598,8 @@ public sealed class RanncModule : IDisposable
         CapturedGraph Graph, PartitionPlan Plan, PipelineExecutor Executor, ICommunicator? Replicas,
         IReadOnlyList<(SharedParameterGroup Group, ICommunicator Communicator)> SharedGroups,
         IReadOnlyList<(string Name, Tensor Parameter)> OwnedParameters, IReadOnlyDictionary<string, int> Owners,
-        bool OutputIsScalar, ScalarType OutputDType, bool Loaded, LossCombination Loss);
+        bool OutputIsScalar, ScalarType OutputDType, bool Loaded, LossCombination Loss, IReadOnlyList<Tensor> ReplicaBuffers,
+        ParameterPlacement Placement);
 
     /// <summary>Saves the model's buffers and the random state, and puts them back on dispose.</summary>
     private sealed class PreservedState : IDisposable

@@ -1,5 +1,6 @@
 using System.Globalization;
 using Rannc.Partitioner;
+using static TorchSharp.torch;
 
 namespace Rannc.Execution;
 
@@ -55,6 +56,16 @@ public sealed record RanncOptions
     /// </summary>
     public int? CheckInputSteps { get; init; }
 
+    /// <summary>
+    /// Verify the first N training steps (<c>RANNC_VERIFY</c>; 0: off): rank 0 runs the unpartitioned step on the
+    /// same slices and compares the loss and every parameter's gradient with the pipeline's, failing the step with the
+    /// stage and parameter that differ. Costs a whole-model broadcast and an unpartitioned step per verified step.
+    /// </summary>
+    public int VerifySteps { get; init; }
+
+    /// <summary>A test double: changes the gradients this rank's stage computed (graph name, gradient) before they are used.</summary>
+    internal Func<string, Tensor, Tensor>? PerturbGradient { get; init; }
+
     /// <summary>Where Rannc's log lines go (rank 0 prints the plan summary); null: standard error.</summary>
     public Action<string>? Log { get; init; }
 
@@ -75,6 +86,7 @@ public sealed record RanncOptions
         if (lookup("RANNC_LOAD_DEPLOYMENT") is { Length: > 0 } load) result = result with { LoadDeploymentPath = load };
         if (lookup("RANNC_CHECK_INPUTS") is { Length: > 0 } check)
             result = result with { CheckInputSteps = check.Trim().Equals("all", StringComparison.OrdinalIgnoreCase) ? null : ParseNonNegative("RANNC_CHECK_INPUTS", check) };
+        if (lookup("RANNC_VERIFY") is { Length: > 0 } verify) result = result with { VerifySteps = ParseNonNegative("RANNC_VERIFY", verify) };
         if (lookup("RANNC_PROFILE_REPEATS") is { Length: > 0 } repeats) result = result with { ProfileRepeats = ParsePositive("RANNC_PROFILE_REPEATS", repeats) };
         return result;
     }
