@@ -414,7 +414,7 @@ public sealed class RanncModule : IDisposable
         var usedElsewhere = graph.Nodes.SelectMany(n => n.Parameters).ToHashSet();
         usedElsewhere.ExceptWith(owned.Select(o => o.Name));
         _residency.Release(_model.named_parameters().Where(p => usedElsewhere.Contains(p.name)).Select(p => (p.name, (Tensor)p.parameter)));
-        LogOnce(Summary(plan, graph, planningGraph, loaded, clock.Elapsed));
+        LogOnce(Summary(plan, graph, planningGraph, loaded, clock.Elapsed) + Environment.NewLine + DescribeExtras(lossCombination, placement));
         var buffers = role is { } mine
             ? _model.named_buffers().Where(b => b.buffer.is_floating_point() && graph.CanonicalName(b.name) == b.name && placement.IsHeldBy(b.name, mine.Stage))
                 .Select(b => b.buffer).ToList()
@@ -444,6 +444,19 @@ public sealed class RanncModule : IDisposable
         using var noGrad = torch.no_grad();
         replicas.AllReduce(deployed.ReplicaBuffers, ReduceOp.Sum);
         foreach (Tensor buffer in deployed.ReplicaBuffers) buffer.div_(replicas.Size);
+    }
+
+    /// <summary>Plan-summary lines on how losses combine and which parameters several stages hold.</summary>
+    private static string DescribeExtras(LossCombination loss, ParameterPlacement placement)
+    {
+        string rule = loss.Rule switch
+        {
+            LossRule.CountedMean => $"  loss: {loss.LossName}, a mean over counted items, combined exactly over slices (Σ sums / Σ counts)",
+            LossRule.Sum => $"  loss: {loss.LossName}, a sum, slice losses add",
+            _ => "  loss: assumed to be a mean over samples (slices weigh their sample counts)",
+        };
+        var shared = placement.SharedGroups.Select(g => $"  shared by stages {string.Join(", ", g.Stages)} (gradients summed among them): {string.Join(", ", g.Names)}");
+        return string.Join(Environment.NewLine, new[] { rule }.Concat(shared));
     }
 
     /// <summary>Copies rank 0's parameters and buffers to every rank (each tensor once, tied weights included).</summary>
