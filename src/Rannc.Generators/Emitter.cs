@@ -215,7 +215,7 @@ internal static class Emitter
                 case NodeModel node:
                     writer.WriteLine("new " + Capture + "TemplateNode(" + Int(node.Id) + ", " + Capture + "NodeKind." + node.Kind + ", "
                         + Literal(node.Target) + ", " + Literal(node.Operation) + ", " + Ints(node.Inputs) + ", " + Ints(node.Outputs) + ", "
-                        + Literal(node.Location) + "),");
+                        + Literal(node.Location) + (node.InPlace ? ", InPlace: true" : string.Empty) + "),");
                     break;
                 case LoopModel loop:
                     writer.WriteLine("new " + Capture + "TemplateLoop(" + Int(loop.Id) + ", " + Literal(loop.Description) + ", "
@@ -240,7 +240,7 @@ internal static class Emitter
                         writer.Unindent();
                     }
                     writer.CloseBlock(",");
-                    writer.WriteLine(Ints(branch.Results) + "),");
+                    writer.WriteLine(Ints(branch.Results) + (branch.Selector >= 0 ? ", Selector: " + Int(branch.Selector) : string.Empty) + "),");
                     writer.Unindent();
                     break;
             }

@@ -62,6 +62,9 @@ public sealed class CapturedNode
     /// <summary>Names, as in the model's <c>named_buffers()</c>, of the buffers this node uses.</summary>
     public IReadOnlyList<string> Buffers { get; }
 
+    /// <summary>True for an in-place tensor method: its output is its first input, modified (see <see cref="TemplateNode.InPlace"/>).</summary>
+    public bool InPlace { get; init; }
+
     internal ICapturedModule Owner { get; }
 
     internal int TemplateNodeId { get; }
@@ -130,6 +133,31 @@ public sealed class CapturedGraph
     /// <exception cref="CaptureException">The class was not captured (the errors say why) or is not <c>[RaNNC]</c>.</exception>
     public static CapturedGraph Build(nn.Module model) => GraphBuilder.Build(model);
 
+    /// <summary>
+    /// Builds the graph of <paramref name="model"/> for a first batch: branches on shapes (<c>if (seqLen &gt; 1)</c>,
+    /// <c>if (mask is not null)</c>) take the arm these inputs take, found by running the graph up to the branch without
+    /// gradients, and <see cref="Guards"/> record each choice. Without such branches this is <see cref="Build(nn.Module)"/>.
+    /// </summary>
+    /// <exception cref="CaptureException">The class was not captured (the errors say why) or is not <c>[RaNNC]</c>.</exception>
+    public static CapturedGraph Build(nn.Module model, object?[] sampleInputs) => GraphBuilder.Build(model, sampleInputs);
+
+    /// <summary>The branches on shapes resolved for the first batch; every execution checks that a batch takes the same arms.</summary>
+    public IReadOnlyList<ShapeGuard> Guards { get; internal init; } = [];
+
+    /// <summary>Throws when a value of <paramref name="values"/> computed for a guard selects another arm than the graph has.</summary>
+    private void CheckGuards(object?[] values)
+    {
+        foreach (var guard in Guards)
+        {
+            if (values[guard.Value] is { } computed && Convert.ToInt32(computed, System.Globalization.CultureInfo.InvariantCulture) != guard.Arm)
+            {
+                throw new CaptureException(
+                    $"The graph of {guard.ModuleType} was built for batches where '{guard.Description}' at {guard.Location} takes arm {guard.Arm}, "
+                    + $"but this batch takes arm {computed}: a shape (or an optional input) it depends on changed. Build the graph again for these inputs, or keep their shapes fixed.");
+            }
+        }
+    }
+
     /// <summary>Runs every node on <paramref name="inputs"/> (forward()'s arguments) and returns the graph outputs.</summary>
     public object?[] Execute(params object?[] inputs)
     {
@@ -146,6 +174,7 @@ public sealed class CapturedGraph
         {
             node.Execute(values);
         }
+        CheckGuards(values);
         var outputs = new object?[Outputs.Count];
         for (var i = 0; i < outputs.Length; i++)
         {
@@ -250,6 +279,7 @@ public sealed class CapturedGraph
         {
             Nodes[id].Execute(values);
         }
+        CheckGuards(values);
         var outputs = new Dictionary<int, object?>(stage.OutputValues.Count);
         foreach (var value in stage.OutputValues)
         {
@@ -264,6 +294,14 @@ public sealed class CapturedGraph
     /// <summary>Graphviz DOT, with one nested cluster per module path (layers, their attention and feed-forward parts).</summary>
     public string ToDot() => GraphFormatter.ToDot(this);
 }
+
+/// <summary>A branch on shapes resolved when the graph was built: the arm taken, and the value that selects it.</summary>
+/// <param name="ModuleType">The class whose forward() has the branch.</param>
+/// <param name="Description">The condition as written (<c>if (seqLen &gt; 1)</c>).</param>
+/// <param name="Location">Source location of the branch.</param>
+/// <param name="Value">Graph value (output of a node in <see cref="CapturedGraph.Nodes"/>) holding the arm index for a batch.</param>
+/// <param name="Arm">The arm the graph contains.</param>
+public sealed record ShapeGuard(string ModuleType, string Description, string Location, int Value, int Arm);
 
 /// <summary>A set of nodes executed together, with the values that enter and leave it.</summary>
 /// <param name="NodeIds">Node ids in execution (topological) order.</param>

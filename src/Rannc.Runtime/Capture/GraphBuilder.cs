@@ -18,6 +18,11 @@ internal sealed class GraphBuilder
     private readonly Dictionary<nn.Module, string> _modulePaths = new(ReferenceEqualityComparer.Instance);
     private readonly Dictionary<IntPtr, (string Name, bool IsBuffer, Tensor Tensor)> _tensorNames = [];
     private readonly Dictionary<string, (bool IsBuffer, Tensor Tensor)> _tensorsByName = new(StringComparer.Ordinal);
+    private readonly List<ShapeGuard> _guards = [];
+
+    // Concrete values of the first batch, filled only as far as a branch on shapes needs them.
+    private object?[]? _sample;
+    private int _sampleExecuted;
 
     private GraphBuilder(nn.Module model)
     {
@@ -38,7 +43,7 @@ internal sealed class GraphBuilder
         }
     }
 
-    public static CapturedGraph Build(nn.Module model)
+    public static CapturedGraph Build(nn.Module model, object?[]? sampleInputs = null)
     {
         if (model is not ICapturedModule captured)
         {
@@ -52,6 +57,11 @@ internal sealed class GraphBuilder
                 $"forward() of {template.ModuleType} could not be captured at build time:{Environment.NewLine}  "
                 + string.Join(Environment.NewLine + "  ", template.Errors));
         }
+        if (sampleInputs is not null && sampleInputs.Length != template.Inputs.Length)
+        {
+            throw new ArgumentException(
+                $"forward() of {template.ModuleType} takes {template.Inputs.Length} argument(s) but the sample batch has {sampleInputs.Length}.", nameof(sampleInputs));
+        }
         var builder = new GraphBuilder(model);
         var scope = new Scope(null);
         var inputs = new List<int>();
@@ -62,9 +72,46 @@ internal sealed class GraphBuilder
             scope.Bind(input, id);
             inputs.Add(id);
         }
+        if (sampleInputs is not null)
+        {
+            builder._sample = new object?[Math.Max(16, inputs.Count)];
+            for (var i = 0; i < inputs.Count; i++)
+            {
+                builder._sample[inputs[i]] = sampleInputs[i];
+            }
+        }
         builder.Unroll(captured, template, template.Body, scope, string.Empty, []);
         var outputs = template.Outputs.Select(scope.Lookup).ToList();
-        return new CapturedGraph(model, builder._nodes, builder._values, builder._parameters, inputs, outputs);
+        return new CapturedGraph(model, builder._nodes, builder._values, builder._parameters, inputs, outputs) { Guards = builder._guards };
+    }
+
+    /// <summary>
+    /// The arm of a branch on shapes: runs the graph built so far on the first batch (without gradients) up to the node
+    /// that computes the arm index, and records a guard so that later batches are checked against this choice.
+    /// </summary>
+    private int ArmFromShapes(CaptureTemplate template, TemplateBranch branch, Scope scope)
+    {
+        if (_sample is null)
+        {
+            throw new CaptureException(
+                $"forward() of {template.ModuleType} chooses the arm of '{branch.Description}' at {branch.Location} from the shapes (or optional inputs) of the batch; "
+                + "build the graph with a sample batch, CapturedGraph.Build(model, inputs), so that the arm can be chosen.");
+        }
+        var selector = scope.Lookup(branch.Selector);
+        if (_sample.Length < _values.Count)
+        {
+            Array.Resize(ref _sample, Math.Max(_values.Count, 2 * _sample.Length));
+        }
+        using (torch.no_grad())
+        {
+            for (; _sampleExecuted < _nodes.Count; _sampleExecuted++)
+            {
+                _nodes[_sampleExecuted].Execute(_sample);
+            }
+        }
+        var arm = Convert.ToInt32(_sample[selector], CultureInfo.InvariantCulture);
+        _guards.Add(new ShapeGuard(template.ModuleType, branch.Description, branch.Location, selector, arm));
+        return arm;
     }
 
     /// <summary>Maps template value ids to concrete value ids; one scope per loop iteration and per inlined module.</summary>
@@ -117,7 +164,9 @@ internal sealed class GraphBuilder
                     }
                     break;
                 case TemplateBranch branch:
-                    var armIndex = owner.SelectBranch(branch.Id, loopIndices.ToArray());
+                    var armIndex = branch.DependsOnShapes
+                        ? ArmFromShapes(template, branch, scope)
+                        : owner.SelectBranch(branch.Id, loopIndices.ToArray());
                     if (armIndex < 0 || armIndex >= branch.Arms.Length)
                     {
                         throw new InvalidOperationException($"Branch {branch.Description} chose arm {armIndex} of {branch.Arms.Length}.");
@@ -194,7 +243,7 @@ internal sealed class GraphBuilder
         }
         _nodes.Add(new CapturedNode(
             id, name, node.Kind, node.Operation, modulePath, node.Location, inputs, outputs, parameters, buffers,
-            owner, node.Id, loopIndices.ToArray()));
+            owner, node.Id, loopIndices.ToArray()) { InPlace = node.InPlace });
     }
 
     /// <summary>Replaces a call of a <c>[RaNNC]</c> submodule by the nodes of its own template.</summary>

@@ -71,20 +71,52 @@ public sealed class DiagnosticTests
         """);
 
     [Fact]
-    public void Rannc0002_CallOfAnUnknownMethod_IsReportedOnTheCall() => Verify("""
+    public void Rannc0002_CallOfAnInstanceMethodOfAnotherClass_IsReportedOnTheCall() => Verify("""
+        public sealed class Scaler
+        {
+            public Tensor Scale(Tensor t) => t * 2;
+        }
+
+        [RaNNC]
+        public partial class Net : Module<Tensor, Tensor>
+        {
+            private readonly Scaler scaler = new();
+            public Net() : base("net") { }
+            public override Tensor forward(Tensor x)
+            {
+                var y = {|RANNC0002:scaler.Scale(x)|};
+                return y;
+            }
+        }
+        """);
+
+    [Fact]
+    public void Rannc0002_StaticHelperUsingAPrivateMemberOfItsClass_IsReportedAtThatUse() => Verify("""
         public static class Helpers
         {
-            public static Tensor Scale(Tensor t) => t * 2;
+            private static double factor = 2;
+            public static Tensor Scale(Tensor t) => t * {|RANNC0002:factor|};
         }
 
         [RaNNC]
         public partial class Net : Module<Tensor, Tensor>
         {
             public Net() : base("net") { }
+            public override Tensor forward(Tensor x) => Helpers.Scale(x);
+        }
+        """);
+
+    [Fact]
+    public void Rannc0002_AddingToAListOfTensors_IsReportedOnTheCall() => Verify("""
+        [RaNNC]
+        public partial class Net : Module<Tensor, Tensor>
+        {
+            public Net() : base("net") { }
             public override Tensor forward(Tensor x)
             {
-                var y = {|RANNC0002:Helpers.Scale(x)|};
-                return y;
+                var parts = new System.Collections.Generic.List<Tensor>();
+                {|RANNC0002:parts.Add(x)|};
+                return torch.cat(parts, 1);
             }
         }
         """);
@@ -178,6 +210,52 @@ public sealed class DiagnosticTests
             private readonly Plain inner = new();
             public Net() : base("net") { RegisterComponents(); }
             public override Tensor forward(Tensor x) => {|RANNC0007:inner.forward(x)|} + 1;
+        }
+        """);
+
+    [Fact]
+    public void Rannc0009_CallThroughSequentialOrAbstractModuleField_IsAnInfoOnTheCall() => Verify("""
+        [RaNNC]
+        public partial class Net : Module<Tensor, Tensor>
+        {
+            private readonly Sequential features = Sequential(Linear(3, 3), ReLU());
+            private readonly Module<Tensor, Tensor> head = Linear(3, 2);
+            public Net() : base("net") { RegisterComponents(); }
+            public override Tensor forward(Tensor x)
+            {
+                var h = {|RANNC0009:features.forward(x)|};
+                return {|RANNC0009:head.call(h)|};
+            }
+        }
+        """);
+
+    [Fact]
+    public void Rannc0001_SwitchOnAShape_IsReportedOnTheSelector() => Verify("""
+        [RaNNC]
+        public partial class Net : Module<Tensor, Tensor>
+        {
+            public Net() : base("net") { }
+            public override Tensor forward(Tensor x)
+            {
+                switch ({|RANNC0001:x.size(1)|})
+                {
+                    case 1:
+                        x = x * 2;
+                        break;
+                }
+                return x;
+            }
+        }
+        """);
+
+    [Fact]
+    public void Rannc0008_SpreadInACollectionExpression_IsReportedOnTheSpread() => Verify("""
+        [RaNNC]
+        public partial class Net : Module<Tensor, Tensor>
+        {
+            private readonly long[] dims = { 1 };
+            public Net() : base("net") { }
+            public override Tensor forward(Tensor x) => x.mean([{|RANNC0008:.. dims|}], keepdim: true);
         }
         """);
 
