@@ -144,12 +144,21 @@ public sealed class CapturedGraph
     /// <summary>The branches on shapes resolved for the first batch; every execution checks that a batch takes the same arms.</summary>
     public IReadOnlyList<ShapeGuard> Guards { get; internal init; } = [];
 
-    /// <summary>Throws when a value of <paramref name="values"/> computed for a guard selects another arm than the graph has.</summary>
-    private void CheckGuards(object?[] values)
+    /// <summary>
+    /// Runs one node and, when it computes the arm of a guarded branch, checks the arm before any node of the arm runs
+    /// (a node of the wrong arm could fail on the new shapes with a less helpful message).
+    /// </summary>
+    private void ExecuteGuarded(CapturedNode node, object?[] values)
     {
+        node.Execute(values);
+        if (Guards.Count == 0)
+        {
+            return;
+        }
         foreach (var guard in Guards)
         {
-            if (values[guard.Value] is { } computed && Convert.ToInt32(computed, System.Globalization.CultureInfo.InvariantCulture) != guard.Arm)
+            if (values[guard.Value] is { } computed && Values[guard.Value].Producer == node.Id
+                && Convert.ToInt32(computed, System.Globalization.CultureInfo.InvariantCulture) != guard.Arm)
             {
                 throw new CaptureException(
                     $"The graph of {guard.ModuleType} was built for batches where '{guard.Description}' at {guard.Location} takes arm {guard.Arm}, "
@@ -172,9 +181,8 @@ public sealed class CapturedGraph
         }
         foreach (var node in Nodes)
         {
-            node.Execute(values);
+            ExecuteGuarded(node, values);
         }
-        CheckGuards(values);
         var outputs = new object?[Outputs.Count];
         for (var i = 0; i < outputs.Length; i++)
         {
@@ -277,9 +285,8 @@ public sealed class CapturedGraph
         }
         foreach (var id in stage.NodeIds)
         {
-            Nodes[id].Execute(values);
+            ExecuteGuarded(Nodes[id], values);
         }
-        CheckGuards(values);
         var outputs = new Dictionary<int, object?>(stage.OutputValues.Count);
         foreach (var value in stage.OutputValues)
         {

@@ -49,7 +49,7 @@ public sealed class GeneratedCodeCorpusTests
         { "array creations", "Module<Tensor, Tensor>", "Tensor x",
             "var y = x * 2; return torch.cat(new[] { x, y }, 1).sum(new long[] { -1 }, keepdim: true);", [] },
         { "list of tensors for torch.cat", "Module<Tensor, Tensor>", "Tensor x",
-            "var y = x + 1; return torch.cat(new List<Tensor> { x, y }, dim: 1) + torch.stack([x, y], 0).sum(0);", [] },
+            "var y = x + 1; return torch.cat(new List<Tensor> { x, y }, dim: 1) + torch.stack([x, y], 0).sum(dim: 0);", [] },
         { "spread in a collection expression", "Module<Tensor, Tensor>", "Tensor x",
             "return x.mean([.. dims], keepdim: true);", ["RANNC0008"] },
         { "list built by Add", "Module<Tensor, Tensor>", "Tensor x",
