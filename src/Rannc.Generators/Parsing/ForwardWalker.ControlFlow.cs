@@ -58,6 +58,9 @@ internal sealed partial class ForwardWalker
         {
             Report(DiagnosticDescriptors.UnsupportedConstruct, conditional.Syntax.GetLocation(), TypeName,
                 "'return' of a tuple inside a branch", "assign the tuple elements to locals and return them once at the end");
+            // already reported: do not report the missing return as well
+            _return.Value = ErrorValue(resultType);
+            _return.Returned = true;
             return;
         }
         Operand? WalkArm(IReadOnlyList<IOperation> statements)
