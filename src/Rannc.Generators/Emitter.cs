@@ -110,7 +110,9 @@ internal static class Emitter
         foreach (var loop in loops)
         {
             writer.WriteLine("case " + Int(loop.Id) + ": // " + Comment(loop.Description) + " @" + loop.Location);
-            writer.WriteLine("    return " + loop.CountCode + ";");
+            writer.WriteLine(loop.Count >= 0
+                ? "    throw new global::System.InvalidOperationException(\"the trip count of this loop depends on shapes: the graph builder reads value %" + Int(loop.Count) + "\");"
+                : "    return " + loop.CountCode + ";");
         }
         writer.WriteLine("default:");
         writer.WriteLine("    throw new global::System.ArgumentOutOfRangeException(nameof(loopId));");
@@ -222,7 +224,7 @@ internal static class Emitter
                         + Literal(loop.Location) + ", " + Ints(loop.CarriedIn) + ", " + Ints(loop.BodyIn) + ",");
                     writer.Indent();
                     WriteSteps(writer, loop.Body, ",");
-                    writer.WriteLine(Ints(loop.BodyOut) + ", " + Ints(loop.Results) + "),");
+                    writer.WriteLine(Ints(loop.BodyOut) + ", " + Ints(loop.Results) + (loop.Count >= 0 ? ", Count: " + Int(loop.Count) : string.Empty) + "),");
                     writer.Unindent();
                     break;
                 case BranchModel branch:

@@ -38,6 +38,7 @@ internal sealed record NodeModel(
     string? TargetCode,
     bool InPlace = false) : StepModel;
 
+/// <param name="Count">For a loop bounded by shapes, the value (computed by a node before the loop) that holds the trip count; otherwise -1.</param>
 internal sealed record LoopModel(
     int Id,
     string Description,
@@ -47,7 +48,8 @@ internal sealed record LoopModel(
     EquatableArray<int> BodyIn,
     EquatableArray<StepModel> Body,
     EquatableArray<int> BodyOut,
-    EquatableArray<int> Results) : StepModel;
+    EquatableArray<int> Results,
+    int Count = -1) : StepModel;
 
 /// <param name="SelectCode">Statements that return the index of the arm this instance takes.</param>
 /// <param name="Selector">For a branch on shapes, the value (computed by a node before the branch) that holds the arm index; otherwise -1.</param>

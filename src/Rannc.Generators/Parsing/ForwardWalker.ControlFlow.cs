@@ -390,33 +390,47 @@ internal sealed partial class ForwardWalker
         {
             bound = Eval(comparison.RightOperand);
         }
-        if ((start?.DependsOnValues ?? false) || (bound?.DependsOnValues ?? false))
+        var onShapes = (start?.DependsOnValues ?? false) || (bound?.DependsOnValues ?? false);
+        if (onShapes && !((start is null || !start.DependsOnValues || IsShapeLike(start)) && (bound is null || !bound.DependsOnValues || IsShapeLike(bound))))
         {
-            var onShapes = (start is null || !start.DependsOnValues || IsShapeLike(start)) && (bound is null || !bound.DependsOnValues || IsShapeLike(bound));
             Report(DiagnosticDescriptors.DataDependentControlFlow, (forLoop.Condition ?? forLoop).Syntax.GetLocation(), TypeName,
-                "'for' bounds '" + forLoop.Condition?.Syntax + "'" + (onShapes ? ", on shapes: loop bounds are not resolved from the first batch, only 'if' and '?:' conditions are" : string.Empty));
+                "'for' bounds '" + forLoop.Condition?.Syntax + "'");
             return;
         }
         var steps = forLoop.AtLoopBottom.Length == 1
             && forLoop.AtLoopBottom[0] is IExpressionStatementOperation { Operation: IIncrementOrDecrementOperation { Kind: OperationKind.Increment } increment }
             && LocalSymbolOf(increment.Target) is ILocalSymbol incremented
             && SymbolEqualityComparer.Default.Equals(incremented, variable);
-        if (variable is null || start is null || bound is null || !steps || AssignedOuterSymbols(new[] { forLoop.Body }).Contains(variable, SymbolEqualityComparer.Default))
+        var assignedInBody = AssignedOuterSymbols(new[] { forLoop.Body });
+        // C# evaluates the bound before every iteration: a bound the body changes cannot be one trip count
+        var boundChanges = forLoop.Condition is IBinaryOperation condition && condition.RightOperand.DescendantsAndSelf()
+            .Select(LocalSymbolOf).Any(symbol => symbol is not null && assignedInBody.Contains(symbol, SymbolEqualityComparer.Default));
+        if (variable is null || start is null || bound is null || !steps || boundChanges || assignedInBody.Contains(variable, SymbolEqualityComparer.Default))
         {
             Report(DiagnosticDescriptors.UnsupportedConstruct, forLoop.Syntax.GetLocation(), TypeName,
-                "a 'for' loop that is not 'for (int i = A; i < B; i++)'", "rewrite it in that form, with A and B from fields or constants and i not assigned in the body");
+                "a 'for' loop that is not 'for (int i = A; i < B; i++)'", "rewrite it in that form, with A and B from fields, constants or shapes, and neither i nor what B reads assigned in the body");
             return;
         }
         var startCode = start.Code;
-        Loop(forLoop, forLoop.Body, "global::System.Math.Max(0, (" + bound.Code + ") - (" + startCode + "))",
+        var countCode = "global::System.Math.Max(0, (" + bound.Code + ") - (" + startCode + "))";
+        var countValue = -1;
+        if (onShapes)
+        {
+            // bounds from shapes (or non-tensor inputs): a node computes the trip count, which the graph builder reads
+            // from the first batch and guards like the arm of a branch on shapes
+            countValue = AddNode("Expression", string.Empty, "trip count", forLoop.Condition!, _known.Compilation.GetSpecialType(SpecialType.System_Int32),
+                "(int)global::System.Math.Max(0L, (long)(" + bound.Code + ") - (long)(" + startCode + "))", valueName: "count").SingleValue ?? -1;
+            countCode = "0";
+        }
+        Loop(forLoop, forLoop.Body, countCode,
             "for (" + forLoop.Condition!.Syntax + ")", depth =>
-            _scope.Bind(variable, new Operand("((" + startCode + ") + " + LoopIndex(depth) + ")", variable.Type)));
+            _scope.Bind(variable, new Operand("((" + startCode + ") + " + LoopIndex(depth) + ")", variable.Type)), countValue);
     }
 
     /// <summary>
     /// Adds a loop step: locals from outside that the body assigns are carried from one iteration to the next.
     /// </summary>
-    private void Loop(IOperation origin, IOperation body, string countCode, string description, Action<int> bindLoopVariable)
+    private void Loop(IOperation origin, IOperation body, string countCode, string description, Action<int> bindLoopVariable, int countValue = -1)
     {
         CheckTranslation(countCode, isStatement: false, origin);
         var carried = AssignedOuterSymbols(new[] { body });
@@ -456,7 +470,7 @@ internal sealed partial class ForwardWalker
         _body.Steps.Add(new LoopModel(
             loopId, description, LocationText(origin.Syntax.GetLocation()), countCode,
             carriedIn.ToEquatableArray(), bodyIn.ToEquatableArray(), bodySteps.ToEquatableArray(),
-            bodyOut.ToEquatableArray(), results.ToEquatableArray()));
+            bodyOut.ToEquatableArray(), results.ToEquatableArray(), countValue));
     }
 
     /// <summary>Locals and parameters bound outside <paramref name="operations"/> that they assign, in order.</summary>

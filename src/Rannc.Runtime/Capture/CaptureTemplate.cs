@@ -44,11 +44,18 @@ public sealed record TemplateNode(
 /// A loop whose trip count is known only from the module instance (<c>foreach</c> over a <c>ModuleList</c>,
 /// <c>for</c> up to a field). Iteration 0 reads <see cref="CarriedIn"/> as <see cref="BodyIn"/>; iteration k+1 reads
 /// iteration k's <see cref="BodyOut"/>; after the last iteration <see cref="Results"/> take the last values
-/// (or <see cref="CarriedIn"/> when the loop runs zero times).
+/// (or <see cref="CarriedIn"/> when the loop runs zero times). A loop bounded by shapes (<c>i &lt; x.size(1)</c>) has a
+/// <see cref="Count"/>: the template value, computed by an earlier node, that holds the trip count for a batch; the graph
+/// builder reads it from the first batch and guards it like the arm of a branch on shapes.
 /// </summary>
 public sealed record TemplateLoop(
-    int Id, string Description, string Location, int[] CarriedIn, int[] BodyIn, TemplateStep[] Body, int[] BodyOut, int[] Results)
-    : TemplateStep;
+    int Id, string Description, string Location, int[] CarriedIn, int[] BodyIn, TemplateStep[] Body, int[] BodyOut, int[] Results,
+    int Count = -1)
+    : TemplateStep
+{
+    /// <summary>True when the trip count depends on shapes of the inputs rather than on the instance.</summary>
+    public bool DependsOnShapes => Count >= 0;
+}
 
 /// <summary>
 /// An <c>if</c>, <c>switch</c> or <c>?:</c> on configuration. The arm is chosen per instance by

@@ -158,11 +158,12 @@ public sealed class CapturedGraph
         foreach (var guard in Guards)
         {
             if (values[guard.Value] is { } computed && Values[guard.Value].Producer == node.Id
-                && Convert.ToInt32(computed, System.Globalization.CultureInfo.InvariantCulture) != guard.Arm)
+                && Convert.ToInt32(computed, System.Globalization.CultureInfo.InvariantCulture) != guard.Choice)
             {
                 throw new CaptureException(
-                    $"The graph of {guard.ModuleType} was built for batches where '{guard.Description}' at {guard.Location} takes arm {guard.Arm}, "
-                    + $"but this batch takes arm {computed}: a shape (or an optional input) it depends on changed. Build the graph again for these inputs, or keep their shapes fixed.");
+                    $"The graph of {guard.ModuleType} was built for batches where '{guard.Description}' at {guard.Location} resolves to {guard.Choice}, "
+                    + $"but this batch resolves it to {computed} (an arm index, or a loop's trip count): a shape or input it depends on changed. "
+                    + "Build the graph again for these inputs, or keep their shapes fixed.");
             }
         }
     }
@@ -302,13 +303,16 @@ public sealed class CapturedGraph
     public string ToDot() => GraphFormatter.ToDot(this);
 }
 
-/// <summary>A branch on shapes resolved when the graph was built: the arm taken, and the value that selects it.</summary>
-/// <param name="ModuleType">The class whose forward() has the branch.</param>
-/// <param name="Description">The condition as written (<c>if (seqLen &gt; 1)</c>).</param>
-/// <param name="Location">Source location of the branch.</param>
-/// <param name="Value">Graph value (output of a node in <see cref="CapturedGraph.Nodes"/>) holding the arm index for a batch.</param>
-/// <param name="Arm">The arm the graph contains.</param>
-public sealed record ShapeGuard(string ModuleType, string Description, string Location, int Value, int Arm);
+/// <summary>
+/// A branch or loop on shapes resolved when the graph was built: the arm taken (or the trip count), and the value that
+/// gives it for a batch.
+/// </summary>
+/// <param name="ModuleType">The class whose forward() has the branch or loop.</param>
+/// <param name="Description">The condition as written (<c>if (seqLen &gt; 1)</c>, <c>for (i &lt; x.size(1))</c>).</param>
+/// <param name="Location">Source location of the branch or loop.</param>
+/// <param name="Value">Graph value (output of a node in <see cref="CapturedGraph.Nodes"/>) holding the arm index or trip count for a batch.</param>
+/// <param name="Choice">The arm index or trip count the graph contains.</param>
+public sealed record ShapeGuard(string ModuleType, string Description, string Location, int Value, int Choice);
 
 /// <summary>A set of nodes executed together, with the values that enter and leave it.</summary>
 /// <param name="NodeIds">Node ids in execution (topological) order.</param>

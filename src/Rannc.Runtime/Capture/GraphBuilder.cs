@@ -86,18 +86,18 @@ internal sealed class GraphBuilder
     }
 
     /// <summary>
-    /// The arm of a branch on shapes: runs the graph built so far on the first batch (without gradients) up to the node
-    /// that computes the arm index, and records a guard so that later batches are checked against this choice.
+    /// The arm of a branch, or the trip count of a loop, on shapes: runs the graph built so far on the first batch
+    /// (without gradients) up to the node that computes it, and records a guard so that later batches are checked.
     /// </summary>
-    private int ArmFromShapes(CaptureTemplate template, TemplateBranch branch, Scope scope)
+    private int FromShapes(CaptureTemplate template, string description, string location, int templateValue, Scope scope)
     {
         if (_sample is null)
         {
             throw new CaptureException(
-                $"forward() of {template.ModuleType} chooses the arm of '{branch.Description}' at {branch.Location} from the shapes (or optional inputs) of the batch; "
-                + "build the graph with a sample batch, CapturedGraph.Build(model, inputs), so that the arm can be chosen.");
+                $"forward() of {template.ModuleType} resolves '{description}' at {location} from the shapes (or optional or non-tensor inputs) of the batch; "
+                + "build the graph with a sample batch, CapturedGraph.Build(model, inputs), so that it can be resolved.");
         }
-        var selector = scope.Lookup(branch.Selector);
+        var value = scope.Lookup(templateValue);
         if (_sample.Length < _values.Count)
         {
             Array.Resize(ref _sample, Math.Max(_values.Count, 2 * _sample.Length));
@@ -109,9 +109,9 @@ internal sealed class GraphBuilder
                 _nodes[_sampleExecuted].Execute(_sample);
             }
         }
-        var arm = Convert.ToInt32(_sample[selector], CultureInfo.InvariantCulture);
-        _guards.Add(new ShapeGuard(template.ModuleType, branch.Description, branch.Location, selector, arm));
-        return arm;
+        var choice = Convert.ToInt32(_sample[value], CultureInfo.InvariantCulture);
+        _guards.Add(new ShapeGuard(template.ModuleType, description, location, value, choice));
+        return choice;
     }
 
     /// <summary>Maps template value ids to concrete value ids; one scope per loop iteration and per inlined module.</summary>
@@ -144,7 +144,9 @@ internal sealed class GraphBuilder
                     AddNode(owner, template, node, scope, prefix, loopIndices);
                     break;
                 case TemplateLoop loop:
-                    var count = owner.GetLoopCount(loop.Id, loopIndices.ToArray());
+                    var count = loop.DependsOnShapes
+                        ? FromShapes(template, loop.Description, loop.Location, loop.Count, scope)
+                        : owner.GetLoopCount(loop.Id, loopIndices.ToArray());
                     var carried = loop.CarriedIn.Select(scope.Lookup).ToArray();
                     for (var iteration = 0; iteration < count; iteration++)
                     {
@@ -165,7 +167,7 @@ internal sealed class GraphBuilder
                     break;
                 case TemplateBranch branch:
                     var armIndex = branch.DependsOnShapes
-                        ? ArmFromShapes(template, branch, scope)
+                        ? FromShapes(template, branch.Description, branch.Location, branch.Selector, scope)
                         : owner.SelectBranch(branch.Id, loopIndices.ToArray());
                     if (armIndex < 0 || armIndex >= branch.Arms.Length)
                     {

@@ -37,17 +37,34 @@ public sealed class DiagnosticTests
         """);
 
     [Fact]
-    public void Rannc0001_LoopBoundFromShape_IsReportedOnTheCondition() => Verify("""
+    public void Rannc0001_LoopBoundFromTensorContents_IsReportedOnTheCondition() => Verify("""
         [RaNNC]
         public partial class Net : Module<Tensor, Tensor>
         {
             public Net() : base("net") { }
             public override Tensor forward(Tensor x)
             {
-                for (var i = 0; {|RANNC0001:i < x.shape[0]|}; i++)
+                for (var i = 0; {|RANNC0001:i < x.sum().item<long>()|}; i++)
                 {
                     x = x + 1;
                 }
+                return x;
+            }
+        }
+        """);
+
+    [Fact]
+    public void Rannc0008_LoopBoundThatTheBodyChanges_IsReportedOnTheLoop() => Verify("""
+        [RaNNC]
+        public partial class Net : Module<Tensor, Tensor>
+        {
+            public Net() : base("net") { }
+            public override Tensor forward(Tensor x)
+            {
+                {|RANNC0008:for (var i = 0; i < x.shape[0]; i++)
+                {
+                    x = x.narrow(0, 1, 1);
+                }|}
                 return x;
             }
         }

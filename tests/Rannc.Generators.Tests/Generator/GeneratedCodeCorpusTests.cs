@@ -90,7 +90,11 @@ public sealed class GeneratedCodeCorpusTests
         { "condition on tensor contents", "Module<Tensor, Tensor>", "Tensor x",
             "if (x.max().item<double>() > 1) { x = x / 2; } return x;", ["RANNC0001"] },
         { "loop bound from a shape", "Module<Tensor, Tensor>", "Tensor x",
-            "for (var i = 0; i < x.shape[0]; i++) { x = x + 1; } return x;", ["RANNC0001"] },
+            "var n = x.shape[0]; for (var i = 1; i < n; i++) { x = x + i; } return x;", [] },
+        { "loop bound the body changes", "Module<Tensor, Tensor>", "Tensor x",
+            "for (var i = 0; i < x.shape[0]; i++) { x = x.narrow(0, 1, 1); } return x;", ["RANNC0008"] },
+        { "loop bound from tensor contents", "Module<Tensor, Tensor>", "Tensor x",
+            "for (var i = 0; i < x.sum().item<long>(); i++) { x = x + 1; } return x;", ["RANNC0001"] },
         // ---- containers
         { "calls through Sequential and abstract module fields", "Module<Tensor, Tensor>", "Tensor x",
             "return head.forward(features.forward(x));", ["RANNC0009", "RANNC0009"] },

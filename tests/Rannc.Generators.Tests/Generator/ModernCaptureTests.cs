@@ -65,6 +65,10 @@ public sealed class ModernCaptureTests
                 {
                     h = h + mask;
                 }
+                for (var i = 0; i < seqLen - 1; i++)
+                {
+                    h = h * 0.5 + i;
+                }
                 var (a, b) = Ops.Halves(h);
                 var joined = torch.cat(new List<Tensor> { b, a }, dim: -1);
                 var stacked = torch.stack([joined, h], 0).sum(dim: 0);
@@ -134,10 +138,11 @@ public sealed class ModernCaptureTests
         }
         // every branch on shapes or on non-tensor inputs was resolved for this batch and is guarded
         Assert.Equal(
-            ["norm == Norm.Rms ? ... : ...", "if (seqLen > 1)", "if (mask is not null)", "x.size(1) > maxLen ? ... : ...", "flag ? ... : ..."],
+            ["norm == Norm.Rms ? ... : ...", "if (seqLen > 1)", "if (mask is not null)", "for (i < seqLen - 1)", "x.size(1) > maxLen ? ... : ...", "flag ? ... : ..."],
             graph.Guards.Select(g => g.Description));
-        Assert.Equal(sequence > 1 ? 0 : 1, graph.Guards[1].Arm);
-        Assert.Equal(withMask ? 0 : 1, graph.Guards[2].Arm);
+        Assert.Equal(sequence > 1 ? 0 : 1, graph.Guards[1].Choice);
+        Assert.Equal(withMask ? 0 : 1, graph.Guards[2].Choice);
+        Assert.Equal(sequence - 1, graph.Guards[3].Choice);
         Assert.Contains(graph.Nodes, n => n.InPlace && n.Operation == "add_");
         Assert.Contains(graph.Nodes, n => n.InPlace && n.Operation == "relu_");
         Assert.Equal(ValueKind.Scalar, graph.Values[graph.Inputs[2]].Kind);
@@ -156,7 +161,7 @@ public sealed class ModernCaptureTests
         var error = Assert.Throws<CaptureException>(() => graph.Execute(BlockInputs(1, true, true, "Rms")));
 
         Assert.Contains("'if (seqLen > 1)'", error.Message, StringComparison.Ordinal);
-        Assert.Contains("takes arm 0", error.Message, StringComparison.Ordinal);
+        Assert.Contains("resolves to 0", error.Message, StringComparison.Ordinal);
     }
 
     [Fact]
@@ -184,7 +189,7 @@ public sealed class ModernCaptureTests
 
         Assert.True(Same(expected, actual), "output differs");
         Assert.Contains(graph.Nodes, n => n.Name == "block.proj");
-        Assert.Equal(1, graph.Guards.Single(g => g.Description == "if (mask is not null)").Arm);
+        Assert.Equal(1, graph.Guards.Single(g => g.Description == "if (mask is not null)").Choice);
     }
 
     // exact: zero tolerance
