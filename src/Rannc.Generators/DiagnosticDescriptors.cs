@@ -10,7 +10,7 @@ internal static class DiagnosticDescriptors
     public static readonly DiagnosticDescriptor DataDependentControlFlow = Create(
         "RANNC0001",
         "Control flow depends on tensor values",
-        "Control flow in forward() of '{0}' depends on tensor values or shapes ({1}); compute both outcomes with tensor operations (for example torch.where) or make the condition depend only on fields set in the constructor",
+        "Control flow in forward() of '{0}' depends on tensor values ({1}); compute both outcomes with tensor operations (for example torch.where), or make the condition depend only on fields set in the constructor or on shapes",
         DiagnosticSeverity.Warning);
 
     public static readonly DiagnosticDescriptor UncapturableCall = Create(
@@ -54,6 +54,12 @@ internal static class DiagnosticDescriptors
         "Construct cannot be captured",
         "forward() of '{0}' uses {1}, which cannot be captured; {2}",
         DiagnosticSeverity.Warning);
+
+    public static readonly DiagnosticDescriptor ContainerSubmodule = Create(
+        "RANNC0009",
+        "Submodule's declared type does not say what it holds",
+        "Submodule '{0}' is declared as '{1}', so its contents are not known at build time; when the graph is built, the call is looked through if the instance is a Sequential or a [RaNNC] class, and stays one node otherwise",
+        DiagnosticSeverity.Info);
 
     private static DiagnosticDescriptor Create(string id, string title, string message, DiagnosticSeverity severity) =>
         new(id, title, message, Category, severity, isEnabledByDefault: true,

@@ -110,7 +110,9 @@ internal static class Emitter
         foreach (var loop in loops)
         {
             writer.WriteLine("case " + Int(loop.Id) + ": // " + Comment(loop.Description) + " @" + loop.Location);
-            writer.WriteLine("    return " + loop.CountCode + ";");
+            writer.WriteLine(loop.Count >= 0
+                ? "    throw new global::System.InvalidOperationException(\"the trip count of this loop depends on shapes: the graph builder reads value %" + Int(loop.Count) + "\");"
+                : "    return " + loop.CountCode + ";");
         }
         writer.WriteLine("default:");
         writer.WriteLine("    throw new global::System.ArgumentOutOfRangeException(nameof(loopId));");
@@ -215,14 +217,14 @@ internal static class Emitter
                 case NodeModel node:
                     writer.WriteLine("new " + Capture + "TemplateNode(" + Int(node.Id) + ", " + Capture + "NodeKind." + node.Kind + ", "
                         + Literal(node.Target) + ", " + Literal(node.Operation) + ", " + Ints(node.Inputs) + ", " + Ints(node.Outputs) + ", "
-                        + Literal(node.Location) + "),");
+                        + Literal(node.Location) + (node.InPlace ? ", InPlace: true" : string.Empty) + "),");
                     break;
                 case LoopModel loop:
                     writer.WriteLine("new " + Capture + "TemplateLoop(" + Int(loop.Id) + ", " + Literal(loop.Description) + ", "
                         + Literal(loop.Location) + ", " + Ints(loop.CarriedIn) + ", " + Ints(loop.BodyIn) + ",");
                     writer.Indent();
                     WriteSteps(writer, loop.Body, ",");
-                    writer.WriteLine(Ints(loop.BodyOut) + ", " + Ints(loop.Results) + "),");
+                    writer.WriteLine(Ints(loop.BodyOut) + ", " + Ints(loop.Results) + (loop.Count >= 0 ? ", Count: " + Int(loop.Count) : string.Empty) + "),");
                     writer.Unindent();
                     break;
                 case BranchModel branch:
@@ -240,7 +242,7 @@ internal static class Emitter
                         writer.Unindent();
                     }
                     writer.CloseBlock(",");
-                    writer.WriteLine(Ints(branch.Results) + "),");
+                    writer.WriteLine(Ints(branch.Results) + (branch.Selector >= 0 ? ", Selector: " + Int(branch.Selector) : string.Empty) + "),");
                     writer.Unindent();
                     break;
             }

@@ -17,7 +17,8 @@ public sealed class RanncAnalyzer : DiagnosticAnalyzer
         DiagnosticDescriptors.NotPartial,
         DiagnosticDescriptors.UnsupportedSignature,
         DiagnosticDescriptors.LeafSubmodule,
-        DiagnosticDescriptors.UnsupportedConstruct);
+        DiagnosticDescriptors.UnsupportedConstruct,
+        DiagnosticDescriptors.ContainerSubmodule);
 
     public override void Initialize(AnalysisContext context)
     {

@@ -334,14 +334,15 @@ public sealed class RanncModule : IDisposable
         var clock = Stopwatch.StartNew();
         // Every rank starts from rank 0's parameters and buffers (as PyTorch's DDP does), whatever each was seeded with.
         BroadcastInitialState();
-        CapturedGraph graph = CapturedGraph.Build(_model);
+        // Profiling (and resolving branches on shapes while building) runs the model: keep buffers (batch-norm
+        // statistics) and the random state as they were.
+        using var preserved = new PreservedState(_model);
+        CapturedGraph graph = CapturedGraph.Build(_model, inputs.Cast<object?>().ToArray());
         if (graph.Inputs.Count != inputs.Length)
             throw new ArgumentException($"The model's forward() takes {graph.Inputs.Count} argument(s) but {inputs.Length} were given.");
         if (graph.Outputs.Count != 1)
             throw new NotSupportedException($"forward() returns {graph.Outputs.Count} values; Rannc supports one tensor (the loss) for now.");
 
-        // Profiling runs the model: keep buffers (batch-norm statistics) and the random state as they were.
-        using var preserved = new PreservedState(_model);
         int measureSamples = Math.Max(1, batch / 2);
         object?[] SampleInputs(int n) => inputs.Select(t => (object?)t.narrow(0, 0, Math.Min(n, batch))).ToArray();
         IReadOnlyList<ValueMeasurement> small = graph.Measure(SampleInputs(measureSamples));

@@ -24,6 +24,7 @@ internal abstract record StepModel;
 /// <param name="ResultCode">C# expression computing the node's result from <c>frame.Input&lt;T&gt;(k)</c>.</param>
 /// <param name="OutputAccessors">Per output, the member path into the result ("" for the result itself, ".Item1" for a tuple element).</param>
 /// <param name="TargetCode">For Module and Attribute nodes, the expression of the submodule or tensor; otherwise null.</param>
+/// <param name="InPlace">True for an in-place tensor method (<c>add_</c>, <c>relu_</c>): its output is its receiver, modified.</param>
 internal sealed record NodeModel(
     int Id,
     string Kind,
@@ -34,8 +35,10 @@ internal sealed record NodeModel(
     string Location,
     string ResultCode,
     EquatableArray<string> OutputAccessors,
-    string? TargetCode) : StepModel;
+    string? TargetCode,
+    bool InPlace = false) : StepModel;
 
+/// <param name="Count">For a loop bounded by shapes, the value (computed by a node before the loop) that holds the trip count; otherwise -1.</param>
 internal sealed record LoopModel(
     int Id,
     string Description,
@@ -45,16 +48,19 @@ internal sealed record LoopModel(
     EquatableArray<int> BodyIn,
     EquatableArray<StepModel> Body,
     EquatableArray<int> BodyOut,
-    EquatableArray<int> Results) : StepModel;
+    EquatableArray<int> Results,
+    int Count = -1) : StepModel;
 
 /// <param name="SelectCode">Statements that return the index of the arm this instance takes.</param>
+/// <param name="Selector">For a branch on shapes, the value (computed by a node before the branch) that holds the arm index; otherwise -1.</param>
 internal sealed record BranchModel(
     int Id,
     string Description,
     string Location,
     string SelectCode,
     EquatableArray<ArmModel> Arms,
-    EquatableArray<int> Results) : StepModel;
+    EquatableArray<int> Results,
+    int Selector = -1) : StepModel;
 
 internal sealed record ArmModel(EquatableArray<StepModel> Body, EquatableArray<int> Outputs);
 

@@ -21,17 +21,15 @@ internal sealed partial class ForwardWalker
     private void IfStatement(IConditionalOperation conditional)
     {
         var condition = Eval(conditional.Condition);
-        if (condition.DependsOnValues)
+        if (IsDataDependent(condition, conditional.Condition, "'if (" + conditional.Condition.Syntax + ")'"))
         {
-            Report(DiagnosticDescriptors.DataDependentControlFlow, conditional.Condition.Syntax.GetLocation(), TypeName,
-                "'if (" + conditional.Condition.Syntax + ")'");
             return;
         }
         var arms = new List<IOperation?> { conditional.WhenTrue, conditional.WhenFalse };
         Branch(
             conditional,
             "if (" + conditional.Condition.Syntax + ")",
-            "return (" + condition.Code + ") ? 0 : 1;",
+            condition,
             arms.Select(arm => (Func<Operand?>)(() =>
             {
                 if (arm is not null)
@@ -49,10 +47,8 @@ internal sealed partial class ForwardWalker
     {
         var condition = Eval(conditional.Condition);
         var resultType = _return.ReturnType;
-        if (condition.DependsOnValues)
+        if (IsDataDependent(condition, conditional.Condition, "'if (" + conditional.Condition.Syntax + ")'"))
         {
-            Report(DiagnosticDescriptors.DataDependentControlFlow, conditional.Condition.Syntax.GetLocation(), TypeName,
-                "'if (" + conditional.Condition.Syntax + ")'");
             // already reported: do not report the missing return as well
             _return.Value = ErrorValue(resultType);
             _return.Returned = true;
@@ -62,6 +58,9 @@ internal sealed partial class ForwardWalker
         {
             Report(DiagnosticDescriptors.UnsupportedConstruct, conditional.Syntax.GetLocation(), TypeName,
                 "'return' of a tuple inside a branch", "assign the tuple elements to locals and return them once at the end");
+            // already reported: do not report the missing return as well
+            _return.Value = ErrorValue(resultType);
+            _return.Returned = true;
             return;
         }
         Operand? WalkArm(IReadOnlyList<IOperation> statements)
@@ -76,7 +75,7 @@ internal sealed partial class ForwardWalker
         var result = Branch(
             conditional,
             "if (" + conditional.Condition.Syntax + ") return",
-            "return (" + condition.Code + ") ? 0 : 1;",
+            condition,
             new List<Func<Operand?>> { () => WalkArm(new[] { conditional.WhenTrue }), () => WalkArm(otherwise) },
             new List<IOperation> { conditional.WhenTrue }.Concat(otherwise).ToList(),
             resultType);
@@ -88,10 +87,8 @@ internal sealed partial class ForwardWalker
     private Operand ConditionalExpression(IConditionalOperation conditional)
     {
         var condition = Eval(conditional.Condition);
-        if (condition.DependsOnValues)
+        if (IsDataDependent(condition, conditional.Condition, "'" + conditional.Syntax + "'"))
         {
-            Report(DiagnosticDescriptors.DataDependentControlFlow, conditional.Condition.Syntax.GetLocation(), TypeName,
-                "'" + conditional.Syntax + "'");
             return Operand.Value(NewValue("error", conditional.Type), conditional.Type);
         }
         var whenTrue = conditional.WhenTrue;
@@ -100,18 +97,38 @@ internal sealed partial class ForwardWalker
         {
             var trueValue = Eval(whenTrue);
             var falseValue = Eval(whenFalse);
-            if (!trueValue.DependsOnValues && !falseValue.DependsOnValues)
+            // both arms are already values (or constants): a choice between them is an ordinary expression, also on shapes
+            if (!condition.DependsOnValues && !trueValue.DependsOnValues && !falseValue.DependsOnValues)
             {
                 return new Operand("((" + condition.Code + ") ? (" + trueValue.Code + ") : (" + falseValue.Code + "))", conditional.Type);
+            }
+            if (!trueValue.IsTuple && !falseValue.IsTuple)
+            {
+                return AddNode("Expression", string.Empty, "?:", conditional, conditional.Type,
+                    "((" + condition.Code + ") ? (" + trueValue.Code + ") : (" + falseValue.Code + "))", valueName: "choice");
             }
         }
         return Branch(
             conditional,
             conditional.Condition.Syntax + " ? ... : ...",
-            "return (" + condition.Code + ") ? 0 : 1;",
+            condition,
             new List<Func<Operand?>> { () => Eval(whenTrue), () => Eval(whenFalse) },
             new List<IOperation> { whenTrue, whenFalse },
             conditional.Type)!;
+    }
+
+    /// <summary>
+    /// RANNC0001 for a condition on tensor contents. Conditions on configuration are resolved per instance, conditions on
+    /// shapes (and null tests, and non-tensor inputs) from the first batch; both are fine.
+    /// </summary>
+    private bool IsDataDependent(Operand condition, IOperation conditionOperation, string description)
+    {
+        if (!condition.DependsOnValues || IsShapeLike(condition))
+        {
+            return false;
+        }
+        Report(DiagnosticDescriptors.DataDependentControlFlow, conditionOperation.Syntax.GetLocation(), TypeName, description);
+        return true;
     }
 
     /// <summary>True when evaluating <paramref name="operation"/> may add nodes (so it cannot be folded into a ?: fragment).</summary>
@@ -141,7 +158,7 @@ internal sealed partial class ForwardWalker
         if (selector.DependsOnValues)
         {
             Report(DiagnosticDescriptors.DataDependentControlFlow, switchOperation.Value.Syntax.GetLocation(), TypeName,
-                "'switch (" + switchOperation.Value.Syntax + ")'");
+                "'switch (" + switchOperation.Value.Syntax + ")'" + (IsShapeLike(selector) ? ", on shapes: only 'if' and '?:' on shapes are resolved from the first batch" : string.Empty));
             return;
         }
         var select = new StringBuilder();
@@ -193,17 +210,33 @@ internal sealed partial class ForwardWalker
             arms.Add(() => null);
         }
         select.Append('}');
-        Branch(switchOperation, "switch (" + switchOperation.Value.Syntax + ")", select.ToString(), arms, armOperations, resultType: null);
+        Branch(switchOperation, "switch (" + switchOperation.Value.Syntax + ")", null, select.ToString(), arms, armOperations, resultType: null);
     }
+
+    private Operand? Branch(
+        IOperation origin, string description, Operand condition, List<Func<Operand?>> arms, List<IOperation> armOperations,
+        ITypeSymbol? resultType) =>
+        Branch(origin, description, condition.DependsOnValues ? condition : null, "return (" + condition.Code + ") ? 0 : 1;", arms, armOperations, resultType);
 
     /// <summary>
     /// Adds a branch step. Locals from outside that any arm assigns become the branch's results; when
-    /// <paramref name="resultType"/> is set, each arm's returned operand is the first result.
+    /// <paramref name="resultType"/> is set, each arm's returned operand is the first result. With a
+    /// <paramref name="shapeCondition"/> the arm is chosen from the first batch: a selector node computes the arm index
+    /// from the shape values, and the graph builder evaluates it and guards later batches against a different choice.
     /// </summary>
     private Operand? Branch(
-        IOperation origin, string description, string selectCode, List<Func<Operand?>> arms, List<IOperation> armOperations,
-        ITypeSymbol? resultType)
+        IOperation origin, string description, Operand? shapeCondition, string selectCode, List<Func<Operand?>> arms,
+        List<IOperation> armOperations, ITypeSymbol? resultType)
     {
+        var selector = -1;
+        if (shapeCondition is not null)
+        {
+            var armIndex = AddNode("Expression", string.Empty, "select arm", origin, _known.Compilation.GetSpecialType(SpecialType.System_Int32),
+                "((" + shapeCondition.Code + ") ? 0 : 1)", valueName: "arm");
+            selector = armIndex.SingleValue ?? -1;
+            selectCode = "throw new global::System.InvalidOperationException(\"the arm of this branch depends on shapes: the graph builder evaluates value %" + selector.ToString(CultureInfo.InvariantCulture) + "\");";
+        }
+        CheckTranslation(selectCode, isStatement: true, origin);
         var assigned = AssignedOuterSymbols(armOperations);
         var outerBody = _body;
         var outerScope = _scope;
@@ -243,9 +276,14 @@ internal sealed partial class ForwardWalker
             results.Add(id);
             _scope.Bind(symbol, Operand.Value(id, type));
         }
+        for (var k = 0; k < results.Count; k++)
+        {
+            // a result is known from shapes when every arm leaves a value known from shapes in it
+            _values[results[k]].ShapeLike = _values[results[k]].Kind != "Tensor" && armModels.All(arm => _values[arm.Outputs[k]].ShapeLike);
+        }
         _body.Steps.Add(new BranchModel(
             _nextBranchId++, description, LocationText(origin.Syntax.GetLocation()), selectCode,
-            armModels.ToEquatableArray(), results.ToEquatableArray()));
+            armModels.ToEquatableArray(), results.ToEquatableArray(), selector));
         return branchResult;
     }
 
@@ -352,7 +390,8 @@ internal sealed partial class ForwardWalker
         {
             bound = Eval(comparison.RightOperand);
         }
-        if ((start?.DependsOnValues ?? false) || (bound?.DependsOnValues ?? false))
+        var onShapes = (start?.DependsOnValues ?? false) || (bound?.DependsOnValues ?? false);
+        if (onShapes && !((start is null || !start.DependsOnValues || IsShapeLike(start)) && (bound is null || !bound.DependsOnValues || IsShapeLike(bound))))
         {
             Report(DiagnosticDescriptors.DataDependentControlFlow, (forLoop.Condition ?? forLoop).Syntax.GetLocation(), TypeName,
                 "'for' bounds '" + forLoop.Condition?.Syntax + "'");
@@ -362,23 +401,38 @@ internal sealed partial class ForwardWalker
             && forLoop.AtLoopBottom[0] is IExpressionStatementOperation { Operation: IIncrementOrDecrementOperation { Kind: OperationKind.Increment } increment }
             && LocalSymbolOf(increment.Target) is ILocalSymbol incremented
             && SymbolEqualityComparer.Default.Equals(incremented, variable);
-        if (variable is null || start is null || bound is null || !steps || AssignedOuterSymbols(new[] { forLoop.Body }).Contains(variable, SymbolEqualityComparer.Default))
+        var assignedInBody = AssignedOuterSymbols(new[] { forLoop.Body });
+        // C# evaluates the bound before every iteration: a bound the body changes cannot be one trip count
+        var boundChanges = forLoop.Condition is IBinaryOperation condition && condition.RightOperand.DescendantsAndSelf()
+            .Select(LocalSymbolOf).Any(symbol => symbol is not null && assignedInBody.Contains(symbol, SymbolEqualityComparer.Default));
+        if (variable is null || start is null || bound is null || !steps || boundChanges || assignedInBody.Contains(variable, SymbolEqualityComparer.Default))
         {
             Report(DiagnosticDescriptors.UnsupportedConstruct, forLoop.Syntax.GetLocation(), TypeName,
-                "a 'for' loop that is not 'for (int i = A; i < B; i++)'", "rewrite it in that form, with A and B from fields or constants and i not assigned in the body");
+                "a 'for' loop that is not 'for (int i = A; i < B; i++)'", "rewrite it in that form, with A and B from fields, constants or shapes, and neither i nor what B reads assigned in the body");
             return;
         }
         var startCode = start.Code;
-        Loop(forLoop, forLoop.Body, "global::System.Math.Max(0, (" + bound.Code + ") - (" + startCode + "))",
+        var countCode = "global::System.Math.Max(0, (" + bound.Code + ") - (" + startCode + "))";
+        var countValue = -1;
+        if (onShapes)
+        {
+            // bounds from shapes (or non-tensor inputs): a node computes the trip count, which the graph builder reads
+            // from the first batch and guards like the arm of a branch on shapes
+            countValue = AddNode("Expression", string.Empty, "trip count", forLoop.Condition!, _known.Compilation.GetSpecialType(SpecialType.System_Int32),
+                "(int)global::System.Math.Max(0L, (long)(" + bound.Code + ") - (long)(" + startCode + "))", valueName: "count").SingleValue ?? -1;
+            countCode = "0";
+        }
+        Loop(forLoop, forLoop.Body, countCode,
             "for (" + forLoop.Condition!.Syntax + ")", depth =>
-            _scope.Bind(variable, new Operand("((" + startCode + ") + " + LoopIndex(depth) + ")", variable.Type)));
+            _scope.Bind(variable, new Operand("((" + startCode + ") + " + LoopIndex(depth) + ")", variable.Type)), countValue);
     }
 
     /// <summary>
     /// Adds a loop step: locals from outside that the body assigns are carried from one iteration to the next.
     /// </summary>
-    private void Loop(IOperation origin, IOperation body, string countCode, string description, Action<int> bindLoopVariable)
+    private void Loop(IOperation origin, IOperation body, string countCode, string description, Action<int> bindLoopVariable, int countValue = -1)
     {
+        CheckTranslation(countCode, isStatement: false, origin);
         var carried = AssignedOuterSymbols(new[] { body });
         var carriedIn = carried.Select(symbol => Materialize(_scope.Lookup(symbol)!, origin)).ToList();
         var loopId = _nextLoopId++;
@@ -416,7 +470,7 @@ internal sealed partial class ForwardWalker
         _body.Steps.Add(new LoopModel(
             loopId, description, LocationText(origin.Syntax.GetLocation()), countCode,
             carriedIn.ToEquatableArray(), bodyIn.ToEquatableArray(), bodySteps.ToEquatableArray(),
-            bodyOut.ToEquatableArray(), results.ToEquatableArray()));
+            bodyOut.ToEquatableArray(), results.ToEquatableArray(), countValue));
     }
 
     /// <summary>Locals and parameters bound outside <paramref name="operations"/> that they assign, in order.</summary>

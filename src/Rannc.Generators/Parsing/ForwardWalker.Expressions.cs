@@ -54,6 +54,10 @@ internal sealed partial class ForwardWalker
                 return new Operand(defaultValue.Type is null ? "default" : "default(" + defaultValue.Type.ToDisplayString(FullyQualified) + ")", defaultValue.Type);
             case IObjectCreationOperation creation when creation.Initializer is null:
                 return ObjectCreation(creation);
+            case IObjectCreationOperation creation:
+                return CollectionCreation(creation);
+            case ICollectionExpressionOperation collection:
+                return CollectionExpression(collection);
             case IConditionalOperation conditional when conditional.WhenFalse is not null:
                 return ConditionalExpression(conditional);
             case IRangeOperation range:
@@ -104,6 +108,10 @@ internal sealed partial class ForwardWalker
         var type = operation.Type;
         if (isStatic)
         {
+            if (!IsAccessible(member, operation))
+            {
+                return ErrorValue(type);
+            }
             return new Operand(member.ContainingType.ToDisplayString(FullyQualified) + "." + Escape(member.Name), type, _known.IsModule(type));
         }
         var receiver = instance is null ? new Operand("this", _type) : Eval(instance);
@@ -170,10 +178,8 @@ internal sealed partial class ForwardWalker
         {
             return existing;
         }
-        var value = AddNode("Attribute", target, "get", operation, type, string.Empty, targetCode: code,
+        var value = AddNode("Attribute", target, "get", operation, type, code, targetCode: code,
             valueName: target.Replace('.', '_'), explicitInputs: new List<int>());
-        var node = (Model.NodeModel)_body.Steps[_body.Steps.Count - 1];
-        _body.Steps[_body.Steps.Count - 1] = node with { ResultCode = code };
         _body.AttributeReads[code] = value;
         return value;
     }
@@ -234,6 +240,83 @@ internal sealed partial class ForwardWalker
         return AddNode("Expression", string.Empty, "new " + creation.Type.Name, creation, creation.Type, code, valueName: creation.Type.Name);
     }
 
+    /// <summary>
+    /// <c>new List&lt;Tensor&gt; { a, b }</c>: folded into the code of the node that uses it (creating a collection is pure),
+    /// so <c>torch.cat(new List&lt;Tensor&gt; { a, b }, 1)</c> is one node that reads a and b.
+    /// </summary>
+    private Operand CollectionCreation(IObjectCreationOperation creation)
+    {
+        var elements = new List<string>();
+        foreach (var initializer in creation.Initializer!.Initializers)
+        {
+            var arguments = initializer switch
+            {
+                IInvocationOperation { TargetMethod.Name: "Add" } add => add.Arguments.Select(a => a.Value).ToList(),
+                _ => null,
+            };
+            if (arguments is null || arguments.Count == 0)
+            {
+                Report(DiagnosticDescriptors.UnsupportedConstruct, initializer.Syntax.GetLocation(), TypeName,
+                    "the initializer '" + initializer.Syntax + "'", "only collection initializers ('{ a, b }') are captured; set members after construction in the constructor");
+                return ErrorValue(creation.Type);
+            }
+            var codes = arguments.Select(argument => Eval(argument).Code).ToList();
+            elements.Add(codes.Count == 1 ? codes[0] : "{ " + string.Join(", ", codes) + " }");
+        }
+        var constructorArguments = creation.Arguments
+            .Where(argument => argument.ArgumentKind != ArgumentKind.DefaultValue)
+            .Select(argument => "@" + argument.Parameter!.Name + ": " + Eval(argument.Value).Code);
+        return new Operand(
+            "new " + creation.Type!.ToDisplayString(FullyQualified) + "(" + string.Join(", ", constructorArguments) + ") { " + string.Join(", ", elements) + " }",
+            creation.Type);
+    }
+
+    /// <summary>
+    /// <c>[-1L]</c>, <c>[a, b]</c>: written as an array or a collection initializer of the target type, which is the
+    /// same collection the compiler builds; spreads (<c>[..xs]</c>) are not translated.
+    /// </summary>
+    private Operand CollectionExpression(ICollectionExpressionOperation collection)
+    {
+        var type = collection.Type;
+        foreach (var element in collection.Elements)
+        {
+            if (element is ISpreadOperation)
+            {
+                Report(DiagnosticDescriptors.UnsupportedConstruct, element.Syntax.GetLocation(), TypeName,
+                    "the spread '" + element.Syntax + "' in a collection expression", "list the elements, or build the array with torch functions");
+                return ErrorValue(type);
+            }
+        }
+        var elements = string.Join(", ", collection.Elements.Select(element => Eval(element).Code));
+        ITypeSymbol? elementType = type switch
+        {
+            IArrayTypeSymbol array => array.ElementType,
+            INamedTypeSymbol { TypeArguments.Length: 1 } named when IsArrayCompatible(named) => named.TypeArguments[0],
+            _ => null,
+        };
+        if (elementType is not null)
+        {
+            return new Operand("new " + elementType.ToDisplayString(FullyQualified) + "[] { " + elements + " }", type);
+        }
+        if (type is INamedTypeSymbol { TypeKind: TypeKind.Class, IsAbstract: false } concrete
+            && concrete.InstanceConstructors.Any(c => c.Parameters.Length == 0 && c.DeclaredAccessibility == Accessibility.Public))
+        {
+            return new Operand("new " + concrete.ToDisplayString(FullyQualified) + "() { " + elements + " }", type);
+        }
+        Report(DiagnosticDescriptors.UnsupportedConstruct, collection.Syntax.GetLocation(), TypeName,
+            "a collection expression of type '" + type?.ToDisplayString() + "'", "create the collection with 'new T[] { ... }' or 'new List<T> { ... }'");
+        return ErrorValue(type);
+    }
+
+    /// <summary>Spans and the read-only collection interfaces an array converts to.</summary>
+    private static bool IsArrayCompatible(INamedTypeSymbol type)
+    {
+        var definition = type.OriginalDefinition.ToDisplayString();
+        return definition is "System.ReadOnlySpan<T>" or "System.Span<T>" or "System.Collections.Generic.IEnumerable<T>"
+            or "System.Collections.Generic.IReadOnlyList<T>" or "System.Collections.Generic.IReadOnlyCollection<T>"
+            or "System.Collections.Generic.IList<T>" or "System.Collections.Generic.ICollection<T>";
+    }
+
     /// <summary>For the patterns 'null' and 'not null', whether the test is negated; otherwise null.</summary>
     private static bool? NullTest(IPatternOperation pattern) => pattern switch
     {
@@ -246,13 +329,14 @@ internal sealed partial class ForwardWalker
     private Operand NullCheck(IOperation operation, IOperation tested, bool negated)
     {
         var value = Eval(tested);
+        var code = "((object?)(" + value.Code + ") " + (negated ? "!=" : "==") + " null)";
         if (value.DependsOnValues)
         {
-            Report(DiagnosticDescriptors.UnsupportedConstruct, operation.Syntax.GetLocation(), TypeName,
-                "a null test of a graph value", "graph values are never null; test configuration fields instead");
-            return ErrorValue(operation.Type);
+            // an optional input (Tensor? mask = null): whether it is null is known from the first batch, like a shape
+            return AddNode("Expression", string.Empty, negated ? "is not null" : "is null", operation, operation.Type, code,
+                valueName: "isNull", shapeLike: true);
         }
-        return new Operand("((object?)(" + value.Code + ") " + (negated ? "!=" : "==") + " null)", operation.Type);
+        return new Operand(code, operation.Type);
     }
 
     private Operand Range(IRangeOperation range)
@@ -396,6 +480,10 @@ internal sealed partial class ForwardWalker
             return ErrorValue(invocation.Type);
         }
 
+        if (!IsAccessible(method, invocation))
+        {
+            return ErrorValue(invocation.Type);
+        }
         var arguments = new List<string>();
         foreach (var argument in invocation.Arguments)
         {
@@ -438,7 +526,8 @@ internal sealed partial class ForwardWalker
         }
         if (!isStaticCall && KnownSymbols.IsInTorchSharp(containingType) && (dependsOnValues || returnsTensor))
         {
-            var node = AddNode("TensorMethod", DisplayTorchSharpType(containingType), method.Name, invocation, invocation.Type, code);
+            var node = AddNode("TensorMethod", DisplayTorchSharpType(containingType), method.Name, invocation, invocation.Type, code,
+                inPlace: IsInPlaceName(method.Name) && _known.IsTensor(method.ContainingType));
             if (IsInPlaceName(method.Name) && Operand.ValuesIn(code) is { Count: > 0 } inputs)
             {
                 _inPlaceUses.Add(new InPlaceUse(inputs[0], _currentLoopId, invocation.Syntax.GetLocation(), method.Name));
@@ -452,6 +541,21 @@ internal sealed partial class ForwardWalker
         Report(DiagnosticDescriptors.UncapturableCall, invocation.Syntax.GetLocation(), method.ToDisplayString(), TypeName,
             "only TorchSharp functions, tensor methods, System.Math, submodule calls and helper methods of this class are captured; move this logic into a [RaNNC] submodule or a helper method of this class");
         return ErrorValue(invocation.Type);
+    }
+
+    /// <summary>
+    /// Generated code runs inside the [RaNNC] class, so a member that an inlined helper of another class may use but this
+    /// class may not (a private field of that class) cannot be emitted: reported at the use.
+    /// </summary>
+    private bool IsAccessible(ISymbol symbol, IOperation origin)
+    {
+        if (_known.Compilation.IsSymbolAccessibleWithin(symbol, _type))
+        {
+            return true;
+        }
+        Report(DiagnosticDescriptors.UncapturableCall, origin.Syntax.GetLocation(), symbol.ToDisplayString(), TypeName,
+            "the generated code runs inside '" + TypeName + "', which cannot access it; make it internal or public");
+        return false;
     }
 
     private static bool IsPureMathType(INamedTypeSymbol type)
@@ -487,6 +591,12 @@ internal sealed partial class ForwardWalker
         {
             Report(DiagnosticDescriptors.LeafSubmodule, invocation.Syntax.GetLocation(), target, named.Name);
         }
+        else if (staticType is INamedTypeSymbol container && !_known.HasRaNNCAttribute(container)
+            && (container.IsAbstract || (_known.Sequential is not null && SymbolEqualityComparer.Default.Equals(container, _known.Sequential))))
+        {
+            Report(DiagnosticDescriptors.ContainerSubmodule, invocation.Syntax.GetLocation(), target,
+                container.ToDisplayString(SymbolDisplayFormat.MinimallyQualifiedFormat));
+        }
         return AddNode("Module", target, method.Name, invocation, invocation.Type, code,
             targetCode: receiver.Code, valueName: target.Replace('.', '_').Replace("[", "_").Replace("]", string.Empty),
             explicitInputs: inputs);
@@ -501,7 +611,10 @@ internal sealed partial class ForwardWalker
     private bool IsInlinableHelper(IInvocationOperation invocation)
     {
         var method = invocation.TargetMethod;
-        return SymbolEqualityComparer.Default.Equals(method.ContainingType, _type)
+        // static helpers of other classes with source here are inlined like the class's own (they cannot touch 'this')
+        var owner = SymbolEqualityComparer.Default.Equals(method.ContainingType, _type)
+            || (method.IsStatic && !KnownSymbols.IsInTorchSharp(method));
+        return owner
             && !method.IsVirtual && !method.IsAbstract && !method.IsOverride && !method.IsExtern
             && method.MethodKind == MethodKind.Ordinary
             && method.DeclaringSyntaxReferences.Length == 1

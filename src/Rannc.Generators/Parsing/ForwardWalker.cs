@@ -6,6 +6,7 @@ using System.IO;
 using System.Linq;
 using System.Threading;
 using Microsoft.CodeAnalysis;
+using Microsoft.CodeAnalysis.CSharp;
 using Microsoft.CodeAnalysis.CSharp.Syntax;
 using Microsoft.CodeAnalysis.Operations;
 using Rannc.Generators.Helpers;
@@ -61,6 +62,7 @@ internal sealed partial class ForwardWalker
         foreach (var parameter in forward.Parameters)
         {
             var id = NewValue(parameter.Name, parameter.Type, fromLocal: true);
+            _values[id].ShapeLike = !_known.IsTensor(parameter.Type);
             _inputs.Add(id);
             _scope.Bind(parameter, Operand.Value(id, parameter.Type));
         }
@@ -115,6 +117,12 @@ internal sealed partial class ForwardWalker
         public int LoopId { get; }
 
         public bool IsParameterRead { get; }
+
+        /// <summary>
+        /// A number or object known from shapes, null tests and non-tensor inputs alone (never from tensor contents), so a
+        /// condition on it can be resolved from the first batch and guarded on later ones.
+        /// </summary>
+        public bool ShapeLike { get; set; }
     }
 
     private sealed class Scope
@@ -251,12 +259,17 @@ internal sealed partial class ForwardWalker
     /// </summary>
     private Operand AddNode(
         string kind, string target, string operation, IOperation origin, ITypeSymbol? resultType, string code,
-        string? targetCode = null, string? valueName = null, List<int>? explicitInputs = null)
+        string? targetCode = null, string? valueName = null, List<int>? explicitInputs = null, bool inPlace = false, bool shapeLike = false)
     {
         var inputs = explicitInputs ?? Operand.ValuesIn(code);
         var resultCode = explicitInputs is null
             ? Operand.Substitute(code, id => "frame.Input<" + _values[id].TypeName + ">(" + inputs.IndexOf(id).ToString(CultureInfo.InvariantCulture) + ")")
             : code;
+        CheckTranslation(resultCode, isStatement: false, origin);
+        if (targetCode is not null)
+        {
+            CheckTranslation(targetCode, isStatement: false, origin);
+        }
         var outputs = new List<int>();
         var accessors = new List<string>();
         Operand result;
@@ -267,12 +280,45 @@ internal sealed partial class ForwardWalker
         else
         {
             result = CreateOutputs(resultType, string.Empty, valueName ?? operation, kind == "Attribute", outputs, accessors);
+            var readsOnlyShapes = shapeLike || inputs.All(id => _values[id].ShapeLike
+                || (kind == "TensorMethod" && ShapeAccessors.Contains(operation) && _values[id].Kind == "Tensor"));
+            foreach (var output in outputs)
+            {
+                _values[output].ShapeLike = readsOnlyShapes && _values[output].Kind != "Tensor";
+            }
         }
         var node = new NodeModel(
             _nextNodeId++, kind, target, operation, inputs.ToEquatableArray(), outputs.ToEquatableArray(),
-            LocationText(origin.Syntax.GetLocation()), resultCode, accessors.ToEquatableArray(), targetCode);
+            LocationText(origin.Syntax.GetLocation()), resultCode, accessors.ToEquatableArray(), targetCode, inPlace);
         _body.Steps.Add(node);
         return result;
+    }
+
+    /// <summary>Tensor members whose result depends on the tensor's shape, type or placement, not on its contents.</summary>
+    private static readonly HashSet<string> ShapeAccessors = new(StringComparer.Ordinal)
+    {
+        "shape", "size", "dim", "ndim", "Dimensions", "numel", "NumberOfElements", "dtype", "device", "device_type",
+        "is_cuda", "requires_grad", "ElementSize", "is_contiguous", "is_sparse", "is_complex", "is_floating_point",
+    };
+
+    /// <summary>True when <paramref name="operand"/> reads graph values and every one of them is known from shapes.</summary>
+    private bool IsShapeLike(Operand operand) =>
+        operand.DependsOnValues && Operand.ValuesIn(operand.Code).All(id => _values[id].ShapeLike);
+
+    /// <summary>
+    /// The generator must never emit code that does not compile: a fragment that does not even parse means a construct
+    /// was translated wrongly, so it becomes a finding at the construct (and the class gets the failed template).
+    /// </summary>
+    private void CheckTranslation(string code, bool isStatement, IOperation origin)
+    {
+        SyntaxNode parsed = isStatement
+            ? SyntaxFactory.ParseStatement(code, options: CSharpParseOptions.Default.WithLanguageVersion(LanguageVersion.Latest))
+            : SyntaxFactory.ParseExpression(code, options: CSharpParseOptions.Default.WithLanguageVersion(LanguageVersion.Latest));
+        if (code.Length == 0 || parsed.ContainsDiagnostics || parsed.FullSpan.Length != code.Length || code.IndexOf('\u0001') >= 0)
+        {
+            Report(DiagnosticDescriptors.UnsupportedConstruct, origin.Syntax.GetLocation(), TypeName,
+                "'" + origin.Syntax + "'", "the generator cannot translate it into code that compiles; rewrite it with locals, or report it as a Rannc bug");
+        }
     }
 
     private Operand CreateOutputs(
@@ -303,7 +349,7 @@ internal sealed partial class ForwardWalker
         {
             return id;
         }
-        if (operand.IsTuple)
+        if (operand.IsTuple && operand.DependsOnValues)
         {
             Report(DiagnosticDescriptors.UnsupportedConstruct, origin.Syntax.GetLocation(), TypeName,
                 "a tuple where a single value is needed", "deconstruct the tuple into separate locals");

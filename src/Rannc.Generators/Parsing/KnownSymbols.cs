@@ -9,17 +9,25 @@ internal sealed class KnownSymbols
 
     private KnownSymbols(Compilation compilation)
     {
+        Compilation = compilation;
         Tensor = compilation.GetTypeByMetadataName("TorchSharp.torch+Tensor");
         Module = compilation.GetTypeByMetadataName("TorchSharp.torch+nn+Module");
         DisposeScope = compilation.GetTypeByMetadataName("TorchSharp.DisposeScope");
+        Sequential = compilation.GetTypeByMetadataName("TorchSharp.Modules.Sequential");
         RaNNCAttribute = compilation.GetTypeByMetadataName(RaNNCAttributeName);
         TypedModules = new[]
         {
             compilation.GetTypeByMetadataName("TorchSharp.torch+nn+Module`2"),
             compilation.GetTypeByMetadataName("TorchSharp.torch+nn+Module`3"),
             compilation.GetTypeByMetadataName("TorchSharp.torch+nn+Module`4"),
+            compilation.GetTypeByMetadataName("TorchSharp.torch+nn+Module`5"),
+            compilation.GetTypeByMetadataName("TorchSharp.torch+nn+Module`6"),
+            compilation.GetTypeByMetadataName("TorchSharp.torch+nn+Module`7"),
         };
     }
+
+    /// <summary>The compilation, to ask whether generated code (inside the [RaNNC] class) may refer to a symbol.</summary>
+    public Compilation Compilation { get; }
 
     public INamedTypeSymbol? Tensor { get; }
 
@@ -27,9 +35,11 @@ internal sealed class KnownSymbols
 
     public INamedTypeSymbol? DisposeScope { get; }
 
+    public INamedTypeSymbol? Sequential { get; }
+
     public INamedTypeSymbol? RaNNCAttribute { get; }
 
-    /// <summary><c>Module&lt;T1,TResult&gt;</c>, <c>Module&lt;T1,T2,TResult&gt;</c>, <c>Module&lt;T1,T2,T3,TResult&gt;</c>.</summary>
+    /// <summary><c>Module&lt;T1,TResult&gt;</c> up to <c>Module&lt;T1,...,T6,TResult&gt;</c>.</summary>
     public INamedTypeSymbol?[] TypedModules { get; }
 
     public static KnownSymbols Create(Compilation compilation) => new(compilation);

@@ -115,7 +115,7 @@ internal static class ModuleParser
         var moduleBase = known.TypedModuleBase(type);
         if (moduleBase is null)
         {
-            return "it must derive from TorchSharp's Module<T1, TResult>, Module<T1, T2, TResult> or Module<T1, T2, T3, TResult>";
+            return "it must derive from TorchSharp's Module<T1, TResult> ... Module<T1, ..., T6, TResult> (one to six forward() arguments)";
         }
         var candidates = type.GetMembers("forward").OfType<IMethodSymbol>()
             .Where(m => !m.IsStatic && m.DeclaringSyntaxReferences.Length > 0 && m.Parameters.Length == moduleBase.TypeArguments.Length - 1)

@@ -1,6 +1,7 @@
 using System.Collections.Generic;
 using System.Collections.Immutable;
 using System.Globalization;
+using System.Linq;
 using Microsoft.CodeAnalysis;
 
 namespace Rannc.Generators.Parsing;
@@ -25,7 +26,8 @@ internal sealed class Operand
 
     private Operand(ImmutableArray<Operand> items, ITypeSymbol? type)
     {
-        Code = string.Empty;
+        // a tuple literal, so that the tuple can also be used whole (a `(3, 3)` kernel size argument)
+        Code = "(" + string.Join(", ", items.Select(item => item.Code)) + ")";
         Type = type;
         Items = items;
     }

@@ -33,24 +33,43 @@ public abstract record TemplateStep;
 /// <param name="Inputs">Template values the operation reads.</param>
 /// <param name="Outputs">Template values the operation writes.</param>
 /// <param name="Location">Source location, <c>File.cs(line,column)</c>.</param>
+/// <param name="InPlace">
+/// True for an in-place tensor method (<c>x.add_(y)</c>, <c>relu_()</c>): the output is the first input, modified, so
+/// running the node again, or on a value another node still reads, changes what that reader sees.
+/// </param>
 public sealed record TemplateNode(
-    int Id, NodeKind Kind, string Target, string Operation, int[] Inputs, int[] Outputs, string Location) : TemplateStep;
+    int Id, NodeKind Kind, string Target, string Operation, int[] Inputs, int[] Outputs, string Location, bool InPlace = false) : TemplateStep;
 
 /// <summary>
 /// A loop whose trip count is known only from the module instance (<c>foreach</c> over a <c>ModuleList</c>,
 /// <c>for</c> up to a field). Iteration 0 reads <see cref="CarriedIn"/> as <see cref="BodyIn"/>; iteration k+1 reads
 /// iteration k's <see cref="BodyOut"/>; after the last iteration <see cref="Results"/> take the last values
-/// (or <see cref="CarriedIn"/> when the loop runs zero times).
+/// (or <see cref="CarriedIn"/> when the loop runs zero times). A loop bounded by shapes (<c>i &lt; x.size(1)</c>) has a
+/// <see cref="Count"/>: the template value, computed by an earlier node, that holds the trip count for a batch; the graph
+/// builder reads it from the first batch and guards it like the arm of a branch on shapes.
 /// </summary>
 public sealed record TemplateLoop(
-    int Id, string Description, string Location, int[] CarriedIn, int[] BodyIn, TemplateStep[] Body, int[] BodyOut, int[] Results)
-    : TemplateStep;
+    int Id, string Description, string Location, int[] CarriedIn, int[] BodyIn, TemplateStep[] Body, int[] BodyOut, int[] Results,
+    int Count = -1)
+    : TemplateStep
+{
+    /// <summary>True when the trip count depends on shapes of the inputs rather than on the instance.</summary>
+    public bool DependsOnShapes => Count >= 0;
+}
 
 /// <summary>
 /// An <c>if</c>, <c>switch</c> or <c>?:</c> on configuration. The arm is chosen per instance by
 /// <see cref="ICapturedModule.SelectBranch"/> when the graph is built; <see cref="Results"/> take the chosen arm's outputs.
+/// A branch on shapes (<c>if (seqLen &gt; 1)</c>, <c>if (mask is not null)</c>) has a <see cref="Selector"/>: the template
+/// value, computed by an earlier node from shapes only, that holds the arm index. The graph builder evaluates it on the
+/// first batch and the graph keeps a <see cref="ShapeGuard"/> so that later batches are checked against that choice.
 /// </summary>
-public sealed record TemplateBranch(int Id, string Description, string Location, TemplateArm[] Arms, int[] Results) : TemplateStep;
+public sealed record TemplateBranch(int Id, string Description, string Location, TemplateArm[] Arms, int[] Results, int Selector = -1)
+    : TemplateStep
+{
+    /// <summary>True when the arm depends on shapes of the inputs rather than on the instance's configuration.</summary>
+    public bool DependsOnShapes => Selector >= 0;
+}
 
 /// <summary>One arm of a <see cref="TemplateBranch"/>: its body and the values it leaves in the branch's results.</summary>
 public sealed record TemplateArm(TemplateStep[] Body, int[] Outputs);

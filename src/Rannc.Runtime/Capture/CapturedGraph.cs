@@ -62,6 +62,9 @@ public sealed class CapturedNode
     /// <summary>Names, as in the model's <c>named_buffers()</c>, of the buffers this node uses.</summary>
     public IReadOnlyList<string> Buffers { get; }
 
+    /// <summary>True for an in-place tensor method: its output is its first input, modified (see <see cref="TemplateNode.InPlace"/>).</summary>
+    public bool InPlace { get; init; }
+
     internal ICapturedModule Owner { get; }
 
     internal int TemplateNodeId { get; }
@@ -142,6 +145,41 @@ public sealed class CapturedGraph
     /// <exception cref="CaptureException">The class was not captured (the errors say why) or is not <c>[RaNNC]</c>.</exception>
     public static CapturedGraph Build(nn.Module model) => GraphBuilder.Build(model);
 
+    /// <summary>
+    /// Builds the graph of <paramref name="model"/> for a first batch: branches on shapes (<c>if (seqLen &gt; 1)</c>,
+    /// <c>if (mask is not null)</c>) take the arm these inputs take, found by running the graph up to the branch without
+    /// gradients, and <see cref="Guards"/> record each choice. Without such branches this is <see cref="Build(nn.Module)"/>.
+    /// </summary>
+    /// <exception cref="CaptureException">The class was not captured (the errors say why) or is not <c>[RaNNC]</c>.</exception>
+    public static CapturedGraph Build(nn.Module model, object?[] sampleInputs) => GraphBuilder.Build(model, sampleInputs);
+
+    /// <summary>The branches on shapes resolved for the first batch; every execution checks that a batch takes the same arms.</summary>
+    public IReadOnlyList<ShapeGuard> Guards { get; internal init; } = [];
+
+    /// <summary>
+    /// Runs one node and, when it computes the arm of a guarded branch, checks the arm before any node of the arm runs
+    /// (a node of the wrong arm could fail on the new shapes with a less helpful message).
+    /// </summary>
+    private void ExecuteGuarded(CapturedNode node, object?[] values)
+    {
+        node.Execute(values);
+        if (Guards.Count == 0)
+        {
+            return;
+        }
+        foreach (var guard in Guards)
+        {
+            if (values[guard.Value] is { } computed && Values[guard.Value].Producer == node.Id
+                && Convert.ToInt32(computed, System.Globalization.CultureInfo.InvariantCulture) != guard.Choice)
+            {
+                throw new CaptureException(
+                    $"The graph of {guard.ModuleType} was built for batches where '{guard.Description}' at {guard.Location} resolves to {guard.Choice}, "
+                    + $"but this batch resolves it to {computed} (an arm index, or a loop's trip count): a shape or input it depends on changed. "
+                    + "Build the graph again for these inputs, or keep their shapes fixed.");
+            }
+        }
+    }
+
     /// <summary>Runs every node on <paramref name="inputs"/> (forward()'s arguments) and returns the graph outputs.</summary>
     public object?[] Execute(params object?[] inputs)
     {
@@ -156,7 +194,7 @@ public sealed class CapturedGraph
         }
         foreach (var node in Nodes)
         {
-            node.Execute(values);
+            ExecuteGuarded(node, values);
         }
         var outputs = new object?[Outputs.Count];
         for (var i = 0; i < outputs.Length; i++)
@@ -279,7 +317,7 @@ public sealed class CapturedGraph
         }
         foreach (var id in stage.NodeIds)
         {
-            Nodes[id].Execute(values);
+            ExecuteGuarded(Nodes[id], values);
         }
         var outputs = new Dictionary<int, object?>(stage.OutputValues.Count);
         foreach (var value in stage.OutputValues.Concat(alsoReturn))
@@ -295,6 +333,17 @@ public sealed class CapturedGraph
     /// <summary>Graphviz DOT, with one nested cluster per module path (layers, their attention and feed-forward parts).</summary>
     public string ToDot() => GraphFormatter.ToDot(this);
 }
+
+/// <summary>
+/// A branch or loop on shapes resolved when the graph was built: the arm taken (or the trip count), and the value that
+/// gives it for a batch.
+/// </summary>
+/// <param name="ModuleType">The class whose forward() has the branch or loop.</param>
+/// <param name="Description">The condition as written (<c>if (seqLen &gt; 1)</c>, <c>for (i &lt; x.size(1))</c>).</param>
+/// <param name="Location">Source location of the branch or loop.</param>
+/// <param name="Value">Graph value (output of a node in <see cref="CapturedGraph.Nodes"/>) holding the arm index or trip count for a batch.</param>
+/// <param name="Choice">The arm index or trip count the graph contains.</param>
+public sealed record ShapeGuard(string ModuleType, string Description, string Location, int Value, int Choice);
 
 /// <summary>A set of nodes executed together, with the values that enter and leave it.</summary>
 /// <param name="NodeIds">Node ids in execution (topological) order.</param>

@@ -21,6 +21,11 @@ internal sealed class GraphBuilder
     private readonly Dictionary<TensorIdentity, (string Name, bool IsBuffer, Tensor Tensor)> _tensorNames = [];
     private readonly Dictionary<string, (bool IsBuffer, Tensor Tensor)> _tensorsByName = new(StringComparer.Ordinal);
     private readonly Dictionary<string, string> _canonicalNames = new(StringComparer.Ordinal);
+    private readonly List<ShapeGuard> _guards = [];
+
+    // Concrete values of the first batch, filled only as far as a branch on shapes needs them.
+    private object?[]? _sample;
+    private int _sampleExecuted;
 
     private GraphBuilder(nn.Module model)
     {
@@ -54,7 +59,7 @@ internal sealed class GraphBuilder
     private string CanonicalName(string modulePath, string localName, Tensor tensor) =>
         _tensorNames.TryGetValue(TensorIdentity.Of(tensor), out var known) ? known.Name : Join(modulePath, localName);
 
-    public static CapturedGraph Build(nn.Module model)
+    public static CapturedGraph Build(nn.Module model, object?[]? sampleInputs = null)
     {
         if (model is not ICapturedModule captured)
         {
@@ -68,6 +73,11 @@ internal sealed class GraphBuilder
                 $"forward() of {template.ModuleType} could not be captured at build time:{Environment.NewLine}  "
                 + string.Join(Environment.NewLine + "  ", template.Errors));
         }
+        if (sampleInputs is not null && sampleInputs.Length != template.Inputs.Length)
+        {
+            throw new ArgumentException(
+                $"forward() of {template.ModuleType} takes {template.Inputs.Length} argument(s) but the sample batch has {sampleInputs.Length}.", nameof(sampleInputs));
+        }
         var builder = new GraphBuilder(model);
         var scope = new Scope(null);
         var inputs = new List<int>();
@@ -78,9 +88,46 @@ internal sealed class GraphBuilder
             scope.Bind(input, id);
             inputs.Add(id);
         }
+        if (sampleInputs is not null)
+        {
+            builder._sample = new object?[Math.Max(16, inputs.Count)];
+            for (var i = 0; i < inputs.Count; i++)
+            {
+                builder._sample[inputs[i]] = sampleInputs[i];
+            }
+        }
         builder.Unroll(captured, template, template.Body, scope, string.Empty, []);
         var outputs = template.Outputs.Select(scope.Lookup).ToList();
-        return new CapturedGraph(model, builder._nodes, builder._values, builder._parameters, inputs, outputs, builder._canonicalNames);
+        return new CapturedGraph(model, builder._nodes, builder._values, builder._parameters, inputs, outputs, builder._canonicalNames) { Guards = builder._guards };
+    }
+
+    /// <summary>
+    /// The arm of a branch, or the trip count of a loop, on shapes: runs the graph built so far on the first batch
+    /// (without gradients) up to the node that computes it, and records a guard so that later batches are checked.
+    /// </summary>
+    private int FromShapes(CaptureTemplate template, string description, string location, int templateValue, Scope scope)
+    {
+        if (_sample is null)
+        {
+            throw new CaptureException(
+                $"forward() of {template.ModuleType} resolves '{description}' at {location} from the shapes (or optional or non-tensor inputs) of the batch; "
+                + "build the graph with a sample batch, CapturedGraph.Build(model, inputs), so that it can be resolved.");
+        }
+        var value = scope.Lookup(templateValue);
+        if (_sample.Length < _values.Count)
+        {
+            Array.Resize(ref _sample, Math.Max(_values.Count, 2 * _sample.Length));
+        }
+        using (torch.no_grad())
+        {
+            for (; _sampleExecuted < _nodes.Count; _sampleExecuted++)
+            {
+                _nodes[_sampleExecuted].Execute(_sample);
+            }
+        }
+        var choice = Convert.ToInt32(_sample[value], CultureInfo.InvariantCulture);
+        _guards.Add(new ShapeGuard(template.ModuleType, description, location, value, choice));
+        return choice;
     }
 
     /// <summary>Maps template value ids to concrete value ids; one scope per loop iteration and per inlined module.</summary>
@@ -113,7 +160,9 @@ internal sealed class GraphBuilder
                     AddNode(owner, template, node, scope, prefix, loopIndices);
                     break;
                 case TemplateLoop loop:
-                    var count = owner.GetLoopCount(loop.Id, loopIndices.ToArray());
+                    var count = loop.DependsOnShapes
+                        ? FromShapes(template, loop.Description, loop.Location, loop.Count, scope)
+                        : owner.GetLoopCount(loop.Id, loopIndices.ToArray());
                     var carried = loop.CarriedIn.Select(scope.Lookup).ToArray();
                     for (var iteration = 0; iteration < count; iteration++)
                     {
@@ -133,7 +182,9 @@ internal sealed class GraphBuilder
                     }
                     break;
                 case TemplateBranch branch:
-                    var armIndex = owner.SelectBranch(branch.Id, loopIndices.ToArray());
+                    var armIndex = branch.DependsOnShapes
+                        ? FromShapes(template, branch.Description, branch.Location, branch.Selector, scope)
+                        : owner.SelectBranch(branch.Id, loopIndices.ToArray());
                     if (armIndex < 0 || armIndex >= branch.Arms.Length)
                     {
                         throw new InvalidOperationException($"Branch {branch.Description} chose arm {armIndex} of {branch.Arms.Length}.");
@@ -210,7 +261,7 @@ internal sealed class GraphBuilder
         }
         _nodes.Add(new CapturedNode(
             id, name, node.Kind, node.Operation, modulePath, node.Location, inputs, outputs, parameters, buffers,
-            owner, node.Id, loopIndices.ToArray()));
+            owner, node.Id, loopIndices.ToArray()) { InPlace = node.InPlace });
     }
 
     /// <summary>Replaces a call of a <c>[RaNNC]</c> submodule by the nodes of its own template.</summary>

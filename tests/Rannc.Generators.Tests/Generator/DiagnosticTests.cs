@@ -37,17 +37,34 @@ public sealed class DiagnosticTests
         """);
 
     [Fact]
-    public void Rannc0001_LoopBoundFromShape_IsReportedOnTheCondition() => Verify("""
+    public void Rannc0001_LoopBoundFromTensorContents_IsReportedOnTheCondition() => Verify("""
         [RaNNC]
         public partial class Net : Module<Tensor, Tensor>
         {
             public Net() : base("net") { }
             public override Tensor forward(Tensor x)
             {
-                for (var i = 0; {|RANNC0001:i < x.shape[0]|}; i++)
+                for (var i = 0; {|RANNC0001:i < x.sum().item<long>()|}; i++)
                 {
                     x = x + 1;
                 }
+                return x;
+            }
+        }
+        """);
+
+    [Fact]
+    public void Rannc0008_LoopBoundThatTheBodyChanges_IsReportedOnTheLoop() => Verify("""
+        [RaNNC]
+        public partial class Net : Module<Tensor, Tensor>
+        {
+            public Net() : base("net") { }
+            public override Tensor forward(Tensor x)
+            {
+                {|RANNC0008:for (var i = 0; i < x.shape[0]; i++)
+                {
+                    x = x.narrow(0, 1, 1);
+                }|}
                 return x;
             }
         }
@@ -71,20 +88,52 @@ public sealed class DiagnosticTests
         """);
 
     [Fact]
-    public void Rannc0002_CallOfAnUnknownMethod_IsReportedOnTheCall() => Verify("""
+    public void Rannc0002_CallOfAnInstanceMethodOfAnotherClass_IsReportedOnTheCall() => Verify("""
+        public sealed class Scaler
+        {
+            public Tensor Scale(Tensor t) => t * 2;
+        }
+
+        [RaNNC]
+        public partial class Net : Module<Tensor, Tensor>
+        {
+            private readonly Scaler scaler = new();
+            public Net() : base("net") { }
+            public override Tensor forward(Tensor x)
+            {
+                var y = {|RANNC0002:scaler.Scale(x)|};
+                return y;
+            }
+        }
+        """);
+
+    [Fact]
+    public void Rannc0002_StaticHelperUsingAPrivateMemberOfItsClass_IsReportedAtThatUse() => Verify("""
         public static class Helpers
         {
-            public static Tensor Scale(Tensor t) => t * 2;
+            private static double factor = 2;
+            public static Tensor Scale(Tensor t) => t * {|RANNC0002:factor|};
         }
 
         [RaNNC]
         public partial class Net : Module<Tensor, Tensor>
         {
             public Net() : base("net") { }
+            public override Tensor forward(Tensor x) => Helpers.Scale(x);
+        }
+        """);
+
+    [Fact]
+    public void Rannc0002_AddingToAListOfTensors_IsReportedOnTheCall() => Verify("""
+        [RaNNC]
+        public partial class Net : Module<Tensor, Tensor>
+        {
+            public Net() : base("net") { }
             public override Tensor forward(Tensor x)
             {
-                var y = {|RANNC0002:Helpers.Scale(x)|};
-                return y;
+                var parts = new System.Collections.Generic.List<Tensor>();
+                {|RANNC0002:parts.Add(x)|};
+                return torch.cat(parts, 1);
             }
         }
         """);
@@ -182,6 +231,52 @@ public sealed class DiagnosticTests
         """);
 
     [Fact]
+    public void Rannc0009_CallThroughSequentialOrAbstractModuleField_IsAnInfoOnTheCall() => Verify("""
+        [RaNNC]
+        public partial class Net : Module<Tensor, Tensor>
+        {
+            private readonly Sequential features = Sequential(Linear(3, 3), ReLU());
+            private readonly Module<Tensor, Tensor> head = Linear(3, 2);
+            public Net() : base("net") { RegisterComponents(); }
+            public override Tensor forward(Tensor x)
+            {
+                var h = {|RANNC0009:features.forward(x)|};
+                return {|RANNC0009:head.call(h)|};
+            }
+        }
+        """);
+
+    [Fact]
+    public void Rannc0001_SwitchOnAShape_IsReportedOnTheSelector() => Verify("""
+        [RaNNC]
+        public partial class Net : Module<Tensor, Tensor>
+        {
+            public Net() : base("net") { }
+            public override Tensor forward(Tensor x)
+            {
+                switch ({|RANNC0001:x.size(1)|})
+                {
+                    case 1:
+                        x = x * 2;
+                        break;
+                }
+                return x;
+            }
+        }
+        """);
+
+    [Fact]
+    public void Rannc0008_SpreadInACollectionExpression_IsReportedOnTheSpread() => Verify("""
+        [RaNNC]
+        public partial class Net : Module<Tensor, Tensor>
+        {
+            private readonly long[] dims = { 1 };
+            public Net() : base("net") { }
+            public override Tensor forward(Tensor x) => x.mean([{|RANNC0008:.. dims|}], keepdim: true);
+        }
+        """);
+
+    [Fact]
     public void Rannc0008_ReturnInsideALoop_IsReportedOnTheReturn() => Verify("""
         [RaNNC]
         public partial class Net : Module<Tensor, Tensor>
@@ -196,6 +291,134 @@ public sealed class DiagnosticTests
                 }
                 return x;
             }
+        }
+        """);
+
+    [Fact]
+    public void Rannc0004_InPlaceOnAnInput_IsReportedOnTheCall() => Verify("""
+        [RaNNC]
+        public partial class Net : Module<Tensor, Tensor>
+        {
+            public Net() : base("net") { }
+            public override Tensor forward(Tensor x)
+            {
+                {|RANNC0004:x.mul_(2)|};
+                return x;
+            }
+        }
+        """);
+
+    [Fact]
+    public void Rannc0008_WhileLoop_IsReportedOnTheLoop() => Verify("""
+        [RaNNC]
+        public partial class Net : Module<Tensor, Tensor>
+        {
+            private readonly int repeats = 2;
+            public Net() : base("net") { }
+            public override Tensor forward(Tensor x)
+            {
+                var i = 0;
+                {|RANNC0008:while (i < repeats) { x = x + 1; i++; }|}
+                return x;
+            }
+        }
+        """);
+
+    [Fact]
+    public void Rannc0008_BreakInALoop_IsReportedOnTheBreak() => Verify("""
+        [RaNNC]
+        public partial class Net : Module<Tensor, Tensor>
+        {
+            private readonly int repeats = 2;
+            public Net() : base("net") { }
+            public override Tensor forward(Tensor x)
+            {
+                for (var i = 0; i < repeats; i++)
+                {
+                    x = x + 1;
+                    {|RANNC0008:break;|}
+                }
+                return x;
+            }
+        }
+        """);
+
+    [Fact]
+    public void Rannc0008_SwitchExpression_IsReportedOnTheExpression() => Verify("""
+        [RaNNC]
+        public partial class Net : Module<Tensor, Tensor>
+        {
+            private readonly int mode = 1;
+            public Net() : base("net") { }
+            public override Tensor forward(Tensor x) => x * {|RANNC0008:mode switch { 1 => 2.0, _ => 1.0 }|};
+        }
+        """);
+
+    [Fact]
+    public void Rannc0008_PatternCaseLabel_IsReportedOnTheLabel() => Verify("""
+        [RaNNC]
+        public partial class Net : Module<Tensor, Tensor>
+        {
+            private readonly int mode = 1;
+            public Net() : base("net") { }
+            public override Tensor forward(Tensor x)
+            {
+                switch (mode)
+                {
+                    {|RANNC0008:case > 0:|}
+                        x = x * 2;
+                        break;
+                }
+                return x;
+            }
+        }
+        """);
+
+    [Fact]
+    public void Rannc0008_TupleReturnedInsideABranch_IsReportedOnTheBranch() => Verify("""
+        [RaNNC]
+        public partial class Net : Module<Tensor, (Tensor, Tensor)>
+        {
+            private readonly bool swap = true;
+            public Net() : base("net") { }
+            public override (Tensor, Tensor) forward(Tensor x)
+            {
+                {|RANNC0008:if (swap) { return (x * 2, x); }|}
+                return (x, x * 2);
+            }
+        }
+        """);
+
+    [Fact]
+    public void Rannc0008_ObjectInitializerSettingMembers_IsReportedOnTheInitializer() => Verify("""
+        public sealed class Options { public double Scale { get; set; } }
+
+        [RaNNC]
+        public partial class Net : Module<Tensor, Tensor>
+        {
+            public Net() : base("net") { }
+            public override Tensor forward(Tensor x)
+            {
+                var options = new Options { {|RANNC0008:Scale = 2|} };
+                return x;
+            }
+        }
+        """);
+
+    [Fact]
+    public void Rannc0008_TupleOfGraphValuesPassedWhole_IsReportedOnTheArgument() => Verify("""
+        public class Pair : Module<(Tensor, Tensor), Tensor>
+        {
+            public Pair() : base("pair") { }
+            public override Tensor forward((Tensor, Tensor) pair) => pair.Item1 + pair.Item2;
+        }
+
+        [RaNNC]
+        public partial class Net : Module<Tensor, Tensor>
+        {
+            private readonly Pair pair = new();
+            public Net() : base("net") { RegisterComponents(); }
+            public override Tensor forward(Tensor x) => {|RANNC0007:pair.forward({|RANNC0008:(x, x * 2)|})|};
         }
         """);
 
@@ -239,23 +462,36 @@ public sealed class DiagnosticTests
         Assert.Contains("docs/diagnostics/RANNC0001.md", diagnostic.Descriptor.Description.ToString(), StringComparison.Ordinal);
     }
 
-    private static readonly Regex s_markup = new(@"\{\|(RANNC\d{4}):(.*?)\|\}", RegexOptions.Singleline);
+    private static readonly Regex s_open = new(@"\G\{\|(RANNC\d{4}):");
 
-    /// <summary>Strips the markup, runs generator and analyzer, and compares (id, span) pairs exactly.</summary>
+    /// <summary>Strips the markup (which may nest), runs generator and analyzer, and compares (id, span) pairs exactly.</summary>
     private static void Verify(string markedSource)
     {
         var source = Usings + markedSource;
         var expected = new List<(string Id, TextSpan Span)>();
+        var open = new Stack<(string Id, int Start)>();
         var plain = new System.Text.StringBuilder();
-        var position = 0;
-        foreach (Match match in s_markup.Matches(source))
+        for (var i = 0; i < source.Length;)
         {
-            plain.Append(source, position, match.Index - position);
-            expected.Add((match.Groups[1].Value, new TextSpan(plain.Length, match.Groups[2].Length)));
-            plain.Append(match.Groups[2].Value);
-            position = match.Index + match.Length;
+            var opening = s_open.Match(source, i);
+            if (opening.Success)
+            {
+                open.Push((opening.Groups[1].Value, plain.Length));
+                i += opening.Length;
+            }
+            else if (open.Count > 0 && string.CompareOrdinal(source, i, "|}", 0, 2) == 0)
+            {
+                var (id, start) = open.Pop();
+                expected.Add((id, new TextSpan(start, plain.Length - start)));
+                i += 2;
+            }
+            else
+            {
+                plain.Append(source[i]);
+                i++;
+            }
         }
-        plain.Append(source, position, source.Length - position);
+        Assert.Empty(open);
 
         var actual = CompilationHelper.Analyze(plain.ToString())
             .Select(d => (d.Id, d.Location.SourceSpan))

@@ -16,7 +16,8 @@ public sealed class FeatureCaptureTests
     {
         var (output, _) = CompilationHelper.Generate(FeatureModels.Source);
         Assert.Empty(CompilationHelper.CompilerErrors(output));
-        Assert.Empty(CompilationHelper.Analyze(FeatureModels.Source));
+        // the only finding: the loop over tail.children() calls modules through the abstract Module<Tensor, Tensor>
+        Assert.Equal(["RANNC0009"], CompilationHelper.Analyze(FeatureModels.Source).Select(d => d.Id));
         return CompilationHelper.EmitAndLoad(output);
     });
 
