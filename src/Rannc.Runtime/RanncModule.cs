@@ -398,6 +398,7 @@ public sealed class RanncModule : IDisposable
         if (_options.SaveDeploymentPath is { } savePath && _world.Rank == 0) DeploymentStore.Write(savePath, key, plan);
 
         var layout = new StageLayout(graph, planningGraph, plan, batchDerived, small, large, measureSamples);
+        CheckBoundaries(graph, layout);
         PipelineSchedule schedule = ScheduleBuilder.Build(plan.Schedule, PipelineTopology.FromPlan(plan));
         (int Stage, int Replica)? role = plan.RoleOf(_world.Rank);
         var placement = new ParameterPlacement(graph, plan);
@@ -445,6 +446,23 @@ public sealed class RanncModule : IDisposable
         using var noGrad = torch.no_grad();
         replicas.AllReduce(deployed.ReplicaBuffers, ReduceOp.Sum);
         foreach (Tensor buffer in deployed.ReplicaBuffers) buffer.div_(replicas.Size);
+    }
+
+    /// <summary>Refuses a plan whose cut carries a value that cannot travel, before anything runs.</summary>
+    private static void CheckBoundaries(CapturedGraph graph, StageLayout layout)
+    {
+        for (int s = 0; s < layout.Boundaries.Length; s++)
+        {
+            foreach (int v in layout.Boundaries[s])
+            {
+                CapturedValue value = graph.Values[v];
+                if (ValueTransfer.CanCross(value)) continue;
+                string producer = value.Producer >= 0 ? $"{graph.Nodes[value.Producer].Name} ({graph.Nodes[value.Producer].Location})" : "an input";
+                throw new NotSupportedException(
+                    $"The plan cuts between stage {s} and {s + 1} where value '{value.Name}' ({value.TypeName}, made by {producer}) would cross; " +
+                    "values of that type cannot travel between stages. Let the planner choose the cut, or force a plan whose cuts avoid it.");
+            }
+        }
     }
 
     /// <summary>Plan-summary lines on how losses combine and which parameters several stages hold.</summary>

@@ -55,6 +55,18 @@ internal static class ValueTransfer
         return Decode(kind, data);
     }
 
+    /// <summary>
+    /// Whether a graph value of this kind can be sent between stages: tensors, numbers, booleans, shapes, devices and
+    /// dtypes. Arrays or tuples of tensors (the result of <c>chunk</c>) and other objects cannot.
+    /// </summary>
+    public static bool CanCross(Capture.CapturedValue value) => value.Kind switch
+    {
+        Capture.ValueKind.Tensor or Capture.ValueKind.Scalar => true,
+        _ => value.TypeName is "long[]" or "global::TorchSharp.torch.Device" or "global::TorchSharp.torch.ScalarType"
+            || value.TypeName.EndsWith("TorchSharp.torch.Device", StringComparison.Ordinal)
+            || value.TypeName.EndsWith("TorchSharp.torch.ScalarType", StringComparison.Ordinal),
+    };
+
     private static (ValueKind Kind, Tensor Data) Encode(object? value) => value switch
     {
         Tensor t => (ValueKind.Tensor, t.detach().contiguous()),
