@@ -395,7 +395,17 @@ public sealed class RanncModule : IDisposable
             }
             if (_world.Rank == 0) SavePlan(key, plan);
         }
-        if (_options.SaveDeploymentPath is { } savePath && _world.Rank == 0) DeploymentStore.Write(savePath, key, plan);
+        if (_options.SaveDeploymentPath is { } savePath && _world.Rank == 0)
+        {
+            try
+            {
+                DeploymentStore.Write(savePath, key, plan);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException or NotSupportedException)
+            {
+                Log($"Rannc: warning: could not write the deployment file {savePath} (RANNC_SAVE_DEPLOYMENT) ({e.Message}); training continues.");
+            }
+        }
 
         var layout = new StageLayout(graph, planningGraph, plan, batchDerived, small, large, measureSamples);
         CheckBoundaries(graph, layout);
@@ -557,9 +567,10 @@ public sealed class RanncModule : IDisposable
         {
             new DeploymentStore(directory, Log).Save(key, plan);
         }
-        catch (IOException e)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or NotSupportedException)
         {
-            Log($"Rannc: could not write the plan cache in {directory}: {e.Message}");
+            // A read-only home or a full disk must not end a run: the cache only saves the next run's profiling.
+            Log($"Rannc: warning: could not write the plan cache in {directory} ({e.Message}); training continues without caching the plan.");
         }
     }
 

@@ -60,7 +60,17 @@ internal sealed class DeploymentStore(string directory, Action<string> warn)
             return null;
         }
         var noCosts = new CostTable(graph.Nodes.Select(_ => new NodeCost(0, 0, 0, 0)).ToList());
-        IReadOnlyList<string> problems = deployment.Plan.FindViolations(graph, noCosts, cluster, options);
+        IReadOnlyList<string> problems;
+        try
+        {
+            problems = deployment.Plan.FindViolations(graph, noCosts, cluster, options);
+        }
+        catch (Exception e) when (e is NullReferenceException or ArgumentException or IndexOutOfRangeException or InvalidOperationException)
+        {
+            // A hand-edited or truncated file can leave nulls or out-of-range ids where the plan needs values.
+            warn($"Ignoring plan file {path}: it is malformed ({e.GetType().Name}: {e.Message}).");
+            return null;
+        }
         if (problems.Count > 0)
         {
             warn($"Ignoring plan file {path}: {string.Join(" ", problems)}");
