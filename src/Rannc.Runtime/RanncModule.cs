@@ -81,6 +81,7 @@ public sealed class RanncModule : IDisposable
         _awaitingBackward = null;
         int batch = (int)inputs[0].shape[0];
         _deployed ??= Deploy(inputs, batch);
+        CheckInputsMatchFirstStep(inputs);
         if (batch != _deployed.Plan.GlobalBatchSize)
         {
             throw new ArgumentException(
@@ -119,6 +120,27 @@ public sealed class RanncModule : IDisposable
                 Log($"Rannc: rank {_world.Rank}: the pipeline's backward pass failed: {e.Message}");
             }
         }));
+    }
+
+    /// <summary>Every call passes as many inputs as forward() takes, with the dtypes and ranks of the first call.</summary>
+    private void CheckInputsMatchFirstStep(Tensor[] inputs)
+    {
+        Deployed deployed = _deployed!;
+        if (inputs.Length != deployed.Graph.Inputs.Count)
+        {
+            throw new ArgumentException(
+                $"forward() of {_model.GetType().Name} takes {deployed.Graph.Inputs.Count} input(s), but {inputs.Length} were given.", nameof(inputs));
+        }
+        for (int i = 0; i < inputs.Length; i++)
+        {
+            (ScalarType dtype, int dims) = deployed.FirstInputs[i];
+            if (inputs[i].dtype != dtype || inputs[i].dim() != dims)
+            {
+                throw new ArgumentException(
+                    $"Input {i} is {inputs[i].dtype} with {inputs[i].dim()} dimension(s), but the plan was made for {dtype} with {dims}: " +
+                    "pass inputs of the same kind every step.", nameof(inputs));
+            }
+        }
     }
 
     /// <summary>Switches the model (every stage) to training mode.</summary>
@@ -432,7 +454,7 @@ public sealed class RanncModule : IDisposable
                 .Select(b => b.buffer).ToList()
             : [];
         return new Deployed(graph, plan, executor, replicas, shared, owned, Owners(placement, plan), output.Shape!.Length == 0, outputDType, loaded,
-            lossCombination, buffers, placement);
+            lossCombination, buffers, placement, inputs.Select(t => (t.dtype, (int)t.dim())).ToArray());
     }
 
     /// <summary>How slice losses combine, from one run of the graph on a sample of the batch.</summary>
@@ -535,8 +557,26 @@ public sealed class RanncModule : IDisposable
         };
         if (_options.Schedule is { } schedule) planning = planning with { Schedules = [schedule] };
         if (_options.MicroBatches is { } micro) planning = planning with { MinMicroBatches = micro, MaxMicroBatches = micro };
+        if (_options.MicroBatches is int forcedMicro && forcedMicro > batch)
+        {
+            throw new ArgumentException(
+                $"RANNC_MICRO_BATCHES / MicroBatches asks for {forcedMicro} micro-batches, but the batch has only {batch} samples: " +
+                "use at most as many micro-batches as samples.");
+        }
         if (_options.ForcedReplicasPerStage is { } replicas)
         {
+            if (replicas.Max() > batch)
+            {
+                throw new ArgumentException(
+                    $"The forced plan [{string.Join(", ", replicas)}] has a stage with {replicas.Max()} replicas, but the batch has only {batch} samples: " +
+                    "every replica needs at least one sample. Use a larger batch or fewer replicas.");
+            }
+            if (_options.MicroBatches is int forced && forced * replicas.Max() > batch)
+            {
+                throw new ArgumentException(
+                    $"{forced} micro-batches on a stage of {replicas.Max()} replicas need at least {forced * replicas.Max()} samples, but the batch has {batch}: " +
+                    "use fewer micro-batches or replicas, or a larger batch.");
+            }
             if (replicas.Sum() > _world.Size)
                 throw new ArgumentException($"The forced plan [{string.Join(", ", replicas)}] needs {replicas.Sum()} ranks but there are {_world.Size}.");
             planning = planning with { ForcedReplicasPerStage = replicas, MinStages = replicas.Count, MaxStages = replicas.Count };
@@ -642,7 +682,7 @@ public sealed class RanncModule : IDisposable
         IReadOnlyList<(SharedParameterGroup Group, ICommunicator Communicator)> SharedGroups,
         IReadOnlyList<(string Name, Tensor Parameter)> OwnedParameters, IReadOnlyDictionary<string, int> Owners,
         bool OutputIsScalar, ScalarType OutputDType, bool Loaded, LossCombination Loss, IReadOnlyList<Tensor> ReplicaBuffers,
-        ParameterPlacement Placement);
+        ParameterPlacement Placement, (ScalarType DType, int Dims)[] FirstInputs);
 
     /// <summary>Saves the model's buffers and the random state, and puts them back on dispose.</summary>
     private sealed class PreservedState : IDisposable

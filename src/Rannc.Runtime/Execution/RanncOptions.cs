@@ -76,10 +76,10 @@ public sealed record RanncOptions
     public RanncOptions WithVariables(Func<string, string?> lookup)
     {
         RanncOptions result = this;
-        if (lookup("RANNC_DEVICE_MEMORY") is { Length: > 0 } memory) result = result with { DeviceMemoryBytes = ParseBytes(memory) };
+        if (lookup("RANNC_DEVICE_MEMORY") is { Length: > 0 } memory) result = result with { DeviceMemoryBytes = ParsePositiveBytes("RANNC_DEVICE_MEMORY", memory) };
         if (lookup("RANNC_MEM_MARGIN") is { Length: > 0 } margin) result = result with { MemoryMargin = ParseDouble("RANNC_MEM_MARGIN", margin) };
-        if (lookup("RANNC_SCHEDULE") is { Length: > 0 } schedule) result = result with { Schedule = ParseSchedule(schedule) };
-        if (lookup("RANNC_PLAN") is { Length: > 0 } plan) result = result with { ForcedReplicas = ParsePlan(plan), ForcedShape = null };
+        if (lookup("RANNC_SCHEDULE") is { Length: > 0 } schedule) result = result with { Schedule = Named("RANNC_SCHEDULE", schedule, ParseSchedule) };
+        if (lookup("RANNC_PLAN") is { Length: > 0 } plan) result = result with { ForcedReplicas = Named("RANNC_PLAN", plan, ParsePlan), ForcedShape = null };
         if (lookup("RANNC_MICRO_BATCHES") is { Length: > 0 } micro) result = result with { MicroBatches = ParsePositive("RANNC_MICRO_BATCHES", micro) };
         if (lookup("RANNC_PLAN_CACHE") is { } cache) result = result with { PlanCacheDirectory = cache };
         if (lookup("RANNC_SAVE_DEPLOYMENT") is { Length: > 0 } save) result = result with { SaveDeploymentPath = save };
@@ -115,6 +115,21 @@ public sealed record RanncOptions
         return checked((long)Math.Round(number * unit));
     }
 
+    /// <summary>A size for the variable <paramref name="name"/>: errors name it and the accepted form.</summary>
+    private static long ParsePositiveBytes(string name, string text)
+    {
+        long bytes;
+        try
+        {
+            bytes = ParseBytes(text);
+        }
+        catch (Exception e) when (e is FormatException or OverflowException)
+        {
+            throw new FormatException($"{name}='{text}': {e.Message}", e);
+        }
+        return bytes > 0 ? bytes : throw new FormatException($"{name}='{text}' must be a size above zero, e.g. 512MiB or 2GiB.");
+    }
+
     /// <summary>Parses <c>auto</c>, <c>gpipe</c> or <c>1f1b</c>.</summary>
     public static PipelineScheduleKind? ParseSchedule(string text) => text.Trim().ToLowerInvariant() switch
     {
@@ -138,6 +153,18 @@ public sealed record RanncOptions
         string[] counts = trimmed.Split(',');
         if (counts.All(c => int.TryParse(c, out int r) && r > 0)) return counts.Select(int.Parse).ToList();
         throw new FormatException($"'{text}' is not a plan shape; write auto, SxR (e.g. 2x2: 2 stages of 2 replicas) or replicas per stage (e.g. 1,2).");
+    }
+
+    private static T Named<T>(string name, string text, Func<string, T> parse)
+    {
+        try
+        {
+            return parse(text);
+        }
+        catch (FormatException e)
+        {
+            throw new FormatException($"{name}: {e.Message}", e);
+        }
     }
 
     private static int ParsePositive(string name, string text) =>
