@@ -614,7 +614,9 @@ internal sealed partial class ForwardWalker
         // static helpers of other classes with source here are inlined like the class's own (they cannot touch 'this')
         var owner = SymbolEqualityComparer.Default.Equals(method.ContainingType, _type)
             || (method.IsStatic && !KnownSymbols.IsInTorchSharp(method));
+        // a generic helper's body may name its type parameters, which do not exist where the generated code runs
         return owner
+            && !method.IsGenericMethod
             && !method.IsVirtual && !method.IsAbstract && !method.IsOverride && !method.IsExtern
             && method.MethodKind == MethodKind.Ordinary
             && method.DeclaringSyntaxReferences.Length == 1

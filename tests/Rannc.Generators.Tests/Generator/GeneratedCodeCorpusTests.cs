@@ -98,6 +98,19 @@ public sealed class GeneratedCodeCorpusTests
         // ---- containers
         { "calls through Sequential and abstract module fields", "Module<Tensor, Tensor>", "Tensor x",
             "return head.forward(features.forward(x));", ["RANNC0009", "RANNC0009"] },
+        // ---- expressions whose translation could name something that does not exist in the generated code
+        { "generic helper", "Module<Tensor, Tensor>", "Tensor x",
+            "return Twice<Tensor>(x, x);", ["RANNC0002"] },
+        { "array results, index from end, as-conversion", "Module<Tensor, Tensor>", "Tensor x",
+            "var parts = x.chunk(2, 1); var last = parts[^1] as Tensor; return parts[0] * last!.shape[^1];", [] },
+        { "interpolated string", "Module<Tensor, Tensor>", "Tensor x",
+            "var label = $\"{x.size(0)}\"; return x;", ["RANNC0008"] },
+        { "conditional access and coalescing", "Module<Tensor, Tensor?, Tensor>", "Tensor x, Tensor? mask",
+            "var y = extra?.forward(x); return mask ?? x;", ["RANNC0008", "RANNC0008"] },
+        { "type tests", "Module<Tensor, Tensor>", "Tensor x",
+            "var isLinear = proj is Linear l; var kind = typeof(Tensor); return x;", ["RANNC0008", "RANNC0008"] },
+        { "local function", "Module<Tensor, Tensor>", "Tensor x",
+            "Tensor Local(Tensor t) => t * 2; return Local(x);", ["RANNC0002", "RANNC0008"] },
         // ---- other refused statements
         { "while loop", "Module<Tensor, Tensor>", "Tensor x",
             "var i = 0; while (i < maxLen) { x = x + 1; i++; } return x;", ["RANNC0008"] },
@@ -149,6 +162,8 @@ public sealed class GeneratedCodeCorpusTests
                 }
 
                 private (Tensor, Tensor) Split(Tensor t) => (t * 2, t + 3);
+
+                private static T Twice<T>(T first, T second) where T : Tensor => (T)(first + second);
             }
             """;
 
