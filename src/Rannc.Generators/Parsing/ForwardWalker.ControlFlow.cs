@@ -100,7 +100,9 @@ internal sealed partial class ForwardWalker
             // both arms are already values (or constants): a choice between them is an ordinary expression, also on shapes
             if (!condition.DependsOnValues && !trueValue.DependsOnValues && !falseValue.DependsOnValues)
             {
-                return new Operand("((" + condition.Code + ") ? (" + trueValue.Code + ") : (" + falseValue.Code + "))", conditional.Type);
+                // a choice between submodules is still a submodule: its call must be a Module node that owns the parameters
+                return new Operand("((" + condition.Code + ") ? (" + trueValue.Code + ") : (" + falseValue.Code + "))", conditional.Type,
+                    trueValue.IsModule && falseValue.IsModule);
             }
             if (!trueValue.IsTuple && !falseValue.IsTuple)
             {
