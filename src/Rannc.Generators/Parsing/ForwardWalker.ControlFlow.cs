@@ -97,12 +97,14 @@ internal sealed partial class ForwardWalker
         {
             var trueValue = Eval(whenTrue);
             var falseValue = Eval(whenFalse);
-            // both arms are already values (or constants): a choice between them is an ordinary expression, also on shapes
             if (!condition.DependsOnValues && !trueValue.DependsOnValues && !falseValue.DependsOnValues)
             {
-                return new Operand("((" + condition.Code + ") ? (" + trueValue.Code + ") : (" + falseValue.Code + "))", conditional.Type);
+                // a choice between submodules is still a submodule: its call must be a Module node that owns the parameters
+                return new Operand("((" + condition.Code + ") ? (" + trueValue.Code + ") : (" + falseValue.Code + "))", conditional.Type,
+                    trueValue.IsModule && falseValue.IsModule);
             }
-            if (!trueValue.IsTuple && !falseValue.IsTuple)
+            // on shapes, a choice between existing values needs no guarded branch: one node chooses for every batch
+            if (condition.DependsOnValues && !trueValue.IsTuple && !falseValue.IsTuple)
             {
                 return AddNode("Expression", string.Empty, "?:", conditional, conditional.Type,
                     "((" + condition.Code + ") ? (" + trueValue.Code + ") : (" + falseValue.Code + "))", valueName: "choice");
@@ -158,7 +160,7 @@ internal sealed partial class ForwardWalker
         if (selector.DependsOnValues)
         {
             Report(DiagnosticDescriptors.DataDependentControlFlow, switchOperation.Value.Syntax.GetLocation(), TypeName,
-                "'switch (" + switchOperation.Value.Syntax + ")'" + (IsShapeLike(selector) ? ", on shapes: only 'if' and '?:' on shapes are resolved from the first batch" : string.Empty));
+                "'switch (" + switchOperation.Value.Syntax + ")'" + (IsShapeLike(selector) ? ", on shapes: 'if', '?:' and 'for' bounds on shapes are resolved from the first batch, 'switch' is not" : string.Empty));
             return;
         }
         var select = new StringBuilder();
@@ -420,7 +422,7 @@ internal sealed partial class ForwardWalker
             // from the first batch and guards like the arm of a branch on shapes
             countValue = AddNode("Expression", string.Empty, "trip count", forLoop.Condition!, _known.Compilation.GetSpecialType(SpecialType.System_Int32),
                 "(int)global::System.Math.Max(0L, (long)(" + bound.Code + ") - (long)(" + startCode + "))", valueName: "count").SingleValue ?? -1;
-            countCode = "0";
+            countCode = "0"; // not used: the emitter makes GetLoopCount refuse this loop
         }
         Loop(forLoop, forLoop.Body, countCode,
             "for (" + forLoop.Condition!.Syntax + ")", depth =>

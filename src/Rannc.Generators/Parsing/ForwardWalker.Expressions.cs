@@ -58,6 +58,8 @@ internal sealed partial class ForwardWalker
                 return CollectionCreation(creation);
             case ICollectionExpressionOperation collection:
                 return CollectionExpression(collection);
+            case ICoalesceOperation coalesce when coalesce.ValueConversion.IsIdentity:
+                return Coalesce(coalesce);
             case IConditionalOperation conditional when conditional.WhenFalse is not null:
                 return ConditionalExpression(conditional);
             case IRangeOperation range:
@@ -315,6 +317,36 @@ internal sealed partial class ForwardWalker
         return definition is "System.ReadOnlySpan<T>" or "System.Span<T>" or "System.Collections.Generic.IEnumerable<T>"
             or "System.Collections.Generic.IReadOnlyList<T>" or "System.Collections.Generic.IReadOnlyCollection<T>"
             or "System.Collections.Generic.IList<T>" or "System.Collections.Generic.ICollection<T>";
+    }
+
+    /// <summary>
+    /// <c>mask ?? fallback</c>: on configuration a plain expression (or a branch when the fallback adds nodes); on an
+    /// optional input a branch on whether it is null, resolved from the first batch like <c>mask is not null ? mask : fallback</c>.
+    /// </summary>
+    private Operand Coalesce(ICoalesceOperation coalesce)
+    {
+        var value = Eval(coalesce.Value);
+        if (!value.DependsOnValues && !ContainsGraphWork(coalesce.WhenNull))
+        {
+            var fallback = Eval(coalesce.WhenNull);
+            if (!fallback.DependsOnValues)
+            {
+                // a choice between submodules is still a submodule: its call must be a Module node that owns the parameters
+                return new Operand("((" + value.Code + ") ?? (" + fallback.Code + "))", coalesce.Type, value.IsModule && fallback.IsModule);
+            }
+        }
+        var boolean = _known.Compilation.GetSpecialType(SpecialType.System_Boolean);
+        var code = "((object?)(" + value.Code + ") != null)";
+        var isNotNull = value.DependsOnValues
+            ? AddNode("Expression", string.Empty, "is not null", coalesce, boolean, code, valueName: "isNull", shapeLike: true)
+            : new Operand(code, boolean);
+        return Branch(
+            coalesce,
+            coalesce.Value.Syntax + " ?? ...",
+            isNotNull,
+            new List<Func<Operand?>> { () => value, () => Eval(coalesce.WhenNull) },
+            new List<IOperation> { coalesce.WhenNull },
+            coalesce.Type)!;
     }
 
     /// <summary>For the patterns 'null' and 'not null', whether the test is negated; otherwise null.</summary>
@@ -614,7 +646,9 @@ internal sealed partial class ForwardWalker
         // static helpers of other classes with source here are inlined like the class's own (they cannot touch 'this')
         var owner = SymbolEqualityComparer.Default.Equals(method.ContainingType, _type)
             || (method.IsStatic && !KnownSymbols.IsInTorchSharp(method));
+        // a generic helper's body may name its type parameters, which do not exist where the generated code runs
         return owner
+            && !method.IsGenericMethod
             && !method.IsVirtual && !method.IsAbstract && !method.IsOverride && !method.IsExtern
             && method.MethodKind == MethodKind.Ordinary
             && method.DeclaringSyntaxReferences.Length == 1

@@ -33,6 +33,7 @@ internal sealed partial class ForwardWalker
     private readonly List<int> _outputs = new();
     private readonly List<InPlaceUse> _inPlaceUses = new();
     private readonly List<IMethodSymbol> _inlining = new();
+    private readonly HashSet<Location> _untranslatable = new();
     private Body _body = new(null);
     private Scope _scope = new(null);
     private ReturnSink _return = new(0, 0, null);
@@ -294,6 +295,8 @@ internal sealed partial class ForwardWalker
         return result;
     }
 
+    private static readonly CSharpParseOptions GeneratedCodeOptions = CSharpParseOptions.Default.WithLanguageVersion(LanguageVersion.Latest);
+
     /// <summary>Tensor members whose result depends on the tensor's shape, type or placement, not on its contents.</summary>
     private static readonly HashSet<string> ShapeAccessors = new(StringComparer.Ordinal)
     {
@@ -312,9 +315,11 @@ internal sealed partial class ForwardWalker
     private void CheckTranslation(string code, bool isStatement, IOperation origin)
     {
         SyntaxNode parsed = isStatement
-            ? SyntaxFactory.ParseStatement(code, options: CSharpParseOptions.Default.WithLanguageVersion(LanguageVersion.Latest))
-            : SyntaxFactory.ParseExpression(code, options: CSharpParseOptions.Default.WithLanguageVersion(LanguageVersion.Latest));
-        if (code.Length == 0 || parsed.ContainsDiagnostics || parsed.FullSpan.Length != code.Length || code.IndexOf('\u0001') >= 0)
+            ? SyntaxFactory.ParseStatement(code, options: GeneratedCodeOptions)
+            : SyntaxFactory.ParseExpression(code, options: GeneratedCodeOptions);
+        var wellFormed = code.Length > 0 && !parsed.ContainsDiagnostics && parsed.FullSpan.Length == code.Length && code.IndexOf('\u0001') < 0;
+        // one finding per construct, however many nodes its fragment ends up in
+        if (!wellFormed && _untranslatable.Add(origin.Syntax.GetLocation()))
         {
             Report(DiagnosticDescriptors.UnsupportedConstruct, origin.Syntax.GetLocation(), TypeName,
                 "'" + origin.Syntax + "'", "the generator cannot translate it into code that compiles; rewrite it with locals, or report it as a Rannc bug");

@@ -65,6 +65,7 @@ public sealed class ModernCaptureTests
                 {
                     h = h + mask;
                 }
+                h = h + (mask ?? torch.zeros_like(h)) * 0.5;
                 for (var i = 0; i < seqLen - 1; i++)
                 {
                     h = h * 0.5 + i;
@@ -138,11 +139,12 @@ public sealed class ModernCaptureTests
         }
         // every branch on shapes or on non-tensor inputs was resolved for this batch and is guarded
         Assert.Equal(
-            ["norm == Norm.Rms ? ... : ...", "if (seqLen > 1)", "if (mask is not null)", "for (i < seqLen - 1)", "x.size(1) > maxLen ? ... : ...", "flag ? ... : ..."],
+            ["norm == Norm.Rms ? ... : ...", "if (seqLen > 1)", "if (mask is not null)", "mask ?? ...", "for (i < seqLen - 1)", "x.size(1) > maxLen ? ... : ...", "flag ? ... : ..."],
             graph.Guards.Select(g => g.Description));
         Assert.Equal(sequence > 1 ? 0 : 1, graph.Guards[1].Choice);
         Assert.Equal(withMask ? 0 : 1, graph.Guards[2].Choice);
-        Assert.Equal(sequence - 1, graph.Guards[3].Choice);
+        Assert.Equal(withMask ? 0 : 1, graph.Guards[3].Choice);
+        Assert.Equal(sequence - 1, graph.Guards[4].Choice);
         Assert.Contains(graph.Nodes, n => n.InPlace && n.Operation == "add_");
         Assert.Contains(graph.Nodes, n => n.InPlace && n.Operation == "relu_");
         Assert.Equal(ValueKind.Scalar, graph.Values[graph.Inputs[2]].Kind);
