@@ -156,3 +156,21 @@ public sealed partial class ZooAliasNet : Module<Tensor, Tensor, Tensor>
         return functional.cross_entropy(fc3.forward(w + y), labels);
     }
 }
+
+/// <summary>A captured model whose head is a plain (not [RaNNC]) module: one opaque node holding most parameters.</summary>
+[RaNNC]
+public sealed partial class ZooOpaqueNet : Module<Tensor, Tensor, Tensor>
+{
+    private readonly Linear fc;
+    private readonly Module<Tensor, Tensor> head;
+
+    public ZooOpaqueNet()
+        : base(nameof(ZooOpaqueNet))
+    {
+        fc = Linear(5, 6);
+        head = new ZooOpaqueHead(6, 3);
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x, Tensor labels) => functional.cross_entropy(head.forward(fc.forward(x)), labels);
+}
