@@ -18,15 +18,7 @@ internal static class ZooCatalog
 
     public static readonly ZooModel Alias = new("alias", () => new ZooAliasNet(), Vectors(5), Classes: 3, BatchNorm: false);
 
-    private static Tensor Images(int batch, int step)
-    {
-        using var generator = new Generator((ulong)(5000 + step));
-        return torch.randn([batch, 3, 8, 8], ScalarType.Float64, generator: generator);
-    }
+    private static Tensor Images(int batch, int step) => ZooData.Images(batch, step);
 
-    private static Func<int, int, Tensor> Vectors(int width) => (batch, step) =>
-    {
-        using var generator = new Generator((ulong)(6000 + step));
-        return torch.randn([batch, width], ScalarType.Float64, generator: generator);
-    };
+    private static Func<int, int, Tensor> Vectors(int width) => (batch, step) => ZooData.Vectors(batch, width, step);
 }

@@ -43,13 +43,9 @@ internal static class ZooHarness
     /// <summary>Each rank's memory budget, fixed so that a hand-made plan's recorded peaks can be computed here.</summary>
     private const long DeviceMemory = 1L << 30;
 
-    public static nn.Module CreateSeeded(ZooModel model) => SeededModels.Create(model.Create, 4321);
+    public static nn.Module CreateSeeded(ZooModel model) => SeededModels.Create(() => ZooData.Seeded(model.Create), 4321);
 
-    public static Tensor[] BatchOf(ZooModel model, int step)
-    {
-        using var generator = new Generator((ulong)(7000 + step));
-        return [model.Input(Batch, step), torch.randint(0, model.Classes, [Batch], ScalarType.Int64, generator: generator)];
-    }
+    public static Tensor[] BatchOf(ZooModel model, int step) => [model.Input(Batch, step), ZooData.Labels(Batch, model.Classes, step)];
 
     /// <summary>Leaf layers (modules without children) that forward() calls: every one must be a node of its own.</summary>
     public static void AssertOneNodePerLeafLayer(nn.Module model, CapturedGraph graph)
@@ -219,7 +215,7 @@ internal static class ZooHarness
         _ => throw new ArgumentException(name),
     };
 
-    private static (double[] Losses, Dictionary<string, Tensor> LastGradients, Dictionary<string, Tensor> Parameters) TrainReference(
+    internal static (double[] Losses, Dictionary<string, Tensor> LastGradients, Dictionary<string, Tensor> Parameters) TrainReference(
         ZooModel zoo, Tensor[][] batches, SampleRange[] slices, string optimizerName)
     {
         var model = (nn.Module<Tensor, Tensor, Tensor>)CreateSeeded(zoo);
@@ -246,7 +242,7 @@ internal static class ZooHarness
     private static Dictionary<string, Tensor> Gradients(nn.Module model) =>
         model.named_parameters().Where(p => p.parameter.grad is not null).ToDictionary(p => p.name, p => p.parameter.grad!.detach().clone());
 
-    private static void AssertClose(Tensor expected, Tensor actual, string what, double floor)
+    internal static void AssertClose(Tensor expected, Tensor actual, string what, double floor)
     {
         double scale = Math.Max(floor, expected.abs().max().item<double>());
         double difference = (actual - expected).abs().max().item<double>();
