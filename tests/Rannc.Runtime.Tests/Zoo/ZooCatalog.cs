@@ -18,7 +18,16 @@ internal static class ZooCatalog
 
     public static readonly ZooModel Alias = new("alias", () => new ZooAliasNet(), Vectors(5), Classes: 3, BatchNorm: false);
 
+    public static readonly ZooModel UNet = new("unet", () => new ZooUNet(), Images, Classes: 3, BatchNorm: true, Target: Mask);
+
     private static Tensor Images(int batch, int step) => ZooData.Images(batch, step);
+
+    /// <summary>A class per pixel of the 8×8 images.</summary>
+    private static Tensor Mask(int batch, int step)
+    {
+        using var generator = new Generator((ulong)(8000 + step));
+        return torch.randint(0, 3, [batch, 8, 8], ScalarType.Int64, generator: generator);
+    }
 
     private static Func<int, int, Tensor> Vectors(int width) => (batch, step) => ZooData.Vectors(batch, width, step);
 }

@@ -14,7 +14,9 @@ namespace Rannc.Tests.Zoo;
 /// <param name="Input">The input batch of a step (float64), from (batch, step).</param>
 /// <param name="Classes">Number of classes of the labels.</param>
 /// <param name="BatchNorm">True when the model normalises over the batch: the reference then runs the plan's slices.</param>
-public sealed record ZooModel(string Name, Func<nn.Module> Create, Func<int, int, Tensor> Input, int Classes, bool BatchNorm);
+/// <param name="Target">The second argument of a step, from (batch, step); null: class labels.</param>
+public sealed record ZooModel(string Name, Func<nn.Module> Create, Func<int, int, Tensor> Input, int Classes, bool BatchNorm,
+    Func<int, int, Tensor>? Target = null);
 
 /// <summary>
 /// How a zoo test places its stages: by the planner under a forced shape, or by cutting before named nodes
@@ -45,7 +47,8 @@ internal static class ZooHarness
 
     public static nn.Module CreateSeeded(ZooModel model) => SeededModels.Create(() => ZooData.Seeded(model.Create), 4321);
 
-    public static Tensor[] BatchOf(ZooModel model, int step) => [model.Input(Batch, step), ZooData.Labels(Batch, model.Classes, step)];
+    public static Tensor[] BatchOf(ZooModel model, int step) =>
+        [model.Input(Batch, step), model.Target?.Invoke(Batch, step) ?? ZooData.Labels(Batch, model.Classes, step)];
 
     /// <summary>Leaf layers (modules without children) that forward() calls: every one must be a node of its own.</summary>
     public static void AssertOneNodePerLeafLayer(nn.Module model, CapturedGraph graph)

@@ -18,6 +18,7 @@ public sealed class ZooTests
         ["mobilenet"] = ZooCatalog.MobileNet,
         ["inplace"] = ZooCatalog.InPlace,
         ["alias"] = ZooCatalog.Alias,
+        ["unet"] = ZooCatalog.UNet,
     };
 
     /// <summary>Per model: the planner's cut, and hand-made cuts inside Sequentials (before in-place layers where possible).</summary>
@@ -35,6 +36,7 @@ public sealed class ZooTests
         Add("vgg", "features.4", "features.1;features.4;classifier.1", "features.5");
         Add("mobilenet", "features.4.conv.2", "features.3.conv.2;features.4.conv.3;features.5.conv.5", "features.5.conv.2");
         Add("inplace", "relu_", "relu_;mul_;act_1", "mul_");
+        Add("unet", "down1.1.3", "inc.2;down2.1.0;conv1.3", "down1.1.2");
         // The middle stage writes into a received value that the last stage reads too: its gradient flows back through the ReLU.
         data.Add("alias", "act;addition 1,1,1", "1f1b", "sgd");
         data.Add("alias", "act;addition 1,1,1", "gpipe", "adam");
@@ -58,6 +60,7 @@ public sealed class ZooTests
     [InlineData("vgg")]
     [InlineData("mobilenet")]
     [InlineData("inplace")]
+    [InlineData("unet")]
     public void Zoo_CapturesOneNodePerLeafLayer(string model)
     {
         nn.Module module = ZooHarness.CreateSeeded(Models[model]);
