@@ -396,6 +396,7 @@ public sealed class RanncModule : IDisposable
         }
         else
         {
+            if (PlanFailure.TooFewNodes(graph, planning.ForcedReplicasPerStage) is { } tooFew) throw new InvalidOperationException(tooFew);
             var profileClock = Stopwatch.StartNew();
             // Two sizes around the slices a replica will run: a few samples, and the batch shared out among the ranks.
             int largeSamples = Math.Max(1, batch / Math.Max(1, _world.Size));
@@ -408,12 +409,8 @@ public sealed class RanncModule : IDisposable
             }
             catch (NoFeasiblePlanException e)
             {
-                string needed = e.RequiredPeakBytes >= 0
-                    ? $"the smallest plan needs {FormatBytes(e.RequiredPeakBytes)} per rank before the {_options.MemoryMargin:P0} margin"
-                    : "no plan shape is allowed by the options";
                 throw new InvalidOperationException(
-                    $"The model does not fit: {needed}, but each of the {_world.Size} rank(s) has {FormatBytes(budget)} " +
-                    $"(set RANNC_DEVICE_MEMORY or add ranks). Planner: {e.Message}", e);
+                    PlanFailure.Explain(e, graph, planning.ForcedReplicasPerStage, _world.Size, FormatBytes(budget), _options.MemoryMargin), e);
             }
             if (_world.Rank == 0) SavePlan(key, plan);
         }
@@ -654,6 +651,7 @@ public sealed class RanncModule : IDisposable
                 $"({stage.NodeIds.Count}), parameters {FormatBytes(parameterBytes)}, peak {FormatBytes(stage.PeakMemoryBytes)}, " +
                 $"replicas {stage.ReplicaRanks.Count} on ranks [{string.Join(", ", stage.ReplicaRanks)}]{(stage.Recompute ? ", recompute" : "")}");
         }
+        if (OpaqueModules.Summary(graph) is { } opaque) text.AppendLine("  " + opaque);
         return text.ToString().TrimEnd();
     }
 

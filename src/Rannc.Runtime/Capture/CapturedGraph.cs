@@ -9,11 +9,12 @@ public sealed class CapturedNode
     private readonly int[] _inputs;
     private readonly int[] _outputs;
     private readonly int[] _loopIndices;
+    private readonly NodeExecutor _executor;
 
     internal CapturedNode(
         int id, string name, NodeKind kind, string operation, string modulePath, string location,
         int[] inputs, int[] outputs, IReadOnlyList<string> parameters, IReadOnlyList<string> buffers,
-        ICapturedModule owner, int templateNodeId, int[] loopIndices)
+        NodeExecutor executor, int[] loopIndices, bool modifiesInput, string? opaqueReason)
     {
         Id = id;
         Name = name;
@@ -25,9 +26,10 @@ public sealed class CapturedNode
         _outputs = outputs;
         Parameters = parameters;
         Buffers = buffers;
-        Owner = owner;
-        TemplateNodeId = templateNodeId;
+        _executor = executor;
         _loopIndices = loopIndices;
+        ModifiesInput = modifiesInput;
+        OpaqueReason = opaqueReason;
     }
 
     /// <summary>Position in <see cref="CapturedGraph.Nodes"/>; nodes are in a topological order.</summary>
@@ -62,15 +64,31 @@ public sealed class CapturedNode
     /// <summary>Names, as in the model's <c>named_buffers()</c>, of the buffers this node uses.</summary>
     public IReadOnlyList<string> Buffers { get; }
 
-    /// <summary>True for an in-place tensor method: its output is its first input, modified (see <see cref="TemplateNode.InPlace"/>).</summary>
-    public bool InPlace { get; init; }
+    /// <summary>
+    /// Whether the node may write into its first input tensor (an in-place method such as <c>relu_</c>, a module built
+    /// with <c>inplace: true</c>, or a user module whose code is not captured). Callers that must keep a tensor unchanged,
+    /// or that pass an autograd leaf, give such a node a copy.
+    /// </summary>
+    public bool ModifiesInput { get; }
 
-    internal ICapturedModule Owner { get; }
+    /// <summary>
+    /// For a module node whose class is neither TorchSharp's nor a captured <c>[RaNNC]</c> class: why it stays one
+    /// opaque node (the partitioner cannot cut inside it); null otherwise.
+    /// </summary>
+    public string? OpaqueReason { get; }
 
-    internal int TemplateNodeId { get; }
-
-    internal void Execute(object?[] values) =>
-        Owner.ExecuteNode(TemplateNodeId, new NodeFrame(values, _inputs, _outputs, _loopIndices));
+    /// <summary>Runs the node; an error names the node and its source location.</summary>
+    internal void Execute(object?[] values)
+    {
+        try
+        {
+            _executor.Execute(new NodeFrame(values, _inputs, _outputs, _loopIndices));
+        }
+        catch (Exception e) when (e is not NodeExecutionException)
+        {
+            throw new NodeExecutionException(this, e);
+        }
+    }
 
     public override string ToString() => Name;
 }
@@ -109,7 +127,20 @@ public sealed class CapturedGraph
         Parameters = parameters;
         Inputs = inputs;
         Outputs = outputs;
+        ModifiedInPlace = nodes.Where(n => n.ModifiesInput && n.Inputs.Count > 0).Select(n => n.Inputs[0]).ToHashSet();
     }
+
+    /// <summary>Values that some node may write into (the first input of every node with <see cref="CapturedNode.ModifiesInput"/>).</summary>
+    public IReadOnlySet<int> ModifiedInPlace { get; }
+
+    /// <summary>
+    /// What to bind to value <paramref name="value"/> when <paramref name="given"/> comes from outside the nodes (a
+    /// graph input, a tensor received from another stage): a copy when a node may write into it, so the caller's tensor
+    /// stays unchanged and an autograd leaf is never modified in place (libtorch refuses that); the copy is
+    /// differentiable, so gradients still reach the leaf. Otherwise <paramref name="given"/> itself.
+    /// </summary>
+    public object? BindExternal(int value, object? given) =>
+        given is Tensor tensor && ModifiedInPlace.Contains(value) ? tensor.clone() : given;
 
     /// <summary>The module instance the graph was built for; its nodes execute on this instance's submodules.</summary>
     public nn.Module Model { get; }
@@ -190,7 +221,7 @@ public sealed class CapturedGraph
         var values = new object?[Values.Count];
         for (var i = 0; i < inputs.Length; i++)
         {
-            values[Inputs[i]] = inputs[i];
+            values[Inputs[i]] = BindExternal(Inputs[i], inputs[i]);
         }
         foreach (var node in Nodes)
         {
@@ -210,7 +241,7 @@ public sealed class CapturedGraph
         var values = new object?[Values.Count];
         for (var i = 0; i < inputs.Length; i++)
         {
-            values[Inputs[i]] = inputs[i];
+            values[Inputs[i]] = BindExternal(Inputs[i], inputs[i]);
         }
         foreach (var node in Nodes)
         {
@@ -296,7 +327,8 @@ public sealed class CapturedGraph
     /// Runs the nodes of <paramref name="stage"/> in their own value environment, which holds only
     /// <paramref name="inputs"/> (every <see cref="GraphStage.InputValues"/> entry), and returns the stage's output values.
     /// Autograd is intact: <c>backward</c> from the outputs with received gradients reaches the parameters the stage
-    /// uses and any input tensors that require gradients.
+    /// uses and any input tensors that require gradients. The inputs are bound as given: a node may write into one of
+    /// <see cref="ModifiedInPlace"/> (pass <see cref="BindExternal"/>'s result to prevent it).
     /// </summary>
     public IReadOnlyDictionary<int, object?> ExecuteStage(GraphStage stage, IReadOnlyDictionary<int, object?> inputs) =>
         ExecuteStage(stage, inputs, []);
@@ -350,6 +382,43 @@ public sealed record ShapeGuard(string ModuleType, string Description, string Lo
 /// <param name="InputValues">Values the stage reads but does not produce (graph inputs or other stages' outputs).</param>
 /// <param name="OutputValues">Values the stage produces that other nodes read or that the graph returns.</param>
 public sealed record GraphStage(IReadOnlyList<int> NodeIds, IReadOnlyList<int> InputValues, IReadOnlyList<int> OutputValues);
+
+/// <summary>Thrown when a node of the graph fails; the message names the node and its source line.</summary>
+public sealed class NodeExecutionException : Exception
+{
+    internal NodeExecutionException(CapturedNode node, Exception inner)
+        : base($"Node '{node.Name}' ({node.Location}) failed: {FirstLine(inner.Message)}", inner)
+    {
+        NodeName = node.Name;
+    }
+
+    public NodeExecutionException()
+    {
+        NodeName = string.Empty;
+    }
+
+    public NodeExecutionException(string message)
+        : base(message)
+    {
+        NodeName = string.Empty;
+    }
+
+    public NodeExecutionException(string message, Exception innerException)
+        : base(message, innerException)
+    {
+        NodeName = string.Empty;
+    }
+
+    /// <summary>The failing node's name (<c>layers.1.conv1</c>).</summary>
+    public string NodeName { get; }
+
+    // libtorch appends its C++ stack to the message; the first line says what went wrong.
+    private static string FirstLine(string message)
+    {
+        var end = message.IndexOf('\n', StringComparison.Ordinal);
+        return (end < 0 ? message : message[..end]).TrimEnd();
+    }
+}
 
 /// <summary>Thrown when a graph cannot be built for a module.</summary>
 public sealed class CaptureException : Exception

@@ -1,12 +1,14 @@
 using System.Globalization;
 using TorchSharp;
+using TorchSharp.Modules;
 using static TorchSharp.torch;
 
 namespace Rannc.Capture;
 
 /// <summary>
 /// Unrolls a <see cref="CaptureTemplate"/> for one module instance: asks the instance for loop trip counts and branch
-/// arms, inlines <c>[RaNNC]</c> submodules under their module path, and names every node, value and parameter.
+/// arms, inlines <c>[RaNNC]</c> submodules under their module path (whatever the type of the field that holds them),
+/// expands <c>Sequential</c> calls into their children, and names every node, value and parameter.
 /// </summary>
 internal sealed class GraphBuilder
 {
@@ -120,6 +122,17 @@ internal sealed class GraphBuilder
         }
         using (torch.no_grad())
         {
+            if (_sampleExecuted == 0)
+            {
+                // The nodes may write into their inputs in place: they must not change the caller's batch.
+                for (var i = 0; i < _sample.Length; i++)
+                {
+                    if (_sample[i] is Tensor given)
+                    {
+                        _sample[i] = given.clone();
+                    }
+                }
+            }
             for (; _sampleExecuted < _nodes.Count; _sampleExecuted++)
             {
                 _nodes[_sampleExecuted].Execute(_sample);
@@ -210,26 +223,28 @@ internal sealed class GraphBuilder
         var buffers = new List<string>();
         string name;
         var modulePath = prefix;
+        var modifiesInput = false;
+        string? opaqueReason = null;
         switch (node.Kind)
         {
             case NodeKind.Module:
                 var module = owner.ResolveTarget(node.Id, loopIndices.ToArray()) as nn.Module
                     ?? throw new InvalidOperationException($"Submodule {node.Target} of {template.ModuleType} is null.");
-                modulePath = _modulePaths.TryGetValue(module, out var path) ? path : Join(prefix, node.Target);
+                modulePath = PathOf(module, prefix, node.Target);
                 if (module is ICapturedModule inner && inner.CaptureTemplate.IsCaptured)
                 {
                     Inline(inner, node, inputs, scope, modulePath);
                     return;
                 }
+                if (module is Sequential sequential && SequentialChildren(sequential) is { } children && inputs.Length == 1 && node.Outputs.Length == 1)
+                {
+                    scope.Bind(node.Outputs[0], ExpandSequential(children, inputs[0], modulePath, node.Location));
+                    return;
+                }
                 name = UniqueName(modulePath);
-                foreach (var (parameterName, parameter) in module.named_parameters())
-                {
-                    AddOnce(parameters, CanonicalName(modulePath, parameterName, parameter));
-                }
-                foreach (var (bufferName, buffer) in module.named_buffers())
-                {
-                    AddOnce(buffers, CanonicalName(modulePath, bufferName, buffer));
-                }
+                AddModuleTensors(module, modulePath, parameters, buffers);
+                modifiesInput = InPlace.ModuleMayModifyInput(module);
+                opaqueReason = OpaqueReason(module);
                 break;
             case NodeKind.Attribute:
                 var tensor = owner.ResolveTarget(node.Id, loopIndices.ToArray()) as Tensor;
@@ -245,33 +260,138 @@ internal sealed class GraphBuilder
                 break;
             default:
                 name = UniqueName(Join(prefix, OperationName(node)));
+                modifiesInput = node.InPlace || (node.Kind == NodeKind.TensorMethod && InPlace.IsInPlaceMethod(node.Operation));
                 break;
         }
-        var id = _nodes.Count;
         var outputs = new int[node.Outputs.Length];
         for (var k = 0; k < outputs.Length; k++)
         {
             var valueName = outputs.Length == 1 ? name : name + "." + k.ToString(CultureInfo.InvariantCulture);
-            outputs[k] = NewValue(valueName, template.Values[node.Outputs[k]], id);
+            outputs[k] = NewValue(valueName, template.Values[node.Outputs[k]], _nodes.Count);
             scope.Bind(node.Outputs[k], outputs[k]);
         }
+        AddCapturedNode(
+            name, node.Kind, node.Operation, modulePath, node.Location, inputs, outputs, parameters, buffers,
+            new GeneratedNodeExecutor(owner, node.Id), loopIndices.ToArray(), modifiesInput, opaqueReason);
+    }
+
+    private void AddCapturedNode(
+        string name, NodeKind kind, string operation, string modulePath, string location, int[] inputs, int[] outputs,
+        List<string> parameters, List<string> buffers, NodeExecutor executor, int[] loopIndices, bool modifiesInput, string? opaqueReason)
+    {
+        var id = _nodes.Count;
         foreach (var parameter in parameters.Concat(buffers))
         {
             RegisterParameter(parameter, id);
         }
         _nodes.Add(new CapturedNode(
-            id, name, node.Kind, node.Operation, modulePath, node.Location, inputs, outputs, parameters, buffers,
-            owner, node.Id, loopIndices.ToArray()) { InPlace = node.InPlace });
+            id, name, kind, operation, modulePath, location, inputs, outputs, parameters, buffers, executor, loopIndices, modifiesInput, opaqueReason));
+    }
+
+    /// <summary>The module's path as in the model's <c>named_modules()</c>; a module the model does not register gets its field's name.</summary>
+    private string PathOf(nn.Module module, string prefix, string fallback) =>
+        _modulePaths.TryGetValue(module, out var path) ? path : Join(prefix, fallback);
+
+    private void AddModuleTensors(nn.Module module, string modulePath, List<string> parameters, List<string> buffers)
+    {
+        foreach (var (parameterName, parameter) in module.named_parameters())
+        {
+            AddOnce(parameters, CanonicalName(modulePath, parameterName, parameter));
+        }
+        foreach (var (bufferName, buffer) in module.named_buffers())
+        {
+            AddOnce(buffers, CanonicalName(modulePath, bufferName, buffer));
+        }
+    }
+
+    /// <summary>
+    /// The children of a <c>Sequential</c> in call order with their names, or null when one of them is not a
+    /// one-tensor module (then the <c>Sequential</c> stays one node).
+    /// </summary>
+    private static List<(string Name, nn.Module<Tensor, Tensor> Module)>? SequentialChildren(Sequential sequential)
+    {
+        var children = new List<(string, nn.Module<Tensor, Tensor>)>();
+        foreach (var (childName, child) in sequential.named_children())
+        {
+            if (child is not nn.Module<Tensor, Tensor> call)
+            {
+                return null;
+            }
+            children.Add((childName, call));
+        }
+        return children;
+    }
+
+    /// <summary>
+    /// A call of a <c>Sequential</c> becomes the chain of its children, as its forward() runs them: <c>[RaNNC]</c>
+    /// children are inlined, nested <c>Sequential</c>s expand in turn, other children are one node each, so that a
+    /// cut can fall between any two layers. Returns the value the chain ends with.
+    /// </summary>
+    private int ExpandSequential(List<(string Name, nn.Module<Tensor, Tensor> Module)> children, int input, string path, string location)
+    {
+        var current = input;
+        foreach (var (childName, child) in children)
+        {
+            var childPath = PathOf(child, path, childName);
+            if (child is ICapturedModule inner && inner.CaptureTemplate.IsCaptured)
+            {
+                current = InlineCall(inner, [current], 1, childPath, location)[0];
+                continue;
+            }
+            if (child is Sequential nested && SequentialChildren(nested) is { } grandchildren)
+            {
+                current = ExpandSequential(grandchildren, current, childPath, location);
+                continue;
+            }
+            var parameters = new List<string>();
+            var buffers = new List<string>();
+            AddModuleTensors(child, childPath, parameters, buffers);
+            var name = UniqueName(childPath);
+            var output = NewValue(name, SequentialValue, _nodes.Count);
+            AddCapturedNode(
+                name, NodeKind.Module, "forward", childPath, location, [current], [output], parameters, buffers,
+                new ModuleCallExecutor(child), [], InPlace.ModuleMayModifyInput(child), OpaqueReason(child));
+            current = output;
+        }
+        return current;
+    }
+
+    /// <summary>The template value of a tensor passed between the children of a <c>Sequential</c>.</summary>
+    private static readonly TemplateValue SequentialValue = new(-1, "x", "TorchSharp.torch.Tensor", ValueKind.Tensor);
+
+    /// <summary>Why a leaf module stays opaque, for modules that are not TorchSharp's own layers; null for those.</summary>
+    private static string? OpaqueReason(nn.Module module)
+    {
+        var type = module.GetType();
+        if (InPlace.IsTorchSharpType(type))
+        {
+            return module is Sequential ? "a child is not a Module<Tensor, Tensor>" : null;
+        }
+        if (module is ICapturedModule captured)
+        {
+            return $"forward() of {type.Name} could not be captured: {string.Join("; ", captured.CaptureTemplate.Errors)}";
+        }
+        return $"{type.Name} is not marked [RaNNC] (add [RaNNC] and partial to its class to look inside it)";
     }
 
     /// <summary>Replaces a call of a <c>[RaNNC]</c> submodule by the nodes of its own template.</summary>
     private void Inline(ICapturedModule inner, TemplateNode call, int[] inputs, Scope callerScope, string modulePath)
     {
+        var results = InlineCall(inner, inputs, call.Outputs.Length, modulePath, call.Target + "." + call.Operation + " at " + call.Location);
+        for (var k = 0; k < call.Outputs.Length; k++)
+        {
+            callerScope.Bind(call.Outputs[k], results[k]);
+        }
+    }
+
+    /// <summary>Unrolls <paramref name="inner"/>'s template on <paramref name="inputs"/> under <paramref name="modulePath"/>; returns its outputs.</summary>
+    private int[] InlineCall(ICapturedModule inner, int[] inputs, int expectedOutputs, string modulePath, string callDescription)
+    {
         var template = inner.CaptureTemplate;
-        if (template.Inputs.Length != inputs.Length || template.Outputs.Length != call.Outputs.Length)
+        if (template.Inputs.Length != inputs.Length || template.Outputs.Length != expectedOutputs)
         {
             throw new CaptureException(
-                $"The call {call.Target}.{call.Operation} at {call.Location} passes {inputs.Length} value(s) and expects {call.Outputs.Length}, "
+                $"The call {callDescription} passes {inputs.Length} value(s) and expects {expectedOutputs}, "
                 + $"but forward() of {template.ModuleType} takes {template.Inputs.Length} and returns {template.Outputs.Length}.");
         }
         var scope = new Scope(null);
@@ -280,10 +400,7 @@ internal sealed class GraphBuilder
             scope.Bind(template.Inputs[i], inputs[i]);
         }
         Unroll(inner, template, template.Body, scope, modulePath, []);
-        for (var k = 0; k < call.Outputs.Length; k++)
-        {
-            callerScope.Bind(call.Outputs[k], scope.Lookup(template.Outputs[k]));
-        }
+        return template.Outputs.Select(scope.Lookup).ToArray();
     }
 
     private void RegisterParameter(string name, int node)

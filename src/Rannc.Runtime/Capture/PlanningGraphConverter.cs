@@ -26,7 +26,7 @@ public static class PlanningGraphConverter
         var values = new object?[graph.Values.Count];
         for (var i = 0; i < inputs.Length; i++)
         {
-            values[graph.Inputs[i]] = inputs[i];
+            values[graph.Inputs[i]] = graph.BindExternal(graph.Inputs[i], inputs[i]);
         }
         foreach (var node in graph.Nodes)
         {

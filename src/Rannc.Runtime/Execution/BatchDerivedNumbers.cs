@@ -55,7 +55,7 @@ internal sealed record BatchDerivedNumber(long[] Slope, long[] Offset)
         using var scope = torch.NewDisposeScope();
         using var noGrad = torch.no_grad();
         var values = new object?[graph.Values.Count];
-        for (int i = 0; i < inputs.Length; i++) values[graph.Inputs[i]] = inputs[i];
+        for (int i = 0; i < inputs.Length; i++) values[graph.Inputs[i]] = graph.BindExternal(graph.Inputs[i], inputs[i]);
         foreach (CapturedNode node in graph.Nodes) node.Execute(values);
         return values.Select(value => value switch
         {

@@ -13,7 +13,8 @@ namespace Rannc.Execution;
 /// then gathered so every rank plans with the same numbers. Each node is timed at two micro-batch sizes, so its cost
 /// splits into a fixed part (dispatch, small kernels) and a part per sample: with only the second, the planner would
 /// think many small micro-batches are free. Gradients are computed with <c>autograd.grad</c>, so no parameter's
-/// <c>.grad</c> changes; the caller restores buffers and the random state.
+/// <c>.grad</c> changes; the caller restores buffers and the random state. A node that writes into its input is timed
+/// on a copy of it, so the rounds see the same values and the real pass stays as plain forward() would run it.
 /// </summary>
 internal static class NodeProfiler
 {
@@ -55,14 +56,21 @@ internal static class NodeProfiler
         using (torch.NewDisposeScope())
         {
             var values = new object?[graph.Values.Count];
-            for (int i = 0; i < sampleInputs.Count; i++) values[graph.Inputs[i]] = sampleInputs[i];
+            for (int i = 0; i < sampleInputs.Count; i++) values[graph.Inputs[i]] = graph.BindExternal(graph.Inputs[i], sampleInputs[i]);
             using (torch.enable_grad())
             {
                 foreach (CapturedNode node in graph.Nodes)
                 {
                     if (node.Id % comm.Size == comm.Rank)
                     {
-                        (forward[node.Id], backward[node.Id]) = Measure(node, values, parameters, repeats);
+                        try
+                        {
+                            (forward[node.Id], backward[node.Id]) = Measure(node, values, parameters, repeats);
+                        }
+                        catch (Exception e) when (e is not NodeExecutionException)
+                        {
+                            throw new NodeExecutionException($"Profiling node '{node.Name}' ({node.Location}) failed: {e.Message}", e);
+                        }
                     }
                     node.Execute(values); // the real values, for the nodes after it
                 }
@@ -86,13 +94,20 @@ internal static class NodeProfiler
             using var scope = torch.NewDisposeScope();
             var values = (object?[])environment.Clone();
             var leaves = new List<Tensor>();
-            foreach (int v in node.Inputs)
+            foreach (int v in node.Inputs.Distinct())
             {
+                // A node that writes into its input gets a copy: the environment's value stays as the real pass made it
+                // for every round, and the leaf itself is never written (libtorch refuses in-place writes on a leaf).
+                bool written = node.ModifiesInput && v == node.Inputs[0];
                 if (values[v] is Tensor t && t.is_floating_point())
                 {
                     Tensor leaf = t.detach().requires_grad_(true);
-                    values[v] = leaf;
+                    values[v] = written ? leaf.clone() : leaf;
                     leaves.Add(leaf);
+                }
+                else if (values[v] is Tensor other && written)
+                {
+                    values[v] = other.clone();
                 }
             }
             var clock = Stopwatch.StartNew();

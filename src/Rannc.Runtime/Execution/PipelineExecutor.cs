@@ -186,6 +186,7 @@ internal sealed class PipelineExecutor
     {
         private readonly Dictionary<int, Dictionary<int, object?>> _values = [];
         private readonly Dictionary<int, Dictionary<int, Tensor>> _leaves = [];
+        private readonly Dictionary<int, HashSet<int>> _aliased = [];
         private readonly Dictionary<int, List<(SampleRange Samples, Dictionary<int, object?> Values)>> _activationPieces = [];
         private readonly Dictionary<int, List<(SampleRange Samples, Dictionary<int, Tensor> Gradients)>> _gradientPieces = [];
         private readonly Dictionary<int, Dictionary<int, Tensor>> _inputGradients = [];
@@ -214,16 +215,20 @@ internal sealed class PipelineExecutor
             foreach (int v in Stage.InputValues)
             {
                 int inputIndex = Array.IndexOf(Layout.GraphInputs, v);
-                if (inputIndex >= 0) stageInputs[v] = SliceInput(inputs[inputIndex], slice);
+                // A node that writes into a graph input writes into a copy: the caller's batch stays as it was.
+                if (inputIndex >= 0) stageInputs[v] = owner._graph.BindExternal(v, SliceInput(inputs[inputIndex], slice));
             }
             var leaves = new Dictionary<int, Tensor>();
+            var aliased = new HashSet<int>();
             foreach ((int v, object? value) in AssembleIncoming(m, slice))
             {
                 if (computeGradients && Layout.NeedsGradient[v] && value is Tensor t && t.is_floating_point())
                 {
                     Tensor leaf = t.detach().requires_grad_(true);
                     leaves[v] = leaf;
-                    stageInputs[v] = leaf;
+                    // A node that writes into the value gets a differentiable copy (libtorch refuses in-place writes on leaves).
+                    stageInputs[v] = owner._graph.BindExternal(v, leaf);
+                    if (!ReferenceEquals(stageInputs[v], leaf)) aliased.Add(v);
                 }
                 else
                 {
@@ -231,6 +236,7 @@ internal sealed class PipelineExecutor
                 }
             }
             _leaves[m] = leaves;
+            _aliased[m] = aliased;
 
             IReadOnlyDictionary<int, object?> produced;
             using (computeGradients ? torch.enable_grad() : torch.no_grad())
@@ -318,7 +324,9 @@ internal sealed class PipelineExecutor
             {
                 foreach ((int v, Tensor gradient) in received)
                 {
-                    if (Layout.ProducerStage[v] != owner._stage) continue; // passed through: handled below
+                    // A value that passed through unchanged gets its gradient added below; one that a node here wrote
+                    // into (through its copy) is an output of this stage's computation like any other.
+                    if (Layout.ProducerStage[v] != owner._stage && !_aliased[m].Contains(v)) continue;
                     if (_values[m][v] is Tensor produced && produced.requires_grad)
                     {
                         outputs.Add(produced);
@@ -346,7 +354,7 @@ internal sealed class PipelineExecutor
             foreach ((int v, Tensor leaf) in leaves)
             {
                 Tensor g = Defined(gradients[k++]) is Tensor computed ? computed.detach() : torch.zeros_like(leaf);
-                if (received.TryGetValue(v, out Tensor? passedThrough)) g = g + passedThrough; // the value went on unchanged
+                if (!_aliased[m].Contains(v) && received.TryGetValue(v, out Tensor? passedThrough)) g = g + passedThrough; // the value went on unchanged
                 inputGradients[v] = g;
             }
             _inputGradients[m] = inputGradients;
@@ -562,6 +570,7 @@ internal sealed class PipelineExecutor
         {
             _values.Remove(m);
             _leaves.Remove(m);
+            _aliased.Remove(m);
             _losses.Remove(m);
             _lossWeights.Remove(m);
             _outputs.Remove(m);

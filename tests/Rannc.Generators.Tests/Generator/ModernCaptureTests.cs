@@ -145,8 +145,8 @@ public sealed class ModernCaptureTests
         Assert.Equal(withMask ? 0 : 1, graph.Guards[2].Choice);
         Assert.Equal(withMask ? 0 : 1, graph.Guards[3].Choice);
         Assert.Equal(sequence - 1, graph.Guards[4].Choice);
-        Assert.Contains(graph.Nodes, n => n.InPlace && n.Operation == "add_");
-        Assert.Contains(graph.Nodes, n => n.InPlace && n.Operation == "relu_");
+        Assert.Contains(graph.Nodes, n => n.ModifiesInput && n.Operation == "add_");
+        Assert.Contains(graph.Nodes, n => n.ModifiesInput && n.Operation == "relu_");
         Assert.Equal(ValueKind.Scalar, graph.Values[graph.Inputs[2]].Kind);
         Assert.Equal(ValueKind.Other, graph.Values[graph.Inputs[5]].Kind);
     }

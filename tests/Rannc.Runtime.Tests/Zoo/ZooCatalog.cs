@@ -1,0 +1,33 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Rannc.Tests.Zoo;
+
+/// <summary>The zoo's models at test sizes, with their data.</summary>
+internal static class ZooCatalog
+{
+    public static readonly ZooModel ResNet = new("resnet", () => new ZooResNet([2, 1]), Images, Classes: 5, BatchNorm: true);
+
+    public static readonly ZooModel Vgg = new("vgg", () => new ZooVgg([4, 0, 6, 6, 0]), Images, Classes: 5, BatchNorm: false);
+
+    public static readonly ZooModel MobileNet = new("mobilenet", () => new ZooMobileNet(), Images, Classes: 5, BatchNorm: true);
+
+    public static readonly ZooModel Containers = new("containers", () => new ZooContainers(), Vectors(6), Classes: 3, BatchNorm: false);
+
+    public static readonly ZooModel InPlace = new("inplace", () => new ZooInPlaceNet(), Vectors(5), Classes: 3, BatchNorm: false);
+
+    public static readonly ZooModel Alias = new("alias", () => new ZooAliasNet(), Vectors(5), Classes: 3, BatchNorm: false);
+
+    public static readonly ZooModel UNet = new("unet", () => new ZooUNet(), Images, Classes: 3, BatchNorm: true, Target: Mask);
+
+    private static Tensor Images(int batch, int step) => ZooData.Images(batch, step);
+
+    /// <summary>A class per pixel of the 8×8 images.</summary>
+    private static Tensor Mask(int batch, int step)
+    {
+        using var generator = new Generator((ulong)(8000 + step));
+        return torch.randint(0, 3, [batch, 8, 8], ScalarType.Int64, generator: generator);
+    }
+
+    private static Func<int, int, Tensor> Vectors(int width) => (batch, step) => ZooData.Vectors(batch, width, step);
+}
