@@ -4,6 +4,7 @@ using System.Text;
 using Rannc.Capture;
 using Rannc.Communication;
 using Rannc.Execution;
+using Rannc.Execution.Checkpoints;
 using Rannc.Partitioner;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -205,34 +206,124 @@ public sealed class RanncModule : IDisposable
     }
 
     /// <summary>
-    /// Writes the whole model (<c>model.bin</c>, TorchSharp's format, loadable by a plain model with
-    /// <c>module.load</c>) and the whole optimizer state (<c>optimizer.bin</c>) into <paramref name="directory"/>
-    /// from rank 0. Every rank must call it.
+    /// Saves a checkpoint into <paramref name="directory"/> as a new folder <c>checkpoint-NNNNNN</c>: every rank
+    /// writes only the parameters, buffers and optimizer state it owns (one file per rank, nothing gathered), rank 0
+    /// writes a manifest (names, dtypes, shapes, sizes, checksums, the plan) and renames the folder into place, so a
+    /// crash during the save leaves the previous checkpoint intact. The newest <paramref name="keep"/> are kept. Every
+    /// rank must call it; the folder must be shared by the ranks (one machine, or a shared file system).
     /// </summary>
-    public void SaveCheckpoint(string directory)
+    /// <returns>The checkpoint folder written.</returns>
+    public string SaveCheckpoint(string directory, int keep = 2)
     {
-        Dictionary<string, Tensor> state = StateDict();
-        GatherOptimizerState();
-        if (_world.Rank == 0)
+        ArgumentNullException.ThrowIfNull(directory);
+        IReadOnlyDictionary<string, int> owners = _deployed?.Owners ?? new Dictionary<string, int>();
+        bool Mine(string name) => (owners.TryGetValue(GraphName(name), out int owner) ? owner : 0) == _world.Rank;
+        var items = new List<CheckpointFolder.Item>();
+        foreach ((string name, Tensor tensor) in _model.state_dict())
         {
-            Directory.CreateDirectory(directory);
-            // Parameters of other stages are not held here: put the gathered values in for the save.
-            _residency.RestoreAll(state);
-            _model.save(Path.Combine(directory, "model.bin"));
-            ((OptimizerHelper)Optimizer).save_state_dict(Path.Combine(directory, "optimizer.bin"));
-            _residency.ReleaseAgain();
+            if (Mine(name)) items.Add(new CheckpointFolder.Item(name, CheckpointEntry.TensorKind, tensor, null));
         }
-        _world.Barrier();
+        string? optimizerName = null;
+        if (Optimizer is OptimizerHelper optimizer)
+        {
+            optimizerName = Optimizer.GetType().FullName;
+            var nameOfHandle = _model.named_parameters().ToDictionary(p => p.parameter.Handle, p => p.name);
+            List<OptimizerState> states = optimizer.state_dict().State;
+            var parameters = optimizer.parameters().ToList();
+            for (int i = 0; i < parameters.Count; i++)
+            {
+                if (!nameOfHandle.TryGetValue(parameters[i].Handle, out string? name) || !Mine(name)) continue;
+                using var buffer = new MemoryStream();
+                using (var writer = new BinaryWriter(buffer, Encoding.UTF8, leaveOpen: true)) states[i].SaveStateDict(writer);
+                items.Add(new CheckpointFolder.Item(name, CheckpointEntry.OptimizerKind, null, buffer.ToArray()));
+            }
+        }
+        string plan = _deployed is { } deployed
+            ? $"{deployed.Plan.Stages.Count} stage(s) [{string.Join(", ", deployed.Plan.Stages.Select(s => s.ReplicaRanks.Count))}] on {_world.Size} rank(s)"
+            : $"not deployed, {_world.Size} rank(s)";
+        return CheckpointFolder.Save(_world, directory, items, plan, optimizerName, keep);
     }
 
-    /// <summary>Loads a checkpoint written by <see cref="SaveCheckpoint"/>, on any plan and world size. Every rank calls it.</summary>
-    public void LoadCheckpoint(string directory)
+    /// <summary>
+    /// Loads the newest complete checkpoint in <paramref name="directory"/> (or the checkpoint folder itself) into
+    /// this model and optimizer, by name, whatever plan and world size wrote it. Every item's size and checksum is
+    /// checked; a different model (names, dtypes or shapes differ) fails listing the differences. The optimizer state
+    /// must be in the checkpoint unless <paramref name="loadOptimizerState"/> is false. Every rank calls it.
+    /// </summary>
+    public void LoadCheckpoint(string directory, bool loadOptimizerState = true)
     {
-        _residency.RestoreAll(values: null);
-        _model.load(Path.Combine(directory, "model.bin"));
-        _residency.ReleaseAgain();
-        string optimizerFile = Path.Combine(directory, "optimizer.bin");
-        if (File.Exists(optimizerFile)) ((OptimizerHelper)Optimizer).load_state_dict(optimizerFile);
+        (string folder, CheckpointManifest manifest) = CheckpointFolder.Open(directory);
+        Dictionary<string, Tensor> values = CheckpointTensors(folder, manifest, _model,
+            (name, tensor) => _residency.IsReleased(GraphName(name)) ? _residency.ShapeOf(GraphName(name)) : tensor.shape);
+        using (torch.no_grad())
+        {
+            // Parameters of other stages hold no storage here: their owners load them.
+            foreach ((string name, Tensor local) in _model.state_dict())
+            {
+                if (!_residency.IsReleased(GraphName(name))) local.copy_(values[name]);
+            }
+        }
+        if (!loadOptimizerState) return;
+        var stored = manifest.Entries.Where(e => e.Kind == CheckpointEntry.OptimizerKind).ToDictionary(e => e.Name);
+        if (manifest.Optimizer is null || stored.Count == 0)
+        {
+            throw new InvalidDataException(
+                $"Checkpoint {folder} holds no optimizer state. Pass loadOptimizerState: false to load the parameters only (the optimizer starts afresh).");
+        }
+        if (Optimizer is not OptimizerHelper optimizer || Optimizer.GetType().FullName != manifest.Optimizer)
+            throw new InvalidDataException($"Checkpoint {folder} holds the state of a {manifest.Optimizer}, but this optimizer is a {Optimizer.GetType().FullName}.");
+        var nameOfHandle = _model.named_parameters().ToDictionary(p => p.parameter.Handle, p => p.name);
+        List<OptimizerState> states = optimizer.state_dict().State;
+        var parameters = optimizer.parameters().ToList();
+        for (int i = 0; i < parameters.Count; i++)
+        {
+            if (!nameOfHandle.TryGetValue(parameters[i].Handle, out string? name)) continue;
+            if (!stored.TryGetValue(name, out CheckpointEntry? entry))
+                throw new InvalidDataException($"Checkpoint {folder} has no optimizer state for parameter '{name}'.");
+            using var reader = new BinaryReader(new MemoryStream(CheckpointFolder.Read(folder, entry)));
+            states[i].LoadStateDict(reader);
+        }
+    }
+
+    /// <summary>
+    /// Writes the newest complete checkpoint in <paramref name="checkpoint"/> as one plain TorchSharp file
+    /// (<c>module.save</c>) that a plain <paramref name="model"/> of the same class loads with <c>module.load</c>.
+    /// Needs no communicator: run it in any single process after training.
+    /// </summary>
+    public static void ConsolidateCheckpoint(string checkpoint, nn.Module model, string modelPath)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        (string folder, CheckpointManifest manifest) = CheckpointFolder.Open(checkpoint);
+        Dictionary<string, Tensor> values = CheckpointTensors(folder, manifest, model, (_, tensor) => tensor.shape);
+        using (torch.no_grad())
+        {
+            foreach ((string name, Tensor local) in model.state_dict()) local.copy_(values[name]);
+        }
+        string? parent = Path.GetDirectoryName(Path.GetFullPath(modelPath));
+        if (parent is not null) Directory.CreateDirectory(parent);
+        model.save(modelPath);
+    }
+
+    /// <summary>Every tensor of <paramref name="model"/>'s state dict from a checkpoint, checked against the model.</summary>
+    private static Dictionary<string, Tensor> CheckpointTensors(string folder, CheckpointManifest manifest, nn.Module model,
+        Func<string, Tensor, long[]> shapeOf)
+    {
+        var stored = manifest.Entries.Where(e => e.Kind == CheckpointEntry.TensorKind).ToDictionary(e => e.Name);
+        var local = model.state_dict();
+        var problems = new List<string>();
+        foreach ((string name, Tensor tensor) in local)
+        {
+            if (!stored.TryGetValue(name, out CheckpointEntry? entry)) problems.Add($"'{name}' is not in the checkpoint");
+            else if (entry.DType != tensor.dtype.ToString() || !(entry.Shape ?? []).SequenceEqual(shapeOf(name, tensor)))
+                problems.Add($"'{name}' is {entry.DType}[{string.Join(", ", entry.Shape ?? [])}] in the checkpoint but {tensor.dtype}[{string.Join(", ", shapeOf(name, tensor))}] in the model");
+        }
+        problems.AddRange(stored.Keys.Where(n => !local.ContainsKey(n)).Select(n => $"'{n}' is in the checkpoint but not in the model"));
+        if (problems.Count > 0)
+        {
+            throw new InvalidDataException(
+                $"Checkpoint {folder} was written for a different model ({problems.Count} difference(s)):\n  " + string.Join("\n  ", problems.Take(20)));
+        }
+        return local.Keys.ToDictionary(name => name, name => CheckpointFolder.ToTensor(stored[name], CheckpointFolder.Read(folder, stored[name])));
     }
 
     /// <summary>

@@ -55,26 +55,36 @@ public sealed class StateTests
             trainer.Steps(0, 2);
             trainer.Rannc.SaveCheckpoint(directory);
         }, Launch);
+        // Consolidation writes one plain TorchSharp file from the per-rank files.
+        string modelBin = Path.Combine(directory, "model.bin");
+        RanncModule.ConsolidateCheckpoint(directory, SeededModels.Create(Task.CreateModel, 5), modelBin);
         nn.Module plain = CreateSeeded();
-        plain.load(Path.Combine(directory, "model.bin"));
+        plain.load(modelBin);
         Tensor[] batch = BatchOf(7);
         using var noGrad = torch.no_grad();
         AssertClose(SampleTask.Forward(reference.Model, batch).item<double>(), SampleTask.Forward(plain, batch).item<double>(), "output");
     });
 
-    [Fact]
-    public void Checkpoint_LoadedIntoADifferentPlanAndWorldSize_ContinuesLikeAnUninterruptedRun() => WithTemporaryDirectory(directory =>
+    [Theory]
+    [InlineData(2, 1, 1, 3)]
+    [InlineData(2, 2, 4, 1)]
+    [InlineData(2, 2, 1, 4)]
+    [InlineData(2, 2, 1, 1)]
+    public void Checkpoint_LoadedIntoADifferentPlanAndWorldSize_ContinuesLikeAnUninterruptedRun(int savedStages, int savedReplicas, int stages, int replicas) => WithTemporaryDirectory(directory =>
     {
         var reference = new Reference(4);
-        InProcessLauncher.Run(2, comm =>
+        InProcessLauncher.Run(savedStages * savedReplicas, comm =>
         {
-            using Trainer trainer = new(comm, (2, 1));
+            using Trainer trainer = new(comm, (savedStages, savedReplicas));
             trainer.Steps(0, 2);
             trainer.Rannc.SaveCheckpoint(directory);
         }, Launch);
-        var results = InProcessLauncher.Run(3, comm =>
+        // Each rank wrote only what it owns.
+        string folder = Directory.GetDirectories(directory, "checkpoint-*").Single();
+        Assert.Equal(savedStages * savedReplicas, Directory.GetFiles(folder, "rank-*.bin").Length);
+        var results = InProcessLauncher.Run(stages * replicas, comm =>
         {
-            using Trainer trainer = new(comm, (1, 3));
+            using Trainer trainer = new(comm, (stages, replicas));
             trainer.Rannc.LoadCheckpoint(directory);
             double[] losses = trainer.Steps(2, 4);
             return (losses, trainer.Rannc.StateDict());

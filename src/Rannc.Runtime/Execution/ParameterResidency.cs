@@ -15,6 +15,9 @@ internal sealed class ParameterResidency
 
     public bool IsReleased(string name) => _released.ContainsKey(name);
 
+    /// <summary>The shape the released parameter had.</summary>
+    public long[] ShapeOf(string name) => _released[name].Shape;
+
     /// <summary>A zero tensor of the shape and dtype the released parameter had.</summary>
     public Tensor Zeros(string name)
     {
