@@ -5,13 +5,14 @@ using Rannc.Mpi.Worker;
 // Each rank ends with a line "rannc-worker: rank R exit 0" so tests can tell which ranks finished.
 if (args.Length != 1)
 {
-    Console.Error.WriteLine($"usage: Rannc.Mpi.Worker <scenario>; scenarios: {string.Join(", ", CommunicatorScenarios.Passing.Keys.Concat(TrainingScenarios.Passing.Keys).Concat(CommunicatorScenarios.Failing.Keys).Concat(ZooScenarios.All.Keys))}");
+    Console.Error.WriteLine($"usage: Rannc.Mpi.Worker <scenario>; scenarios: {string.Join(", ", CommunicatorScenarios.Passing.Keys.Concat(TrainingScenarios.Passing.Keys).Concat(CommunicatorScenarios.Failing.Keys).Concat(ZooScenarios.All.Keys).Concat(CheckpointScenarios.All.Keys))}");
     return 2;
 }
 Action<ICommunicator> scenario = CommunicatorScenarios.Passing.TryGetValue(args[0], out var passing) ? passing
     : TrainingScenarios.Passing.TryGetValue(args[0], out var training) ? training
     : CommunicatorScenarios.Failing.TryGetValue(args[0], out var failing) ? failing.Run
     : ZooScenarios.All.TryGetValue(args[0], out var zoo) ? zoo
+    : CheckpointScenarios.All.TryGetValue(args[0], out var checkpoint) ? checkpoint
     : throw new ArgumentException($"unknown scenario '{args[0]}'");
 
 RankLauncher.RunMpi(comm =>
