@@ -247,14 +247,14 @@ public sealed class DiagnosticTests
         """);
 
     [Fact]
-    public void Rannc0001_SwitchOnAShape_IsReportedOnTheSelector() => Verify("""
+    public void Rannc0001_SwitchOnTensorContents_IsReportedOnTheSelector() => Verify("""
         [RaNNC]
         public partial class Net : Module<Tensor, Tensor>
         {
             public Net() : base("net") { }
             public override Tensor forward(Tensor x)
             {
-                switch ({|RANNC0001:x.size(1)|})
+                switch ({|RANNC0001:x.sum().item<long>()|})
                 {
                     case 1:
                         x = x * 2;

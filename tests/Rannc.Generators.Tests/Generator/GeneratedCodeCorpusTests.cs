@@ -87,6 +87,8 @@ public sealed class GeneratedCodeCorpusTests
             "if (x.size(0) == 1) { return x; } return x * 2;", [] },
         { "ternary on a shape with graph work", "Module<Tensor, Tensor>", "Tensor x",
             "return x.dim() > 2 ? x.flatten(1) : functional.relu(x);", [] },
+        { "switch on a shape", "Module<Tensor, Tensor>", "Tensor x",
+            "switch (x.dim()) { case 2: x = x * 2; break; case 3: case 4: x = x.flatten(1); break; default: x = x + 1; break; } return x;", [] },
         { "condition on tensor contents", "Module<Tensor, Tensor>", "Tensor x",
             "if (x.max().item<double>() > 1) { x = x / 2; } return x;", ["RANNC0001"] },
         { "loop bound from a shape", "Module<Tensor, Tensor>", "Tensor x",

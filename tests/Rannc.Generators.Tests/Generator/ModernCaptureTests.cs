@@ -70,6 +70,15 @@ public sealed class ModernCaptureTests
                 {
                     h = h * 0.5 + i;
                 }
+                switch (seqLen)
+                {
+                    case 1:
+                        h = h - 1;
+                        break;
+                    case 3:
+                        h = h * 3;
+                        break;
+                }
                 var (a, b) = Ops.Halves(h);
                 var joined = torch.cat(new List<Tensor> { b, a }, dim: -1);
                 var stacked = torch.stack([joined, h], 0).sum(dim: 0);
@@ -139,12 +148,13 @@ public sealed class ModernCaptureTests
         }
         // every branch on shapes or on non-tensor inputs was resolved for this batch and is guarded
         Assert.Equal(
-            ["norm == Norm.Rms ? ... : ...", "if (seqLen > 1)", "if (mask is not null)", "mask ?? ...", "for (i < seqLen - 1)", "x.size(1) > maxLen ? ... : ...", "flag ? ... : ..."],
+            ["norm == Norm.Rms ? ... : ...", "if (seqLen > 1)", "if (mask is not null)", "mask ?? ...", "for (i < seqLen - 1)", "switch (seqLen)", "x.size(1) > maxLen ? ... : ...", "flag ? ... : ..."],
             graph.Guards.Select(g => g.Description));
         Assert.Equal(sequence > 1 ? 0 : 1, graph.Guards[1].Choice);
         Assert.Equal(withMask ? 0 : 1, graph.Guards[2].Choice);
         Assert.Equal(withMask ? 0 : 1, graph.Guards[3].Choice);
         Assert.Equal(sequence - 1, graph.Guards[4].Choice);
+        Assert.Equal(sequence switch { 1 => 0, 3 => 1, _ => 2 }, graph.Guards[5].Choice);
         Assert.Contains(graph.Nodes, n => n.InPlace && n.Operation == "add_");
         Assert.Contains(graph.Nodes, n => n.InPlace && n.Operation == "relu_");
         Assert.Equal(ValueKind.Scalar, graph.Values[graph.Inputs[2]].Kind);
