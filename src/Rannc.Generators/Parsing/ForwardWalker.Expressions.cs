@@ -117,6 +117,10 @@ internal sealed partial class ForwardWalker
             return new Operand(member.ContainingType.ToDisplayString(FullyQualified) + "." + Escape(member.Name), type, _known.IsModule(type));
         }
         var receiver = instance is null ? new Operand("this", _type) : Eval(instance);
+        if (receiver.IsList && member.Name == "Count")
+        {
+            return new Operand(receiver.ListElements.Length.ToString(CultureInfo.InvariantCulture), type);
+        }
         if (receiver.IsTuple)
         {
             var position = TupleItemPosition(member);
@@ -189,6 +193,11 @@ internal sealed partial class ForwardWalker
     private Operand Indexer(IPropertyReferenceOperation indexer)
     {
         var receiver = indexer.Instance is null ? new Operand("this", _type) : Eval(indexer.Instance);
+        if (receiver.IsList && indexer.Arguments.Length == 1 && indexer.Arguments[0].Value.ConstantValue is { HasValue: true, Value: int position }
+            && position >= 0 && position < receiver.ListElements.Length)
+        {
+            return receiver.ListElements[position];
+        }
         var arguments = indexer.Arguments.Select(argument => Eval(argument.Value)).ToList();
         var code = receiver.Code + "[" + string.Join(", ", arguments.Select(a => a.Code)) + "]";
         var type = indexer.Type;
@@ -231,6 +240,10 @@ internal sealed partial class ForwardWalker
 
     private Operand ObjectCreation(IObjectCreationOperation creation)
     {
+        if (IsList(creation.Type) && creation.Arguments.All(argument => argument.ArgumentKind == ArgumentKind.DefaultValue || argument.Value.ConstantValue.HasValue))
+        {
+            return Operand.List(ImmutableArray<Operand>.Empty, creation.Type!, _nextListIdentity++);
+        }
         var arguments = creation.Arguments
             .Where(argument => argument.ArgumentKind != ArgumentKind.DefaultValue)
             .Select(argument => "@" + argument.Parameter!.Name + ": " + Eval(argument.Value).Code);
@@ -249,6 +262,7 @@ internal sealed partial class ForwardWalker
     private Operand CollectionCreation(IObjectCreationOperation creation)
     {
         var elements = new List<string>();
+        var listElements = IsList(creation.Type) ? ImmutableArray.CreateBuilder<Operand>() : null;
         foreach (var initializer in creation.Initializer!.Initializers)
         {
             var arguments = initializer switch
@@ -262,8 +276,13 @@ internal sealed partial class ForwardWalker
                     "the initializer '" + initializer.Syntax + "'", "only collection initializers ('{ a, b }') are captured; set members after construction in the constructor");
                 return ErrorValue(creation.Type);
             }
-            var codes = arguments.Select(argument => Eval(argument).Code).ToList();
-            elements.Add(codes.Count == 1 ? codes[0] : "{ " + string.Join(", ", codes) + " }");
+            var codes = arguments.Select(argument => Eval(argument)).ToList();
+            elements.Add(codes.Count == 1 ? codes[0].Code : "{ " + string.Join(", ", codes.Select(c => c.Code)) + " }");
+            listElements?.Add(codes[0]);
+        }
+        if (listElements is not null && creation.Arguments.All(argument => argument.ArgumentKind == ArgumentKind.DefaultValue))
+        {
+            return Operand.List(listElements.ToImmutable(), creation.Type!, _nextListIdentity++);
         }
         var constructorArguments = creation.Arguments
             .Where(argument => argument.ArgumentKind != ArgumentKind.DefaultValue)
@@ -309,6 +328,9 @@ internal sealed partial class ForwardWalker
             "a collection expression of type '" + type?.ToDisplayString() + "'", "create the collection with 'new T[] { ... }' or 'new List<T> { ... }'");
         return ErrorValue(type);
     }
+
+    private static bool IsList(ITypeSymbol? type) =>
+        type is INamedTypeSymbol named && named.OriginalDefinition.ToDisplayString() == "System.Collections.Generic.List<T>";
 
     /// <summary>Spans and the read-only collection interfaces an array converts to.</summary>
     private static bool IsArrayCompatible(INamedTypeSymbol type)

@@ -52,8 +52,10 @@ public sealed class GeneratedCodeCorpusTests
             "var y = x + 1; return torch.cat(new List<Tensor> { x, y }, dim: 1) + torch.stack([x, y], 0).sum(dim: 0);", [] },
         { "spread in a collection expression", "Module<Tensor, Tensor>", "Tensor x",
             "return x.mean([.. dims], keepdim: true);", ["RANNC0008"] },
-        { "list built by Add", "Module<Tensor, Tensor>", "Tensor x",
-            "var parts = new List<Tensor>(); parts.Add(x); return torch.cat(parts, 1);", ["RANNC0002"] },
+        { "list built by Add in straight-line code", "Module<Tensor, Tensor>", "Tensor x",
+            "var parts = new List<Tensor>(); parts.Add(x); parts.Add(functional.relu(x)); return torch.cat(parts, 1) * parts.Count + parts[1];", [] },
+        { "list filled in a loop", "Module<Tensor, Tensor>", "Tensor x",
+            "var parts = new List<Tensor>(); for (var i = 0; i < maxLen; i++) { parts.Add(x * i); } return torch.cat(parts, 1);", ["RANNC0002"] },
         // ---- arguments and constants
         { "named and optional arguments, string and enum constants", "Module<Tensor, Tensor>", "Tensor x",
             "var p = functional.softmax(x, dim: -1); var e = torch.einsum(\"ij,ij->ij\", p, x); return e.to_type(ScalarType.Float64).sum(dim: 1, keepdim: true) * (mode == Mode.Scaled ? 2.0 : 1.0);", [] },

@@ -81,7 +81,11 @@ public sealed class ModernCaptureTests
                 }
                 var (a, b) = Ops.Halves(h);
                 var joined = torch.cat(new List<Tensor> { b, a }, dim: -1);
-                var stacked = torch.stack([joined, h], 0).sum(dim: 0);
+                var branches = new List<Tensor>();
+                branches.Add(a);
+                branches.Add(b * 2);
+                var both = torch.cat(branches, dim: -1) + branches[0].sum() * branches.Count;
+                var stacked = torch.stack([joined, h, both], 0).sum(dim: 0);
                 var pooled = functional.avg_pool2d(stacked.unsqueeze(1), kernel_size: (1, 2), stride: (1, 2));
                 var fresh = proj.forward(stacked);
                 fresh = fresh.add_(h).relu_();
