@@ -117,6 +117,8 @@ public sealed class GeneratedCodeCorpusTests
             "var isLinear = proj is Linear l; var kind = typeof(Tensor); return x;", ["RANNC0008", "RANNC0008"] },
         { "local function", "Module<Tensor, Tensor>", "Tensor x",
             "Tensor Local(Tensor t) => t * 2; return Local(x);", ["RANNC0002", "RANNC0008"] },
+        { "torchvision-style residual block with an optional downsample", "Module<Tensor, Tensor>", "Tensor x",
+            "var identity = x; var o = functional.relu(proj!.forward(x)); if (downsample is not null) { identity = downsample.forward(x); } o += identity; return functional.relu(o);", ["RANNC0009"] },
         // ---- other refused statements
         { "while loop", "Module<Tensor, Tensor>", "Tensor x",
             "var i = 0; while (i < maxLen) { x = x + 1; i++; } return x;", ["RANNC0008"] },
@@ -160,6 +162,7 @@ public sealed class GeneratedCodeCorpusTests
                 private readonly Wrapped wrapped = new();
                 private readonly Sequential features = Sequential(Linear(4, 4), ReLU());
                 private readonly Module<Tensor, Tensor> head = Linear(4, 2);
+                private readonly Module<Tensor, Tensor>? downsample = null;
 
                 public Net() : base("net") { RegisterComponents(); }
 
