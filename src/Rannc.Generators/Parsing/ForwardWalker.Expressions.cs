@@ -18,6 +18,10 @@ internal sealed partial class ForwardWalker
     private Operand Eval(IOperation operation)
     {
         _cancellation.ThrowIfCancellationRequested();
+        if (WritesItsType(operation) && operation.Type is { } written && !IsAccessible(written, operation))
+        {
+            return ErrorValue(written);
+        }
         if (operation.ConstantValue.HasValue && operation is not IConversionOperation { IsImplicit: false })
         {
             return new Operand(LiteralCode(operation.ConstantValue.Value, operation.Type), operation.Type);
@@ -79,8 +83,24 @@ internal sealed partial class ForwardWalker
         }
     }
 
+    /// <summary>Operations whose translation names their type (a cast, <c>default(T)</c>, a creation, an enum constant).</summary>
+    private static bool WritesItsType(IOperation operation) => operation switch
+    {
+        IConversionOperation { IsImplicit: false } => true,
+        IDefaultValueOperation or IArrayCreationOperation or IObjectCreationOperation or ICollectionExpressionOperation => true,
+        _ => operation.ConstantValue.HasValue && operation.Type is INamedTypeSymbol { TypeKind: TypeKind.Enum },
+    };
+
     /// <summary>A value no node produces: keeps data dependence flowing after a reported problem.</summary>
-    private Operand ErrorValue(ITypeSymbol? type) => Operand.Value(NewValue("error", type), type);
+    private Operand ErrorValue(ITypeSymbol? type)
+    {
+        var id = NewValue("error", type);
+        _errorValues.Add(id);
+        return Operand.Value(id, type);
+    }
+
+    /// <summary>A member of a value that is already reported as wrong would only repeat that report.</summary>
+    private bool IsErrorValue(Operand operand) => operand.SingleValue is { } id && _errorValues.Contains(id);
 
     private Operand Lookup(ISymbol symbol, IOperation origin)
     {
@@ -155,8 +175,11 @@ internal sealed partial class ForwardWalker
         {
             return AddNode("Expression", string.Empty, member.Name, operation, type, code, valueName: member.Name);
         }
-        Report(DiagnosticDescriptors.UncapturableCall, operation.Syntax.GetLocation(), member.ToDisplayString(), TypeName,
-            "only members of TorchSharp types are captured on graph values");
+        if (!IsErrorValue(receiver))
+        {
+            Report(DiagnosticDescriptors.UncapturableCall, operation.Syntax.GetLocation(), member.ToDisplayString(), TypeName,
+                "only members of TorchSharp types are captured on graph values");
+        }
         return ErrorValue(type);
     }
 
@@ -592,8 +615,11 @@ internal sealed partial class ForwardWalker
         {
             return new Operand(code, invocation.Type);
         }
-        Report(DiagnosticDescriptors.UncapturableCall, invocation.Syntax.GetLocation(), method.ToDisplayString(), TypeName,
-            "only TorchSharp functions, tensor methods, System.Math, submodule calls and helper methods of this class are captured; move this logic into a [RaNNC] submodule or a helper method of this class");
+        if (receiver is null || !IsErrorValue(receiver))
+        {
+            Report(DiagnosticDescriptors.UncapturableCall, invocation.Syntax.GetLocation(), method.ToDisplayString(), TypeName,
+                "only TorchSharp functions, tensor methods, System.Math, submodule calls and helper methods (of this class, or static ones with source in this project) are captured; move this logic into a [RaNNC] submodule or a helper method of this class");
+        }
         return ErrorValue(invocation.Type);
     }
 

@@ -34,6 +34,7 @@ internal sealed partial class ForwardWalker
     private readonly List<InPlaceUse> _inPlaceUses = new();
     private readonly List<IMethodSymbol> _inlining = new();
     private readonly HashSet<Location> _untranslatable = new();
+    private readonly HashSet<int> _errorValues = new();
     private Body _body = new(null);
     private Scope _scope = new(null);
     private ReturnSink _return = new(0, 0, null);

@@ -29,6 +29,13 @@ public sealed class GeneratedCodeCorpusTests
             public static Tensor Doubled(this Tensor t) => t + t;
         }
 
+        public static class Hidden
+        {
+            private enum Kind { A, B }
+            private sealed class Box { public double Factor => 2; }
+            public static Tensor Use(Tensor t) => t * (int)Kind.B * new Box().Factor;
+        }
+
         """;
 
     /// <summary>Name, members and forward() of a [RaNNC] class, and the diagnostic IDs expected (empty: captured without findings).</summary>
@@ -69,6 +76,8 @@ public sealed class GeneratedCodeCorpusTests
         // ---- helpers
         { "tuple results of helpers, own and of another class", "Module<Tensor, Tensor>", "Tensor x",
             "var (a, b) = Split(x); var (c, d) = Ops.Halves(a); return Ops.Scale(c + d) + b.Doubled() + Ops.Scale(b, factor: 3);", [] },
+        { "static helper using types private to its class", "Module<Tensor, Tensor>", "Tensor x",
+            "return Hidden.Use(x);", ["RANNC0002", "RANNC0002"] },
         { "instance method of another object", "Module<Tensor, Tensor>", "Tensor x",
             "return new Corpus.Plain().forward(x) + new System.Random().Next() * x;", ["RANNC0002"] },
         { "lambda", "Module<Tensor, Tensor>", "Tensor x",
