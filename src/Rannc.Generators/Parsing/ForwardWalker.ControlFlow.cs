@@ -157,14 +157,15 @@ internal sealed partial class ForwardWalker
     private void SwitchStatement(ISwitchOperation switchOperation)
     {
         var selector = Eval(switchOperation.Value);
-        if (selector.DependsOnValues)
+        if (IsDataDependent(selector, switchOperation.Value, "'switch (" + switchOperation.Value.Syntax + ")'"))
         {
-            Report(DiagnosticDescriptors.DataDependentControlFlow, switchOperation.Value.Syntax.GetLocation(), TypeName,
-                "'switch (" + switchOperation.Value.Syntax + ")'" + (IsShapeLike(selector) ? ", on shapes: 'if', '?:' and 'for' bounds on shapes are resolved from the first batch, 'switch' is not" : string.Empty));
             return;
         }
         var select = new StringBuilder();
         select.Append("switch (").Append(selector.Code).Append(") { ");
+        // on shapes the arm index is computed by a node: the sections' tests in order, the default last
+        var shapeArm = new StringBuilder();
+        var defaultArm = -1;
         var hasDefault = false;
         var arms = new List<Func<Operand?>>();
         var armOperations = new List<IOperation>();
@@ -176,11 +177,15 @@ internal sealed partial class ForwardWalker
                 switch (clause)
                 {
                     case ISingleValueCaseClauseOperation single:
-                        select.Append("case ").Append(Eval(single.Value).Code).Append(": ");
+                        var label = Eval(single.Value).Code;
+                        select.Append("case ").Append(label).Append(": ");
+                        shapeArm.Append("((").Append(selector.Code).Append(") == (").Append(label).Append(")) ? ")
+                            .Append(i.ToString(CultureInfo.InvariantCulture)).Append(" : ");
                         break;
                     case IDefaultCaseClauseOperation:
                         select.Append("default: ");
                         hasDefault = true;
+                        defaultArm = i;
                         break;
                     default:
                         Report(DiagnosticDescriptors.UnsupportedConstruct, clause.Syntax.GetLocation(), TypeName,
@@ -209,32 +214,37 @@ internal sealed partial class ForwardWalker
         {
             // no case matched: an empty arm that leaves every local as it was
             select.Append("default: return ").Append(arms.Count.ToString(CultureInfo.InvariantCulture)).Append("; ");
+            defaultArm = arms.Count;
             arms.Add(() => null);
         }
         select.Append('}');
-        Branch(switchOperation, "switch (" + switchOperation.Value.Syntax + ")", null, select.ToString(), arms, armOperations, resultType: null);
+        shapeArm.Append(defaultArm.ToString(CultureInfo.InvariantCulture));
+        Branch(switchOperation, "switch (" + switchOperation.Value.Syntax + ")",
+            selector.DependsOnValues ? "(" + shapeArm + ")" : null, select.ToString(), arms, armOperations, resultType: null);
     }
 
     private Operand? Branch(
         IOperation origin, string description, Operand condition, List<Func<Operand?>> arms, List<IOperation> armOperations,
         ITypeSymbol? resultType) =>
-        Branch(origin, description, condition.DependsOnValues ? condition : null, "return (" + condition.Code + ") ? 0 : 1;", arms, armOperations, resultType);
+        Branch(origin, description, condition.DependsOnValues ? "((" + condition.Code + ") ? 0 : 1)" : null,
+            "return (" + condition.Code + ") ? 0 : 1;", arms, armOperations, resultType);
 
     /// <summary>
     /// Adds a branch step. Locals from outside that any arm assigns become the branch's results; when
     /// <paramref name="resultType"/> is set, each arm's returned operand is the first result. With a
-    /// <paramref name="shapeCondition"/> the arm is chosen from the first batch: a selector node computes the arm index
-    /// from the shape values, and the graph builder evaluates it and guards later batches against a different choice.
+    /// <paramref name="shapeArmCode"/> (an int expression over shape values) the arm is chosen from the first batch: a
+    /// selector node computes the arm index, and the graph builder evaluates it and guards later batches against a
+    /// different choice.
     /// </summary>
     private Operand? Branch(
-        IOperation origin, string description, Operand? shapeCondition, string selectCode, List<Func<Operand?>> arms,
+        IOperation origin, string description, string? shapeArmCode, string selectCode, List<Func<Operand?>> arms,
         List<IOperation> armOperations, ITypeSymbol? resultType)
     {
         var selector = -1;
-        if (shapeCondition is not null)
+        if (shapeArmCode is not null)
         {
             var armIndex = AddNode("Expression", string.Empty, "select arm", origin, _known.Compilation.GetSpecialType(SpecialType.System_Int32),
-                "((" + shapeCondition.Code + ") ? 0 : 1)", valueName: "arm");
+                shapeArmCode, valueName: "arm");
             selector = armIndex.SingleValue ?? -1;
             selectCode = "throw new global::System.InvalidOperationException(\"the arm of this branch depends on shapes: the graph builder evaluates value %" + selector.ToString(CultureInfo.InvariantCulture) + "\");";
         }

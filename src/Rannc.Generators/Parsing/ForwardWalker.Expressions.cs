@@ -18,6 +18,10 @@ internal sealed partial class ForwardWalker
     private Operand Eval(IOperation operation)
     {
         _cancellation.ThrowIfCancellationRequested();
+        if (WritesItsType(operation) && operation.Type is { } written && !IsAccessible(written, operation))
+        {
+            return ErrorValue(written);
+        }
         if (operation.ConstantValue.HasValue && operation is not IConversionOperation { IsImplicit: false })
         {
             return new Operand(LiteralCode(operation.ConstantValue.Value, operation.Type), operation.Type);
@@ -79,8 +83,24 @@ internal sealed partial class ForwardWalker
         }
     }
 
+    /// <summary>Operations whose translation names their type (a cast, <c>default(T)</c>, a creation, an enum constant).</summary>
+    private static bool WritesItsType(IOperation operation) => operation switch
+    {
+        IConversionOperation { IsImplicit: false } => true,
+        IDefaultValueOperation or IArrayCreationOperation or IObjectCreationOperation or ICollectionExpressionOperation => true,
+        _ => operation.ConstantValue.HasValue && operation.Type is INamedTypeSymbol { TypeKind: TypeKind.Enum },
+    };
+
     /// <summary>A value no node produces: keeps data dependence flowing after a reported problem.</summary>
-    private Operand ErrorValue(ITypeSymbol? type) => Operand.Value(NewValue("error", type), type);
+    private Operand ErrorValue(ITypeSymbol? type)
+    {
+        var id = NewValue("error", type);
+        _errorValues.Add(id);
+        return Operand.Value(id, type);
+    }
+
+    /// <summary>A member of a value that is already reported as wrong would only repeat that report.</summary>
+    private bool IsErrorValue(Operand operand) => operand.SingleValue is { } id && _errorValues.Contains(id);
 
     private Operand Lookup(ISymbol symbol, IOperation origin)
     {
@@ -117,6 +137,10 @@ internal sealed partial class ForwardWalker
             return new Operand(member.ContainingType.ToDisplayString(FullyQualified) + "." + Escape(member.Name), type, _known.IsModule(type));
         }
         var receiver = instance is null ? new Operand("this", _type) : Eval(instance);
+        if (receiver.IsList && member.Name == "Count")
+        {
+            return new Operand(receiver.ListElements.Length.ToString(CultureInfo.InvariantCulture), type);
+        }
         if (receiver.IsTuple)
         {
             var position = TupleItemPosition(member);
@@ -151,8 +175,11 @@ internal sealed partial class ForwardWalker
         {
             return AddNode("Expression", string.Empty, member.Name, operation, type, code, valueName: member.Name);
         }
-        Report(DiagnosticDescriptors.UncapturableCall, operation.Syntax.GetLocation(), member.ToDisplayString(), TypeName,
-            "only members of TorchSharp types are captured on graph values");
+        if (!IsErrorValue(receiver))
+        {
+            Report(DiagnosticDescriptors.UncapturableCall, operation.Syntax.GetLocation(), member.ToDisplayString(), TypeName,
+                "only members of TorchSharp types are captured on graph values");
+        }
         return ErrorValue(type);
     }
 
@@ -189,6 +216,11 @@ internal sealed partial class ForwardWalker
     private Operand Indexer(IPropertyReferenceOperation indexer)
     {
         var receiver = indexer.Instance is null ? new Operand("this", _type) : Eval(indexer.Instance);
+        if (receiver.IsList && indexer.Arguments.Length == 1 && indexer.Arguments[0].Value.ConstantValue is { HasValue: true, Value: int position }
+            && position >= 0 && position < receiver.ListElements.Length)
+        {
+            return receiver.ListElements[position];
+        }
         var arguments = indexer.Arguments.Select(argument => Eval(argument.Value)).ToList();
         var code = receiver.Code + "[" + string.Join(", ", arguments.Select(a => a.Code)) + "]";
         var type = indexer.Type;
@@ -231,6 +263,10 @@ internal sealed partial class ForwardWalker
 
     private Operand ObjectCreation(IObjectCreationOperation creation)
     {
+        if (IsList(creation.Type) && creation.Arguments.All(argument => argument.ArgumentKind == ArgumentKind.DefaultValue || argument.Value.ConstantValue.HasValue))
+        {
+            return Operand.List(ImmutableArray<Operand>.Empty, creation.Type!, _nextListIdentity++);
+        }
         var arguments = creation.Arguments
             .Where(argument => argument.ArgumentKind != ArgumentKind.DefaultValue)
             .Select(argument => "@" + argument.Parameter!.Name + ": " + Eval(argument.Value).Code);
@@ -249,6 +285,7 @@ internal sealed partial class ForwardWalker
     private Operand CollectionCreation(IObjectCreationOperation creation)
     {
         var elements = new List<string>();
+        var listElements = IsList(creation.Type) ? ImmutableArray.CreateBuilder<Operand>() : null;
         foreach (var initializer in creation.Initializer!.Initializers)
         {
             var arguments = initializer switch
@@ -262,8 +299,13 @@ internal sealed partial class ForwardWalker
                     "the initializer '" + initializer.Syntax + "'", "only collection initializers ('{ a, b }') are captured; set members after construction in the constructor");
                 return ErrorValue(creation.Type);
             }
-            var codes = arguments.Select(argument => Eval(argument).Code).ToList();
-            elements.Add(codes.Count == 1 ? codes[0] : "{ " + string.Join(", ", codes) + " }");
+            var codes = arguments.Select(argument => Eval(argument)).ToList();
+            elements.Add(codes.Count == 1 ? codes[0].Code : "{ " + string.Join(", ", codes.Select(c => c.Code)) + " }");
+            listElements?.Add(codes[0]);
+        }
+        if (listElements is not null && creation.Arguments.All(argument => argument.ArgumentKind == ArgumentKind.DefaultValue))
+        {
+            return Operand.List(listElements.ToImmutable(), creation.Type!, _nextListIdentity++);
         }
         var constructorArguments = creation.Arguments
             .Where(argument => argument.ArgumentKind != ArgumentKind.DefaultValue)
@@ -309,6 +351,9 @@ internal sealed partial class ForwardWalker
             "a collection expression of type '" + type?.ToDisplayString() + "'", "create the collection with 'new T[] { ... }' or 'new List<T> { ... }'");
         return ErrorValue(type);
     }
+
+    private static bool IsList(ITypeSymbol? type) =>
+        type is INamedTypeSymbol named && named.OriginalDefinition.ToDisplayString() == "System.Collections.Generic.List<T>";
 
     /// <summary>Spans and the read-only collection interfaces an array converts to.</summary>
     private static bool IsArrayCompatible(INamedTypeSymbol type)
@@ -570,8 +615,11 @@ internal sealed partial class ForwardWalker
         {
             return new Operand(code, invocation.Type);
         }
-        Report(DiagnosticDescriptors.UncapturableCall, invocation.Syntax.GetLocation(), method.ToDisplayString(), TypeName,
-            "only TorchSharp functions, tensor methods, System.Math, submodule calls and helper methods of this class are captured; move this logic into a [RaNNC] submodule or a helper method of this class");
+        if (receiver is null || !IsErrorValue(receiver))
+        {
+            Report(DiagnosticDescriptors.UncapturableCall, invocation.Syntax.GetLocation(), method.ToDisplayString(), TypeName,
+                "only TorchSharp functions, tensor methods, System.Math, submodule calls and helper methods (of this class, or static ones with source in this project) are captured; move this logic into a [RaNNC] submodule or a helper method of this class");
+        }
         return ErrorValue(invocation.Type);
     }
 

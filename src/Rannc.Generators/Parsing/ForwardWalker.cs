@@ -34,12 +34,14 @@ internal sealed partial class ForwardWalker
     private readonly List<InPlaceUse> _inPlaceUses = new();
     private readonly List<IMethodSymbol> _inlining = new();
     private readonly HashSet<Location> _untranslatable = new();
+    private readonly HashSet<int> _errorValues = new();
     private Body _body = new(null);
     private Scope _scope = new(null);
     private ReturnSink _return = new(0, 0, null);
     private int _nextNodeId;
     private int _nextLoopId;
     private int _nextBranchId;
+    private int _nextListIdentity;
     private int _loopDepth;
     private int _currentLoopId = -1;
     private int _branchDepth;
@@ -138,6 +140,13 @@ internal sealed partial class ForwardWalker
 
         public Operand? Lookup(ISymbol symbol) =>
             _map.TryGetValue(symbol, out var value) ? value : Parent?.Lookup(symbol);
+
+        public bool IsBoundHere(ISymbol symbol) => _map.ContainsKey(symbol);
+
+        /// <summary>True when a symbol other than <paramref name="symbol"/> is bound to the list <paramref name="identity"/>.</summary>
+        public bool SharesList(ISymbol symbol, int identity) =>
+            _map.Any(entry => entry.Value.IsList && entry.Value.ListIdentity == identity && !SymbolEqualityComparer.Default.Equals(entry.Key, symbol))
+            || (Parent?.SharesList(symbol, identity) ?? false);
     }
 
     /// <summary>The step list being filled, with the attribute reads already made in it (reused, not repeated).</summary>
@@ -618,6 +627,11 @@ internal sealed partial class ForwardWalker
         {
             return; // graph values are released by the runtime
         }
+        if (IsListAdd(invocation))
+        {
+            ListAdd(invocation);
+            return;
+        }
         var isHelper = IsInlinableHelper(invocation);
         var isInPlace = !method.IsStatic && _known.IsTensor(method.ContainingType) && IsInPlaceName(method.Name);
         var result = Eval(invocation);
@@ -632,6 +646,28 @@ internal sealed partial class ForwardWalker
             Report(DiagnosticDescriptors.UncapturableCall, invocation.Syntax.GetLocation(), method.ToDisplayString(), TypeName,
                 "its effect would not be part of the graph; only in-place tensor methods and helper methods of this class may be called without using the result");
         }
+    }
+
+    private static bool IsListAdd(IInvocationOperation invocation) =>
+        invocation.TargetMethod is { Name: "Add", IsStatic: false, Parameters.Length: 1 } method
+        && method.ContainingType.OriginalDefinition.ToDisplayString() == "System.Collections.Generic.List<T>";
+
+    /// <summary>
+    /// <c>parts.Add(x)</c> on a list built in the same block: the local now stands for the list with one more element.
+    /// Elsewhere (a list declared outside the loop or branch, a parameter, a list another local also refers to) the
+    /// new element would be lost on the other paths, so it is refused.
+    /// </summary>
+    private void ListAdd(IInvocationOperation invocation)
+    {
+        var symbol = invocation.Instance is null ? null : LocalSymbolOf(invocation.Instance);
+        var list = symbol is ILocalSymbol ? _scope.Lookup(symbol) : null;
+        if (symbol is null || list is null || !list.IsList || !_scope.IsBoundHere(symbol) || _scope.SharesList(symbol, list.ListIdentity))
+        {
+            Report(DiagnosticDescriptors.UncapturableCall, invocation.Syntax.GetLocation(), invocation.TargetMethod.ToDisplayString(), TypeName,
+                "a list can be filled with Add only in the block that creates it (not in a loop, a branch or a helper it is passed to) and through one local; create it as 'new List<Tensor> { a, b }', or collect the tensors with torch.stack");
+            return;
+        }
+        _scope.Bind(symbol, list.WithListElement(Eval(invocation.Arguments[0].Value)));
     }
 
     private static bool IsInPlaceName(string name) => name.Length > 1 && name[name.Length - 1] == '_' && name != "requires_grad_";

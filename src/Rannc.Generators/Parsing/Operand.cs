@@ -32,6 +32,15 @@ internal sealed class Operand
         Items = items;
     }
 
+    private Operand(ImmutableArray<Operand> elements, ITypeSymbol type, int listIdentity)
+    {
+        Code = "new " + type.ToDisplayString(SymbolDisplayFormat.FullyQualifiedFormat) + "() { "
+            + string.Join(", ", elements.Select(element => element.Code)) + " }";
+        Type = type;
+        ListElements = elements;
+        ListIdentity = listIdentity;
+    }
+
     public string Code { get; }
 
     public ITypeSymbol? Type { get; }
@@ -43,6 +52,22 @@ internal sealed class Operand
     public ImmutableArray<Operand> Items { get; }
 
     public bool IsTuple => !Items.IsDefault;
+
+    /// <summary>
+    /// Elements of a <c>List&lt;T&gt;</c> built in forward() (<c>new List&lt;Tensor&gt;()</c>, then <c>Add</c>); default when the
+    /// operand is not such a list. Its code creates the list with the elements added so far.
+    /// </summary>
+    public ImmutableArray<Operand> ListElements { get; }
+
+    /// <summary>Which list this is: locals that share it (an alias) have the same identity.</summary>
+    public int ListIdentity { get; }
+
+    public bool IsList => !ListElements.IsDefault;
+
+    public static Operand List(ImmutableArray<Operand> elements, ITypeSymbol type, int identity) => new(elements, type, identity);
+
+    /// <summary>The same list with one more element.</summary>
+    public Operand WithListElement(Operand element) => new(ListElements.Add(element), Type!, ListIdentity);
 
     /// <summary>A marker for values that do not exist in the graph (a dispose scope).</summary>
     public static Operand Transparent { get; } = new("default!", null);

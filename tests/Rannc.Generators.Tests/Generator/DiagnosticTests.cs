@@ -124,15 +124,35 @@ public sealed class DiagnosticTests
         """);
 
     [Fact]
-    public void Rannc0002_AddingToAListOfTensors_IsReportedOnTheCall() => Verify("""
+    public void Rannc0002_AddingToAListInALoop_IsReportedOnTheCall() => Verify("""
+        [RaNNC]
+        public partial class Net : Module<Tensor, Tensor>
+        {
+            private readonly int repeats = 2;
+            public Net() : base("net") { }
+            public override Tensor forward(Tensor x)
+            {
+                var parts = new System.Collections.Generic.List<Tensor>();
+                for (var i = 0; i < repeats; i++)
+                {
+                    {|RANNC0002:parts.Add(x * i)|};
+                }
+                return torch.cat(parts, 1);
+            }
+        }
+        """);
+
+    [Fact]
+    public void Rannc0002_AddingToAListThroughASecondLocal_IsReportedOnTheCall() => Verify("""
         [RaNNC]
         public partial class Net : Module<Tensor, Tensor>
         {
             public Net() : base("net") { }
             public override Tensor forward(Tensor x)
             {
-                var parts = new System.Collections.Generic.List<Tensor>();
-                {|RANNC0002:parts.Add(x)|};
+                var parts = new System.Collections.Generic.List<Tensor> { x };
+                var alias = parts;
+                {|RANNC0002:alias.Add(x * 2)|};
                 return torch.cat(parts, 1);
             }
         }
@@ -247,14 +267,14 @@ public sealed class DiagnosticTests
         """);
 
     [Fact]
-    public void Rannc0001_SwitchOnAShape_IsReportedOnTheSelector() => Verify("""
+    public void Rannc0001_SwitchOnTensorContents_IsReportedOnTheSelector() => Verify("""
         [RaNNC]
         public partial class Net : Module<Tensor, Tensor>
         {
             public Net() : base("net") { }
             public override Tensor forward(Tensor x)
             {
-                switch ({|RANNC0001:x.size(1)|})
+                switch ({|RANNC0001:x.sum().item<long>()|})
                 {
                     case 1:
                         x = x * 2;

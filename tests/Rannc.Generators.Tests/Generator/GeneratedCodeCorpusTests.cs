@@ -29,6 +29,13 @@ public sealed class GeneratedCodeCorpusTests
             public static Tensor Doubled(this Tensor t) => t + t;
         }
 
+        public static class Hidden
+        {
+            private enum Kind { A, B }
+            private sealed class Box { public double Factor => 2; }
+            public static Tensor Use(Tensor t) => t * (int)Kind.B * new Box().Factor;
+        }
+
         """;
 
     /// <summary>Name, members and forward() of a [RaNNC] class, and the diagnostic IDs expected (empty: captured without findings).</summary>
@@ -52,8 +59,10 @@ public sealed class GeneratedCodeCorpusTests
             "var y = x + 1; return torch.cat(new List<Tensor> { x, y }, dim: 1) + torch.stack([x, y], 0).sum(dim: 0);", [] },
         { "spread in a collection expression", "Module<Tensor, Tensor>", "Tensor x",
             "return x.mean([.. dims], keepdim: true);", ["RANNC0008"] },
-        { "list built by Add", "Module<Tensor, Tensor>", "Tensor x",
-            "var parts = new List<Tensor>(); parts.Add(x); return torch.cat(parts, 1);", ["RANNC0002"] },
+        { "list built by Add in straight-line code", "Module<Tensor, Tensor>", "Tensor x",
+            "var parts = new List<Tensor>(); parts.Add(x); parts.Add(functional.relu(x)); return torch.cat(parts, 1) * parts.Count + parts[1];", [] },
+        { "list filled in a loop", "Module<Tensor, Tensor>", "Tensor x",
+            "var parts = new List<Tensor>(); for (var i = 0; i < maxLen; i++) { parts.Add(x * i); } return torch.cat(parts, 1);", ["RANNC0002"] },
         // ---- arguments and constants
         { "named and optional arguments, string and enum constants", "Module<Tensor, Tensor>", "Tensor x",
             "var p = functional.softmax(x, dim: -1); var e = torch.einsum(\"ij,ij->ij\", p, x); return e.to_type(ScalarType.Float64).sum(dim: 1, keepdim: true) * (mode == Mode.Scaled ? 2.0 : 1.0);", [] },
@@ -67,6 +76,8 @@ public sealed class GeneratedCodeCorpusTests
         // ---- helpers
         { "tuple results of helpers, own and of another class", "Module<Tensor, Tensor>", "Tensor x",
             "var (a, b) = Split(x); var (c, d) = Ops.Halves(a); return Ops.Scale(c + d) + b.Doubled() + Ops.Scale(b, factor: 3);", [] },
+        { "static helper using types private to its class", "Module<Tensor, Tensor>", "Tensor x",
+            "return Hidden.Use(x);", ["RANNC0002", "RANNC0002"] },
         { "instance method of another object", "Module<Tensor, Tensor>", "Tensor x",
             "return new Corpus.Plain().forward(x) + new System.Random().Next() * x;", ["RANNC0002"] },
         { "lambda", "Module<Tensor, Tensor>", "Tensor x",
@@ -87,6 +98,8 @@ public sealed class GeneratedCodeCorpusTests
             "if (x.size(0) == 1) { return x; } return x * 2;", [] },
         { "ternary on a shape with graph work", "Module<Tensor, Tensor>", "Tensor x",
             "return x.dim() > 2 ? x.flatten(1) : functional.relu(x);", [] },
+        { "switch on a shape", "Module<Tensor, Tensor>", "Tensor x",
+            "switch (x.dim()) { case 2: x = x * 2; break; case 3: case 4: x = x.flatten(1); break; default: x = x + 1; break; } return x;", [] },
         { "condition on tensor contents", "Module<Tensor, Tensor>", "Tensor x",
             "if (x.max().item<double>() > 1) { x = x / 2; } return x;", ["RANNC0001"] },
         { "loop bound from a shape", "Module<Tensor, Tensor>", "Tensor x",
@@ -113,6 +126,8 @@ public sealed class GeneratedCodeCorpusTests
             "var isLinear = proj is Linear l; var kind = typeof(Tensor); return x;", ["RANNC0008", "RANNC0008"] },
         { "local function", "Module<Tensor, Tensor>", "Tensor x",
             "Tensor Local(Tensor t) => t * 2; return Local(x);", ["RANNC0002", "RANNC0008"] },
+        { "torchvision-style residual block with an optional downsample", "Module<Tensor, Tensor>", "Tensor x",
+            "var identity = x; var o = functional.relu(proj!.forward(x)); if (downsample is not null) { identity = downsample.forward(x); } o += identity; return functional.relu(o);", ["RANNC0009"] },
         // ---- other refused statements
         { "while loop", "Module<Tensor, Tensor>", "Tensor x",
             "var i = 0; while (i < maxLen) { x = x + 1; i++; } return x;", ["RANNC0008"] },
@@ -156,6 +171,7 @@ public sealed class GeneratedCodeCorpusTests
                 private readonly Wrapped wrapped = new();
                 private readonly Sequential features = Sequential(Linear(4, 4), ReLU());
                 private readonly Module<Tensor, Tensor> head = Linear(4, 2);
+                private readonly Module<Tensor, Tensor>? downsample = null;
 
                 public Net() : base("net") { RegisterComponents(); }
 
