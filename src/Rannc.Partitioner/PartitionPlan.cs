@@ -95,6 +95,11 @@ public sealed record PartitionPlan(
         CheckStages(graph, problems);
         CheckRanks(cluster, problems);
         CheckBatches(options, problems);
+        if (problems.Count == 0)
+        {
+            CheckSliceFloors(graph, options, problems);
+        }
+
         CheckOptions(options, problems);
         if (problems.Count == 0)
         {
@@ -190,6 +195,12 @@ public sealed record PartitionPlan(
                         $"Value {v} ('{graph.Values[v].Name}') flows backwards: produced in stage {producerStage[v]}, "
                         + $"read by node {node.Id} ('{node.Name}') in stage {stageOfNode[node.Id]}.");
                 }
+                else if (producerStage[v] >= 0 && producerStage[v] != stageOfNode[node.Id] && !graph.Values[v].CanCrossStage)
+                {
+                    problems.Add(
+                        $"Value {v} ('{graph.Values[v].Name}') cannot cross a stage boundary but is produced in stage {producerStage[v]} "
+                        + $"and read by node {node.Id} ('{node.Name}') in stage {stageOfNode[node.Id]}.");
+                }
             }
         }
     }
@@ -257,6 +268,26 @@ public sealed record PartitionPlan(
             else if (replicas > 0 && stage.LargestSlice != layout.LargestSlice(replicas))
             {
                 problems.Add($"Stage {stage.Index} records a largest slice of {stage.LargestSlice}, the layout gives {layout.LargestSlice(replicas)}.");
+            }
+        }
+    }
+
+    private void CheckSliceFloors(Graph graph, PlanningOptions options, List<string> problems)
+    {
+        MicroBatchLayout layout = Layout;
+        foreach (StagePlan stage in Stages)
+        {
+            int smallest = layout.SmallestMicroBatch / stage.ReplicaRanks.Count;
+            foreach (int n in stage.NodeIds)
+            {
+                int floor = Math.Max(graph.Nodes[n].MinSamplesPerSlice, options.MinSamplesPerSlice);
+                if (smallest < floor)
+                {
+                    problems.Add(
+                        $"Stage {stage.Index} gives replica slices of {smallest} sample(s) but node {n} ('{graph.Nodes[n].Name}') "
+                        + $"needs at least {floor} per slice.");
+                    break;
+                }
             }
         }
     }
