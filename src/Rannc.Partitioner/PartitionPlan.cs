@@ -17,6 +17,16 @@ public sealed record StagePlan(
     int LargestSlice,
     long PeakMemoryBytes);
 
+/// <summary>A parameter (or buffer) whose users lie in several stages (e.g. a word embedding tied to the LM head).</summary>
+/// <param name="ParameterId">Index in <see cref="Graph.Parameters"/>.</param>
+/// <param name="Name">Its name in the model.</param>
+/// <param name="Trainable">Whether it has a gradient; only then are the copies synchronised.</param>
+/// <param name="Bytes">Storage bytes of one copy.</param>
+/// <param name="Stages">Indices of the stages holding a copy (every stage with a node that uses it), ascending. Each
+/// replica of each of these stages holds a copy; after the stages' own all-reduce, the copies' gradients are summed
+/// among these stages once per step (<see cref="CostModel.SharedParameterSyncSeconds"/>) so the copies stay equal.</param>
+public sealed record SharedParameter(int ParameterId, string Name, bool Trainable, long Bytes, IReadOnlyList<int> Stages);
+
 /// <summary>
 /// The output of the planner and the input of the runtime: stages, their replicas and ranks, the micro-batches,
 /// the schedule, and what the plan is predicted to cost. A plain record that serializes to canonical JSON
@@ -73,6 +83,35 @@ public sealed record PartitionPlan(
         }
 
         return null;
+    }
+
+    /// <summary>Every parameter or buffer used by nodes of more than one stage, by parameter id, with the stages holding it
+    /// (the runtime builds one gradient-sum group per trainable one). Empty when no parameter is split.</summary>
+    public IReadOnlyList<SharedParameter> SharedParameters(Graph graph)
+    {
+        var holders = new SortedSet<int>?[graph.Parameters.Count];
+        foreach (StagePlan stage in Stages)
+        {
+            foreach (int n in stage.NodeIds)
+            {
+                foreach (int p in graph.Nodes[n].Parameters)
+                {
+                    (holders[p] ??= []).Add(stage.Index);
+                }
+            }
+        }
+
+        var shared = new List<SharedParameter>();
+        for (int p = 0; p < holders.Length; p++)
+        {
+            if (holders[p] is { Count: > 1 } stages)
+            {
+                GraphParameter parameter = graph.Parameters[p];
+                shared.Add(new SharedParameter(p, parameter.Name, parameter.Trainable, parameter.Bytes, stages.ToList()));
+            }
+        }
+
+        return shared;
     }
 
     /// <summary>The shape of this plan, for <see cref="PlanObjective.Evaluate"/>.</summary>
