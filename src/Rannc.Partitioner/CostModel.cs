@@ -49,6 +49,37 @@ public static class CostModel
     public static double RingAllReduceSeconds(long bytes, int participants, double bandwidth, double latencySeconds) =>
         participants <= 1 ? 0 : 2.0 * (participants - 1) / participants * bytes / bandwidth + 2.0 * (participants - 1) * latencySeconds;
 
+    /// <summary>
+    /// Once per step, after every holder stage's last backward and its own all-reduce, the gradients of each trainable
+    /// shared parameter (<see cref="PartitionPlan.SharedParameters"/>) are summed among the stages holding it: a ring
+    /// all-reduce among one copy per holder stage (replica <c>j</c> of each holder syncs with replica <c>j</c> of the
+    /// others, in parallel), over the inter-node link when the holders' ranks span hosts. Parameters with the same
+    /// holder stages go in one bucket. Returns, per bucket, the holder stages and the seconds it takes.
+    /// </summary>
+    public static IReadOnlyList<(IReadOnlyList<int> Stages, double Seconds)> SharedParameterSyncSeconds(
+        PartitionPlan plan, Graph graph, Cluster cluster)
+    {
+        var buckets = new SortedDictionary<string, (IReadOnlyList<int> Stages, long Bytes)>(StringComparer.Ordinal);
+        foreach (SharedParameter parameter in plan.SharedParameters(graph).Where(p => p.Trainable))
+        {
+            string key = string.Join(",", parameter.Stages);
+            buckets[key] = (parameter.Stages, (buckets.TryGetValue(key, out var b) ? b.Bytes : 0) + parameter.Bytes);
+        }
+
+        var result = new List<(IReadOnlyList<int>, double)>();
+        foreach ((IReadOnlyList<int> stages, long bytes) in buckets.Values)
+        {
+            var ranks = stages.SelectMany(s => plan.Stages[s].ReplicaRanks).ToList();
+            bool oneNode = ranks.All(r => cluster.NodeOf(r) == cluster.NodeOf(ranks[0]));
+            result.Add((stages, RingAllReduceSeconds(
+                bytes, stages.Count,
+                oneNode ? cluster.IntraNodeBandwidth : cluster.InterNodeBandwidth,
+                oneNode ? cluster.IntraNodeLatencySeconds : cluster.InterNodeLatencySeconds)));
+        }
+
+        return result;
+    }
+
     /// <summary>Ceiling of <paramref name="a"/> / <paramref name="b"/> for positive integers.</summary>
     public static int CeilDiv(int a, int b) => (a + b - 1) / b;
 }

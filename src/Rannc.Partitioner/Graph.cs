@@ -13,6 +13,13 @@ public sealed record GraphValue(int Id, string Name, long BytesPerSample, long F
 {
     /// <summary>Bytes of this value for a micro-batch of <paramref name="samples"/> samples.</summary>
     public long BytesAt(int samples) => BytesPerSample * samples + FixedBytes;
+
+    /// <summary>
+    /// Whether the runtime can send this value between stages (default true). False for kinds it cannot transfer
+    /// (e.g. the <c>Tensor[]</c> result of <c>chunk</c>/<c>split</c>): the planner keeps its producer and every
+    /// reader in one stage, and <see cref="PartitionPlan.FindViolations"/> reports a plan where it crosses a boundary.
+    /// </summary>
+    public bool CanCrossStage { get; init; } = true;
 }
 
 /// <summary>A trainable parameter or a buffer, by its name in the model's <c>named_parameters()</c>/<c>named_buffers()</c>.</summary>
@@ -30,7 +37,16 @@ public sealed record GraphParameter(int Id, string Name, long Bytes, bool Traina
 /// <param name="Outputs">Ids of the values it writes; each value has exactly one producer (or is a graph input).</param>
 /// <param name="Parameters">Ids of the parameters and buffers it uses; a parameter used by several nodes is shared.</param>
 public sealed record GraphNode(
-    int Id, string Name, string Kind, IReadOnlyList<int> Inputs, IReadOnlyList<int> Outputs, IReadOnlyList<int> Parameters);
+    int Id, string Name, string Kind, IReadOnlyList<int> Inputs, IReadOnlyList<int> Outputs, IReadOnlyList<int> Parameters)
+{
+    /// <summary>
+    /// Fewest samples this node may see in one training slice (default 1; 2 for batch normalisation, whose batch
+    /// variance is undefined on one sample). The planner never chooses micro-batch and replica counts that give the
+    /// stage holding it a smaller slice (see <see cref="MicroBatchLayout"/>); <see cref="PlanningOptions.MinSamplesPerSlice"/>
+    /// raises the floor for every node.
+    /// </summary>
+    public int MinSamplesPerSlice { get; init; } = 1;
+}
 
 /// <summary>
 /// The planning view of a model: what the partitioner needs and nothing TorchSharp-specific.

@@ -10,7 +10,8 @@ namespace Rannc.Partitioner;
 /// </summary>
 public static class GraphBlocks
 {
-    /// <summary>Atomic units in pipeline order, each a list of node ids in execution order.</summary>
+    /// <summary>Atomic units in pipeline order, each a list of node ids in execution order. A value that cannot cross a
+    /// stage boundary (<see cref="GraphValue.CanCrossStage"/>) never leaves its unit.</summary>
     public static IReadOnlyList<IReadOnlyList<int>> AtomicUnits(Graph graph)
     {
         int nodeCount = graph.Nodes.Count;
@@ -54,7 +55,8 @@ public static class GraphBlocks
             (members[anchor[n]] ??= []).Add(n);
         }
 
-        var units = new List<IReadOnlyList<int>>();
+        var units = new List<List<int>>();
+        int[] unitOfNode = new int[nodeCount];
         for (int n = 0; n < nodeCount; n++)
         {
             if (anchor[n] == n)
@@ -63,7 +65,52 @@ public static class GraphBlocks
             }
         }
 
-        return units;
+        for (int u = 0; u < units.Count; u++)
+        {
+            foreach (int n in units[u])
+            {
+                unitOfNode[n] = u;
+            }
+        }
+
+        // A value the runtime cannot send joins its producer's and readers' units (and those between, so units stay
+        // intervals of one order): no stage boundary can then fall between them.
+        int[] reach = new int[units.Count];
+        for (int u = 0; u < units.Count; u++)
+        {
+            reach[u] = u;
+        }
+
+        foreach (GraphNode node in graph.Nodes)
+        {
+            foreach (int v in node.Outputs)
+            {
+                if (!graph.Values[v].CanCrossStage)
+                {
+                    int from = unitOfNode[node.Id];
+                    foreach (int c in consumers[v] ?? [])
+                    {
+                        reach[from] = Math.Max(reach[from], unitOfNode[c]);
+                    }
+                }
+            }
+        }
+
+        var merged = new List<IReadOnlyList<int>>();
+        for (int u = 0; u < units.Count;)
+        {
+            var unit = new List<int>();
+            int end = reach[u];
+            for (; u <= end; u++)
+            {
+                end = Math.Max(end, reach[u]);
+                unit.AddRange(units[u]);
+            }
+
+            merged.Add(unit);
+        }
+
+        return merged;
     }
 
     /// <summary>Merges adjacent units into at most <paramref name="maxBlocks"/> balanced blocks.</summary>

@@ -17,6 +17,16 @@ public sealed record StagePlan(
     int LargestSlice,
     long PeakMemoryBytes);
 
+/// <summary>A parameter (or buffer) whose users lie in several stages (e.g. a word embedding tied to the LM head).</summary>
+/// <param name="ParameterId">Index in <see cref="Graph.Parameters"/>.</param>
+/// <param name="Name">Its name in the model.</param>
+/// <param name="Trainable">Whether it has a gradient; only then are the copies synchronised.</param>
+/// <param name="Bytes">Storage bytes of one copy.</param>
+/// <param name="Stages">Indices of the stages holding a copy (every stage with a node that uses it), ascending. Each
+/// replica of each of these stages holds a copy; after the stages' own all-reduce, the copies' gradients are summed
+/// among these stages once per step (<see cref="CostModel.SharedParameterSyncSeconds"/>) so the copies stay equal.</param>
+public sealed record SharedParameter(int ParameterId, string Name, bool Trainable, long Bytes, IReadOnlyList<int> Stages);
+
 /// <summary>
 /// The output of the planner and the input of the runtime: stages, their replicas and ranks, the micro-batches,
 /// the schedule, and what the plan is predicted to cost. A plain record that serializes to canonical JSON
@@ -75,6 +85,35 @@ public sealed record PartitionPlan(
         return null;
     }
 
+    /// <summary>Every parameter or buffer used by nodes of more than one stage, by parameter id, with the stages holding it
+    /// (the runtime builds one gradient-sum group per trainable one). Empty when no parameter is split.</summary>
+    public IReadOnlyList<SharedParameter> SharedParameters(Graph graph)
+    {
+        var holders = new SortedSet<int>?[graph.Parameters.Count];
+        foreach (StagePlan stage in Stages)
+        {
+            foreach (int n in stage.NodeIds)
+            {
+                foreach (int p in graph.Nodes[n].Parameters)
+                {
+                    (holders[p] ??= []).Add(stage.Index);
+                }
+            }
+        }
+
+        var shared = new List<SharedParameter>();
+        for (int p = 0; p < holders.Length; p++)
+        {
+            if (holders[p] is { Count: > 1 } stages)
+            {
+                GraphParameter parameter = graph.Parameters[p];
+                shared.Add(new SharedParameter(p, parameter.Name, parameter.Trainable, parameter.Bytes, stages.ToList()));
+            }
+        }
+
+        return shared;
+    }
+
     /// <summary>The shape of this plan, for <see cref="PlanObjective.Evaluate"/>.</summary>
     public PlanShape ToShape() => new(
         Stages.Select(s => s.NodeIds).ToList(),
@@ -95,6 +134,11 @@ public sealed record PartitionPlan(
         CheckStages(graph, problems);
         CheckRanks(cluster, problems);
         CheckBatches(options, problems);
+        if (problems.Count == 0)
+        {
+            CheckSliceFloors(graph, options, problems);
+        }
+
         CheckOptions(options, problems);
         if (problems.Count == 0)
         {
@@ -190,6 +234,12 @@ public sealed record PartitionPlan(
                         $"Value {v} ('{graph.Values[v].Name}') flows backwards: produced in stage {producerStage[v]}, "
                         + $"read by node {node.Id} ('{node.Name}') in stage {stageOfNode[node.Id]}.");
                 }
+                else if (producerStage[v] >= 0 && producerStage[v] != stageOfNode[node.Id] && !graph.Values[v].CanCrossStage)
+                {
+                    problems.Add(
+                        $"Value {v} ('{graph.Values[v].Name}') cannot cross a stage boundary but is produced in stage {producerStage[v]} "
+                        + $"and read by node {node.Id} ('{node.Name}') in stage {stageOfNode[node.Id]}.");
+                }
             }
         }
     }
@@ -257,6 +307,26 @@ public sealed record PartitionPlan(
             else if (replicas > 0 && stage.LargestSlice != layout.LargestSlice(replicas))
             {
                 problems.Add($"Stage {stage.Index} records a largest slice of {stage.LargestSlice}, the layout gives {layout.LargestSlice(replicas)}.");
+            }
+        }
+    }
+
+    private void CheckSliceFloors(Graph graph, PlanningOptions options, List<string> problems)
+    {
+        MicroBatchLayout layout = Layout;
+        foreach (StagePlan stage in Stages)
+        {
+            int smallest = layout.SmallestMicroBatch / stage.ReplicaRanks.Count;
+            foreach (int n in stage.NodeIds)
+            {
+                int floor = Math.Max(graph.Nodes[n].MinSamplesPerSlice, options.MinSamplesPerSlice);
+                if (smallest < floor)
+                {
+                    problems.Add(
+                        $"Stage {stage.Index} gives replica slices of {smallest} sample(s) but node {n} ('{graph.Nodes[n].Name}') "
+                        + $"needs at least {floor} per slice.");
+                    break;
+                }
             }
         }
     }

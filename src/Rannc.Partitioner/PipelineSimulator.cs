@@ -34,7 +34,19 @@ public static class PipelineSimulator
             throw new InvalidOperationException(result.Failure);
         }
 
-        double step = result.FinishSeconds.DefaultIfEmpty(0).Max();
+        double[] finish = result.FinishSeconds.ToArray();
+        foreach ((IReadOnlyList<int> stages, double seconds) in CostModel.SharedParameterSyncSeconds(plan, graph, cluster))
+        {
+            // The cross-stage sum of shared gradients starts when the last holder rank is done and ends the step for all of them.
+            var ranks = stages.SelectMany(s => plan.Stages[s].ReplicaRanks).ToList();
+            double end = ranks.Max(r => finish[r]) + seconds;
+            foreach (int r in ranks)
+            {
+                finish[r] = end;
+            }
+        }
+
+        double step = finish.DefaultIfEmpty(0).Max();
         var idle = plan.Stages
             .Select(s => step <= 0 ? 0 : 1 - s.ReplicaRanks.Average(r => result.ComputeSeconds[r]) / step)
             .ToList();

@@ -48,7 +48,7 @@ public static class PlanJson
 public static class PlanCacheKey
 {
     /// <summary>Bumped whenever the search, the model or the plan format changes meaning.</summary>
-    public const int FormatVersion = 3;
+    public const int FormatVersion = 4;
 
     private sealed record KeyMaterial(
         string RanncVersion, int FormatVersion, Graph Graph, CostTable Costs, Cluster Cluster, PlanningOptions Options);

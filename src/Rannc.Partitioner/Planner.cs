@@ -295,6 +295,11 @@ public static class GraphChecks
                 available[v] = true;
             }
 
+            if (node.MinSamplesPerSlice < 1)
+            {
+                throw new ArgumentException($"Node {i} ('{node.Name}') has MinSamplesPerSlice {node.MinSamplesPerSlice}; it must be at least 1.");
+            }
+
             foreach (int p in node.Parameters)
             {
                 if (p < 0 || p >= graph.Parameters.Count)

@@ -58,6 +58,10 @@ public sealed record PlanningOptions(int GlobalBatchSize)
     /// <summary>Micro-batch counts up to this are all tried; above it, counts grow by at least 20 % per step.</summary>
     public int DenseMicroBatchLimit { get; init; } = 16;
 
+    /// <summary>Fewest samples any node may see in one training slice; a node's own
+    /// <see cref="GraphNode.MinSamplesPerSlice"/> may ask for more (default 1: no floor beyond the nodes').</summary>
+    public int MinSamplesPerSlice { get; init; } = 1;
+
     /// <summary>For tests: force the plan shape, one replica count per stage (the stage count is its length).</summary>
     public IReadOnlyList<int>? ForcedReplicasPerStage { get; init; }
 
@@ -80,10 +84,10 @@ public sealed record PlanningOptions(int GlobalBatchSize)
         }
 
         if (MinStages < 1 || MaxStages < MinStages || MinMicroBatches < 1 || MaxMicroBatches < MinMicroBatches || MaxBlocks < 1
-            || SearchBeamWidth < 0 || DenseReplicaLimit < 1 || RefinementBlocks < 0 || DenseMicroBatchLimit < 1)
+            || SearchBeamWidth < 0 || MinSamplesPerSlice < 1 || DenseReplicaLimit < 1 || RefinementBlocks < 0 || DenseMicroBatchLimit < 1)
         {
             throw new ArgumentException(
-                $"Bounds must satisfy 1 ≤ MinStages ≤ MaxStages, 1 ≤ MinMicroBatches ≤ MaxMicroBatches, MaxBlocks ≥ 1, SearchBeamWidth ≥ 0 and DenseReplicaLimit ≥ 1: {this}.");
+                $"Bounds must satisfy 1 ≤ MinStages ≤ MaxStages, 1 ≤ MinMicroBatches ≤ MaxMicroBatches, MaxBlocks ≥ 1, SearchBeamWidth ≥ 0, MinSamplesPerSlice ≥ 1 and DenseReplicaLimit ≥ 1: {this}.");
         }
 
         if (ForcedReplicasPerStage is { } forced && (forced.Count == 0 || forced.Any(r => r < 1)))

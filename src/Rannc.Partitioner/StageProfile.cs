@@ -40,6 +40,9 @@ public sealed record StageProfile(
     ScaledBytes ActivationsOut,
     ScaledBytes GradientsOut)
 {
+    /// <summary>Fewest samples a slice of this stage may hold: the largest <see cref="GraphNode.MinSamplesPerSlice"/> of its nodes.</summary>
+    public int MinSamplesPerSlice { get; init; } = 1;
+
     /// <summary>Forward time for a replica slice of <paramref name="samples"/> samples.</summary>
     public double ForwardSeconds(int samples) => ForwardFixedSeconds + ForwardSecondsPerSample * samples;
 
@@ -142,6 +145,7 @@ internal sealed class RangeTable
             Array.Clear(parameterSeen);
             Array.Clear(inputSeen);
             double ff = 0, fs = 0, bf = 0, bs = 0;
+            int minSlice = 1;
             long trainable = 0, frozen = 0;
             ScaledBytes produced = default, graphInputBytes = default;
             for (int end = first + 1; end <= blockCount; end++)
@@ -150,6 +154,7 @@ internal sealed class RangeTable
                 {
                     GraphNode node = graph.Nodes[nodeId];
                     NodeCost cost = costs.Nodes[nodeId];
+                    minSlice = Math.Max(minSlice, node.MinSamplesPerSlice);
                     ff += cost.ForwardFixedSeconds;
                     fs += cost.ForwardSecondsPerSample;
                     bf += cost.BackwardFixedSeconds;
@@ -194,7 +199,7 @@ internal sealed class RangeTable
                     ActivationsIn: cut[first],
                     GradientsIn: gradCut[first],
                     ActivationsOut: cut[end],
-                    GradientsOut: gradCut[end]);
+                    GradientsOut: gradCut[end]) { MinSamplesPerSlice = minSlice };
             }
         }
 

@@ -218,8 +218,14 @@ internal sealed class StageSearch(RangeTable table, Cluster cluster, PlanningOpt
 
                     int target = first * countStates + (countInState ? countState + 1 : 0);
                     IReadOnlyList<int> replicaOptions = forced is null ? candidates : [forced[forced.Count - countState - 1]];
+                    int minSlice = Math.Max(profile.MinSamplesPerSlice, options.MinSamplesPerSlice);
                     foreach (int replicas in replicaOptions)
                     {
+                        if (layout.SmallestMicroBatch / replicas < minSlice)
+                        {
+                            continue; // some slice would be smaller than a node of the stage allows (batch norm)
+                        }
+
                         int slice = layout.LargestSlice(replicas);
                         foreach (bool recompute in recomputeChoices)
                         {

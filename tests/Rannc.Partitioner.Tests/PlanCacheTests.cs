@@ -24,7 +24,7 @@ public sealed class PlanCacheTests : IDisposable
         string key = PlanCacheKey.Compute(input.Graph, input.Costs, input.Cluster, input.Options);
 
         // A fixed input has a fixed key in every process (update deliberately when the format changes).
-        Assert.Equal("81665f79233d7958eac2b1def91cfec6b29bbf3cccd911245e8ba73ef550900b", key);
+        Assert.Equal("aee099725f37f9f35fa0200d517febfafea909f1f7bba53a6550a4c900632d3f", key);
         Assert.Equal(key, PlanCacheKey.Compute(TestInputs.SmallBert().Graph, input.Costs, input.Cluster, input.Options));
         var changedCosts = new CostTable(input.Costs.Nodes.Select((c, i) => i == 3 ? c with { BackwardSecondsPerSample = c.BackwardSecondsPerSample * 1.01 } : c).ToList());
         Assert.NotEqual(key, PlanCacheKey.Compute(input.Graph, changedCosts, input.Cluster, input.Options));
@@ -32,6 +32,11 @@ public sealed class PlanCacheTests : IDisposable
         Assert.NotEqual(key, PlanCacheKey.Compute(input.Graph, input.Costs, input.Cluster, input.Options with { MemoryMargin = 0.2 }));
         var renamed = input.Graph with { Nodes = input.Graph.Nodes.Select(n => n.Id == 0 ? n with { Name = "embed" } : n).ToList() };
         Assert.NotEqual(key, PlanCacheKey.Compute(renamed, input.Costs, input.Cluster, input.Options));
+        var pinned = input.Graph with { Values = input.Graph.Values.Select(v => v.Id == 2 ? v with { CanCrossStage = false } : v).ToList() };
+        Assert.NotEqual(key, PlanCacheKey.Compute(pinned, input.Costs, input.Cluster, input.Options));
+        var floored = input.Graph with { Nodes = input.Graph.Nodes.Select(n => n.Id == 2 ? n with { MinSamplesPerSlice = 2 } : n).ToList() };
+        Assert.NotEqual(key, PlanCacheKey.Compute(floored, input.Costs, input.Cluster, input.Options));
+        Assert.NotEqual(key, PlanCacheKey.Compute(input.Graph, input.Costs, input.Cluster, input.Options with { MinSamplesPerSlice = 2 }));
     }
 
     [Fact]
