@@ -35,6 +35,15 @@ public sealed class RanncModule : IDisposable
     private Deployed? _deployed;
     private Exception? _failedBackward;
 
+    /// <summary>
+    /// The one added line: takes this rank's communicator from where the program runs (<see cref="AmbientCommunicator"/>:
+    /// the current rank inside <see cref="RankLauncher.Run"/>, the MPI world under mpiexec, otherwise a single rank).
+    /// </summary>
+    public RanncModule(nn.Module model, optim.Optimizer optimizer, RanncOptions? options = null)
+        : this(model, optimizer, AmbientCommunicator.Current, options)
+    {
+    }
+
     /// <param name="model">The <c>[RaNNC]</c> model; every rank constructs its own with the same seed.</param>
     /// <param name="optimizer">The optimizer over the model's parameters (it steps the parameters this rank owns).</param>
     /// <param name="communicator">This rank's communicator (from <see cref="RankLauncher"/>).</param>
