@@ -122,6 +122,7 @@ cat > "$work/consumer/Program.cs" <<'CS'
 using Consumer;
 using Rannc;
 using Rannc.Communication;
+using Rannc.Execution;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -174,7 +175,7 @@ double[] Train(string optimizerName, bool rannc)
     var losses = new double[Steps];
     for (int step = 0; step < Steps; step++)
     {
-        var generator = new torch.Generator(100 + step);
+        var generator = new torch.Generator(100UL + (ulong)step);
         Tensor input = torch.randn([Batch, 4], ScalarType.Float64, generator: generator);
         Tensor labels = torch.randint(0, 3, [Batch], ScalarType.Int64, generator: generator);
         optimizer.zero_grad();

@@ -5,9 +5,11 @@ using Rannc.Mpi.Worker;
 // Each rank ends with a line "rannc-worker: rank R exit 0" so tests can tell which ranks finished.
 if (args.Length != 1)
 {
-    Console.Error.WriteLine($"usage: Rannc.Mpi.Worker <scenario>; scenarios: {string.Join(", ", CommunicatorScenarios.Passing.Keys.Concat(CommunicatorScenarios.Failing.Keys))}");
+    Console.Error.WriteLine($"usage: Rannc.Mpi.Worker <scenario>; scenarios: {string.Join(", ", CommunicatorScenarios.Passing.Keys.Concat(CommunicatorScenarios.Failing.Keys).Append(AmbientTraining.Scenario))}");
     return 2;
 }
+// This one runs without the launcher: RanncModule must find the MPI world on its own.
+if (args[0] == AmbientTraining.Scenario) return AmbientTraining.RunWithoutLauncher();
 Action<ICommunicator> scenario = CommunicatorScenarios.Passing.TryGetValue(args[0], out var passing) ? passing
     : CommunicatorScenarios.Failing.TryGetValue(args[0], out var failing) ? failing.Run
     : throw new ArgumentException($"unknown scenario '{args[0]}'");
