@@ -29,12 +29,17 @@ echo "== packing Rannc $version"
 dotnet pack "$work/repo/src/Rannc.Partitioner" -c Release -o "$work/feed" -p:Version="$version" --nologo -v quiet
 dotnet pack "$work/repo/src/Rannc.Runtime" -c Release -o "$work/feed" -p:Version="$version" --nologo -v quiet
 package="$work/feed/Rannc.$version.nupkg"
-if ! unzip -l "$package" | grep -q "analyzers/dotnet/cs/Rannc.Generators.dll"; then
-    echo "FAIL: $package has no analyzers/dotnet/cs/Rannc.Generators.dll" >&2
-    unzip -l "$package" >&2
-    exit 1
-fi
-echo "ok: the package carries analyzers/dotnet/cs/Rannc.Generators.dll"
+# the listing is read whole: `unzip | grep -q` would fail under pipefail when grep stops reading early
+listing="$(unzip -l "$package")"
+for file in analyzers/dotnet/cs/Rannc.Generators.dll build/Rannc.targets buildTransitive/Rannc.targets \
+            buildTransitive/WeakenElfVersionNeed.cs; do
+    if ! grep -q " $file\$" <<< "$listing"; then
+        echo "FAIL: $package has no $file" >&2
+        echo "$listing" >&2
+        exit 1
+    fi
+done
+echo "ok: the package carries the generator (analyzers/dotnet/cs) and the libstdc++ fix (build/, buildTransitive/)"
 
 echo "== building a consumer that references only the Rannc package"
 mkdir -p "$work/consumer"
