@@ -39,6 +39,15 @@ public sealed class RanncModule : IDisposable
     // The training step whose loss has not had backward() yet (null once it has): ranks must agree on it.
     private long? _awaitingBackward;
 
+    /// <summary>
+    /// The one added line: takes this rank's communicator from where the program runs (<see cref="AmbientCommunicator"/>:
+    /// the current rank inside <see cref="RankLauncher.Run"/>, the MPI world under mpiexec, otherwise a single rank).
+    /// </summary>
+    public RanncModule(nn.Module model, optim.Optimizer optimizer, RanncOptions? options = null)
+        : this(model, optimizer, AmbientCommunicator.Current, options)
+    {
+    }
+
     /// <param name="model">The <c>[RaNNC]</c> model; every rank constructs its own with the same seed.</param>
     /// <param name="optimizer">The optimizer over the model's parameters (it steps the parameters this rank owns).</param>
     /// <param name="communicator">This rank's communicator (from <see cref="RankLauncher"/>).</param>
@@ -642,6 +651,7 @@ public sealed class RanncModule : IDisposable
             OptimizerStateFactor = _options.OptimizerStateFactor,
             MemoryMargin = _options.MemoryMargin,
             MaxMicroBatches = Math.Min(batch, 64),
+            MinSamplesPerSlice = _options.MinSamplesPerSlice,
         };
         if (_options.Schedule is { } schedule) planning = planning with { Schedules = [schedule] };
         if (_options.MicroBatches is { } micro) planning = planning with { MinMicroBatches = micro, MaxMicroBatches = micro };

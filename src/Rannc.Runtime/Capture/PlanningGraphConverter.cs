@@ -73,11 +73,19 @@ public static class PlanningGraphConverter
         {
             var perSample = Math.Max(0, (atTwiceSamples[value.Id].Bytes - atSamples[value.Id].Bytes) / samples);
             var fixedBytes = Math.Max(0, atSamples[value.Id].Bytes - (perSample * samples));
-            return new Partitioner.GraphValue(value.Id, value.Name, perSample, fixedBytes, atSamples[value.Id].RequiresGrad);
+            // Arrays and tuples of tensors (chunk's result) cannot travel: the planner keeps their producer and users together.
+            return new Partitioner.GraphValue(value.Id, value.Name, perSample, fixedBytes, atSamples[value.Id].RequiresGrad)
+            {
+                CanCrossStage = Execution.ValueTransfer.CanCross(value),
+            };
         }).ToList();
         var nodes = graph.Nodes.Select(node => new Partitioner.GraphNode(
             node.Id, node.Name, node.Kind.ToString(), node.Inputs.ToList(), node.Outputs.ToList(),
-            node.Parameters.Concat(node.Buffers).Where(parameterIds.ContainsKey).Select(name => parameterIds[name]).Distinct().ToList())).ToList();
+            node.Parameters.Concat(node.Buffers).Where(parameterIds.ContainsKey).Select(name => parameterIds[name]).Distinct().ToList())
+        {
+            // Batch statistics over one sample are degenerate (zero variance): batch norm needs slices of 2 or more.
+            MinSamplesPerSlice = node.Buffers.Any(b => b.EndsWith("running_var", StringComparison.Ordinal)) ? 2 : 1,
+        }).ToList();
         return new PlanningGraph(nodes, values, parameters, graph.Inputs.ToList(), graph.Outputs.ToList());
     }
 }

@@ -40,6 +40,7 @@ public static class InProcessLauncher
         ArgumentOutOfRangeException.ThrowIfLessThan(ranks, 1);
         ArgumentNullException.ThrowIfNull(body);
         options ??= InProcessOptions.Default;
+        TorchNatives.EnsureLoadable();
         torch.set_num_threads(options.TorchThreads ?? Math.Max(1, Environment.ProcessorCount / ranks));
 
         var job = new InProcessJob(ranks);
@@ -58,6 +59,7 @@ public static class InProcessLauncher
                 try
                 {
                     using var comm = new InProcessCommunicator(group, r);
+                    using var ambient = AmbientCommunicator.Enter(comm);
                     results[r] = body(comm);
                 }
                 catch (Exception e)

@@ -66,6 +66,12 @@ public sealed record RanncOptions
     /// <summary>A test double: changes the gradients this rank's stage computed (graph name, gradient) before they are used.</summary>
     internal Func<string, Tensor, Tensor>? PerturbGradient { get; init; }
 
+    /// <summary>
+    /// The fewest samples any training slice (micro-batch share of one replica) may have (<c>RANNC_MIN_SLICE_SAMPLES</c>).
+    /// Batch-norm layers ask for at least 2 themselves; raise it when a model needs larger slices.
+    /// </summary>
+    public int MinSamplesPerSlice { get; init; } = 1;
+
     /// <summary>Where Rannc's log lines go (rank 0 prints the plan summary); null: standard error.</summary>
     public Action<string>? Log { get; init; }
 
@@ -87,6 +93,7 @@ public sealed record RanncOptions
         if (lookup("RANNC_CHECK_INPUTS") is { Length: > 0 } check)
             result = result with { CheckInputSteps = check.Trim().Equals("all", StringComparison.OrdinalIgnoreCase) ? null : ParseNonNegative("RANNC_CHECK_INPUTS", check) };
         if (lookup("RANNC_VERIFY") is { Length: > 0 } verify) result = result with { VerifySteps = ParseNonNegative("RANNC_VERIFY", verify) };
+        if (lookup("RANNC_MIN_SLICE_SAMPLES") is { Length: > 0 } slice) result = result with { MinSamplesPerSlice = ParsePositive("RANNC_MIN_SLICE_SAMPLES", slice) };
         if (lookup("RANNC_PROFILE_REPEATS") is { Length: > 0 } repeats) result = result with { ProfileRepeats = ParsePositive("RANNC_PROFILE_REPEATS", repeats) };
         return result;
     }

@@ -1,13 +1,14 @@
-// MSBuild inline task (compiled by RoslynCodeTaskFactory). Copies an ELF64 shared library and marks one required
-// symbol version weak (VER_FLG_WEAK in .gnu.version_r), unless the system libstdc++ already provides that version.
-// The copy is always written, so MSBuild's Inputs/Outputs check makes the step run once per package change.
+// MSBuild inline task, compiled by RoslynCodeTaskFactory from Rannc.targets (never part of a user's compilation).
+// Copies an ELF64 shared library and marks one required symbol version weak (VER_FLG_WEAK in .gnu.version_r),
+// unless the system libstdc++ already provides that version. The copy is always written, so MSBuild's
+// Inputs/Outputs check makes the step run once per package change.
 using System;
 using System.IO;
 using System.Text;
 using Microsoft.Build.Framework;
 using Microsoft.Build.Utilities;
 
-public sealed class WeakenElfVersionNeed : Task
+public sealed class RanncWeakenElfVersionNeed : Task
 {
     [Required] public string Source { get; set; } = "";
     [Required] public string Destination { get; set; } = "";
