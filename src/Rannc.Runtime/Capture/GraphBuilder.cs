@@ -365,7 +365,9 @@ internal sealed class GraphBuilder
         var type = module.GetType();
         if (InPlace.IsTorchSharpType(type))
         {
-            return module is Sequential ? "a child is not a Module<Tensor, Tensor>" : null;
+            return module is Sequential sequential
+                ? $"Sequential of {sequential.children().Count()} layers, cannot be looked through because a child is not a Module<Tensor, Tensor>"
+                : null;
         }
         if (module is ICapturedModule captured)
         {

@@ -111,4 +111,17 @@ public sealed class ZooTests
         Assert.True(input.eq(copy).all().item<bool>());
         Assert.Equal(model.forward(input.clone(), labels).item<float>(), actual);
     }
+
+    /// <summary>A node that fails says which node and where, with libtorch's first line and not its C++ stack.</summary>
+    [Fact]
+    public void FailingNode_NamesTheNodeAndItsSourceLine()
+    {
+        CapturedGraph graph = CapturedGraph.Build(ZooCatalog.InPlace.Create());
+        using var wrongWidth = torch.randn([4, 7]);
+        using var labels = torch.tensor(new long[] { 0, 1, 2, 1 });
+        var error = Assert.Throws<NodeExecutionException>(() => graph.Execute(wrongWidth, labels));
+        Assert.Equal("fc1", error.NodeName);
+        Assert.StartsWith("Node 'fc1' (ZooContainers.cs(", error.Message);
+        Assert.DoesNotContain("\n", error.Message);
+    }
 }
