@@ -422,9 +422,11 @@ public sealed class RanncModule : IDisposable
                 _residency.ReleaseAgain();
             };
         }
-        new StepVerifier(deployed.Graph, deployed.Plan, deployed.Placement, deployed.Loss, _world)
-            .Verify(step, inputs, loss, normalised, ValueOf, Restore, _options.DeviceMemoryBytes ?? DefaultMemoryBudget(), Log);
-        LogOnce($"Rannc verify: step {step} matches the unpartitioned step.");
+        if (new StepVerifier(deployed.Graph, deployed.Plan, deployed.Placement, deployed.Loss, _world)
+            .Verify(step, inputs, loss, normalised, ValueOf, Restore, _options.DeviceMemoryBytes ?? DefaultMemoryBudget(), Log))
+        {
+            LogOnce($"Rannc verify: step {step} matches the unpartitioned step.");
+        }
     }
 
     /// <summary>Adds the pipeline's gradients (times <paramref name="scale"/>, when given) to the owned parameters' <c>.grad</c>.</summary>

@@ -19,12 +19,22 @@ internal sealed class StepVerifier(CapturedGraph graph, PartitionPlan plan, Para
     /// <summary>Compares the step's <paramref name="pipelineLoss"/> and <paramref name="gradients"/> (graph names, for a loss of 1) with rank 0's unpartitioned step.</summary>
     /// <param name="valueOf">A copy of a parameter or buffer (graph name) as this rank holds it; zeros of its shape where it is released.</param>
     /// <param name="restore">Gives released parameters storage with the given values (rank 0 only), and returns an action that puts everything back.</param>
-    public void Verify(long step, object?[] inputs, double pipelineLoss, IReadOnlyDictionary<string, Tensor> gradients,
+    /// <returns>Whether the step was verified (false when it could not be: the model does not fit rank 0, or batch norm slices differ).</returns>
+    public bool Verify(long step, object?[] inputs, double pipelineLoss, IReadOnlyDictionary<string, Tensor> gradients,
         Func<string, Tensor> valueOf, Func<IReadOnlyDictionary<string, Tensor>, Action> restore, long budgetBytes, Action<string> log)
     {
         var owners = placement.Names.ToDictionary(n => n, n => plan.Stages[placement.HoldersOf(n)[0]].ReplicaRanks[0]);
         var names = graph.Parameters.Select(p => p.Name).Where(owners.ContainsKey).ToList();
         long modelBytes = graph.Parameters.Sum(p => p.Bytes);
+        // Batch norm normalises over each stage's own slices; the reference reproduces them only when every stage
+        // splits micro-batches the same way.
+        bool batchStatistics = graph.Nodes.Any(n => n.Buffers.Any(b => b.EndsWith("running_var", StringComparison.Ordinal)));
+        if (batchStatistics && plan.Stages.Select(s => s.ReplicaRanks.Count).Distinct().Count() > 1)
+        {
+            if (world.Rank == 0)
+                log($"Rannc verify: step {step} not verified: batch norm with replica counts that differ between stages normalises over slices the unpartitioned step does not reproduce.");
+            return false;
+        }
         // Rank 0 needs the whole model, its gradients and their reference twice over.
         bool fits = 3 * modelBytes <= budgetBytes;
         var values = new Dictionary<string, Tensor>(StringComparer.Ordinal);
@@ -57,6 +67,7 @@ internal sealed class StepVerifier(CapturedGraph graph, PartitionPlan plan, Para
         }
         string?[] verdicts = world.AllGather(verdict);
         if (verdicts[0] is { } failure) throw new InvalidOperationException(failure);
+        return fits;
     }
 
     private string? Compare(long step, object?[] inputs, double pipelineLoss, Dictionary<string, Tensor> values,

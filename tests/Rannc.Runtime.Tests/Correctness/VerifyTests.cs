@@ -17,7 +17,7 @@ public sealed class VerifyTests
         { "mlp", "2,1" },
         { "bert", "1,2" },
         { "bert", "1,1,1" },
-        { "resnet", "2,1" },
+        { "resnet", "1,1" },
         { "gpt", "1,1,1" },
     };
 
@@ -29,6 +29,15 @@ public sealed class VerifyTests
         Train(Task(sample), plan, new RanncOptions { VerifySteps = 2, Log = log.Enqueue });
         Assert.Contains("Rannc verify: step 0 matches the unpartitioned step.", log);
         Assert.Contains("Rannc verify: step 1 matches the unpartitioned step.", log);
+    }
+
+    [Fact]
+    public void Verify_SaysWhenBatchNormSlicesCannotBeReproduced()
+    {
+        var log = new ConcurrentQueue<string>();
+        Train(Task("resnet"), "2,1", new RanncOptions { VerifySteps = 1, Log = log.Enqueue });
+        Assert.Contains(log, line => line.StartsWith("Rannc verify: step 0 not verified: batch norm with replica counts that differ", StringComparison.Ordinal));
+        Assert.DoesNotContain(log, line => line.Contains("matches the unpartitioned step"));
     }
 
     [Fact]
