@@ -453,9 +453,37 @@ public sealed class RanncModule : IDisposable
         return output;
     }
 
+    /// <summary>Rank 0's plan as JSON, or why there is none.</summary>
+    private sealed record PlanOutcome(string? Plan, string? Error);
+
+    /// <summary>The options every rank must share (they decide the plan and which collectives run each step).</summary>
+    private sealed record SharedSettings(string Plan, string Schedule, int? MicroBatches, double MemoryMargin, int MinSamplesPerSlice,
+        int? CheckInputSteps, int VerifySteps, double OptimizerStateFactor, string? LoadDeployment);
+
+    /// <summary>Fails, naming the ranks and the options, when ranks were started with different settings.</summary>
+    private void CheckSharedSettings()
+    {
+        var mine = new SharedSettings(
+            _options.ForcedReplicasPerStage is { } replicas ? string.Join(",", replicas) : "auto", _options.Schedule?.ToString() ?? "auto",
+            _options.MicroBatches, _options.MemoryMargin, _options.MinSamplesPerSlice, _options.CheckInputSteps, _options.VerifySteps,
+            _options.OptimizerStateFactor, _options.LoadDeploymentPath);
+        SharedSettings[] all = _world.AllGather(mine);
+        var differences = typeof(SharedSettings).GetProperties()
+            .Where(p => all.Select(a => Convert.ToString(p.GetValue(a), CultureInfo.InvariantCulture)).Distinct().Count() > 1)
+            .Select(p => $"{p.Name}: " + string.Join("; ", all.Select((a, r) => $"rank {r}: {Convert.ToString(p.GetValue(a), CultureInfo.InvariantCulture) ?? "unset"}")))
+            .ToList();
+        if (differences.Count > 0)
+        {
+            throw new InvalidOperationException(
+                $"Rank {_world.Rank}: the ranks were started with different Rannc options (RANNC_* variables or RanncOptions), so they would plan or " +
+                "step differently:\n  " + string.Join("\n  ", differences));
+        }
+    }
+
     private Deployed Deploy(Tensor[] inputs, int batch)
     {
         var clock = Stopwatch.StartNew();
+        CheckSharedSettings();
         // Every rank starts from rank 0's parameters and buffers (as PyTorch's DDP does), whatever each was seeded with.
         BroadcastInitialState();
         // Profiling (and resolving branches on shapes while building) runs the model: keep buffers (batch-norm
@@ -481,7 +509,8 @@ public sealed class RanncModule : IDisposable
             ? AnalyseLoss(graph, SampleInputs(measureSamples), planningGraph)
             : LossCombination.PerSample;
 
-        long budget = _options.DeviceMemoryBytes ?? DefaultMemoryBudget();
+        // Ranks may have different budgets: every stage must fit the smallest.
+        long budget = _world.AllGather(_options.DeviceMemoryBytes ?? DefaultMemoryBudget()).Min();
         var cluster = new Cluster(1, _world.Size, budget, CpuLinkBandwidth, CpuLinkLatency, CpuLinkBandwidth, CpuLinkLatency);
         PlanningOptions planning = PlanningOptionsFor(batch);
         string key = DeploymentStore.Key(planningGraph, cluster, planning, "cpu");
@@ -505,15 +534,23 @@ public sealed class RanncModule : IDisposable
             int smallSamples = Math.Max(1, largeSamples / 4);
             CostTable costs = NodeProfiler.Profile(graph, SampleInputs, smallSamples, largeSamples, _world, _options.ProfileRepeats);
             LogOnce($"Rannc: profiled {graph.Nodes.Count} nodes on {_world.Size} rank(s) in {profileClock.Elapsed.TotalSeconds:0.0} s.");
-            try
+            // Rank 0 plans and every rank takes its plan (or its reason for having none), so ranks cannot disagree.
+            PlanOutcome? outcome = null;
+            if (_world.Rank == 0)
             {
-                plan = Planner.Plan(planningGraph, costs, cluster, planning);
+                try
+                {
+                    outcome = new PlanOutcome(PlanJson.Serialize(Planner.Plan(planningGraph, costs, cluster, planning)), null);
+                }
+                catch (NoFeasiblePlanException e)
+                {
+                    outcome = new PlanOutcome(null,
+                        PlanFailure.Explain(e, graph, planning.ForcedReplicasPerStage, _world.Size, FormatBytes(budget), _options.MemoryMargin));
+                }
             }
-            catch (NoFeasiblePlanException e)
-            {
-                throw new InvalidOperationException(
-                    PlanFailure.Explain(e, graph, planning.ForcedReplicasPerStage, _world.Size, FormatBytes(budget), _options.MemoryMargin), e);
-            }
+            outcome = _world.AllGather(outcome)[0]!;
+            if (outcome.Error is { } error) throw new InvalidOperationException(error);
+            plan = PlanJson.Deserialize(outcome.Plan!);
             if (_world.Rank == 0) SavePlan(key, plan);
         }
         if (_options.SaveDeploymentPath is { } savePath && _world.Rank == 0)

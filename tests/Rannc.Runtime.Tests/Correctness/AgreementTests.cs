@@ -105,3 +105,40 @@ public sealed class AgreementTests
 
     private static string Flatten(Exception e) => e.InnerException is null ? e.Message : e.Message + "\n" + Flatten(e.InnerException);
 }
+
+/// <summary>Options and plans come from one place: ranks with different budgets plan together; different options fail clearly.</summary>
+public sealed class SharedDecisionTests
+{
+    private static readonly SampleTask Mlp = SampleTasks.Mlp(inputSize: 6, hiddenSize: 10, hiddenLayers: 3, classes: 3);
+
+    [Fact]
+    public void RanksWithDifferentBudgets_ShareOnePlanForTheSmallest()
+    {
+        Tensor[] batch = Mlp.CreateBatch(8, 0).Select(t => t.is_floating_point() ? t.to_type(ScalarType.Float64) : t).ToArray();
+        var plans = InProcessLauncher.Run(2, comm =>
+        {
+            var options = new RanncOptions { DeviceMemoryBytes = comm.Rank == 0 ? 1L << 30 : 1L << 29, PlanCacheDirectory = "", ProfileRepeats = 1, Log = _ => { } };
+            nn.Module model = SeededModels.Create(Mlp.CreateModel, 3);
+            using var rannc = new RanncModule(model, torch.optim.SGD(model.parameters(), 0.1), comm, options);
+            rannc.forward(batch).backward();
+            return Rannc.Partitioner.PlanJson.Serialize(rannc.Plan!);
+        }, new InProcessOptions(Timeout: TimeSpan.FromMinutes(1)));
+        Assert.Equal(plans[0], plans[1]);
+    }
+
+    [Fact]
+    public void RanksWithDifferentOptions_FailNamingTheOption()
+    {
+        Tensor[] batch = Mlp.CreateBatch(8, 0).Select(t => t.is_floating_point() ? t.to_type(ScalarType.Float64) : t).ToArray();
+        var failure = Assert.Throws<RankFailedException>(() => InProcessLauncher.Run(2, comm =>
+        {
+            var options = new RanncOptions { ForcedReplicas = comm.Rank == 0 ? [1, 1] : [2], PlanCacheDirectory = "", ProfileRepeats = 1, Log = _ => { } };
+            nn.Module model = SeededModels.Create(Mlp.CreateModel, 3);
+            using var rannc = new RanncModule(model, torch.optim.SGD(model.parameters(), 0.1), comm, options);
+            rannc.forward(batch);
+            return 0;
+        }, new InProcessOptions(Timeout: TimeSpan.FromMinutes(1))));
+        Assert.Contains("started with different Rannc options", failure.ToString());
+        Assert.Contains("Plan: rank 0: 1,1; rank 1: 2", failure.ToString());
+    }
+}
