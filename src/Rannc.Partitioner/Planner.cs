@@ -51,6 +51,58 @@ public static class Planner
         costs.EnsureMatches(graph);
         cluster.EnsureValid();
         options.EnsureValid();
+        string fingerprint = PlanCacheKey.Compute(graph, costs, cluster, options);
+        List<PartitionPlan> candidates;
+        try
+        {
+            candidates = SearchCandidates(graph, costs, cluster, options, fingerprint, out bool exact);
+            if (exact && options.SearchBeamWidth == 0)
+            {
+                return candidates; // exact mode: the J-optimal plan, exactly (what the brute-force oracle checks)
+            }
+        }
+        catch (NoFeasiblePlanException)
+        {
+            // The search found nothing that fits; a baseline that fits must still be returned.
+            List<PartitionPlan> fallback = BaselineCandidates(graph, costs, cluster, options, fingerprint);
+            if (fallback.Count == 0)
+            {
+                throw;
+            }
+
+            return fallback;
+        }
+
+        // Never slower than a naive split, by construction: the baselines are candidates of the simulated choice.
+        candidates.AddRange(BaselineCandidates(graph, costs, cluster, options, fingerprint));
+        return candidates;
+    }
+
+    /// <summary>The plan of a given <paramref name="shape"/> (ranks placed as the planner does, peaks from the memory model,
+    /// simulated step time), e.g. a baseline's (<see cref="Baselines.BestShape"/>). It is not checked; call
+    /// <see cref="PartitionPlan.FindViolations"/> for that.</summary>
+    public static PartitionPlan PlanFromShape(Graph graph, CostTable costs, Cluster cluster, PlanningOptions options, PlanShape shape) =>
+        BuildPlan(graph, costs, cluster, options, PlanCacheKey.Compute(graph, costs, cluster, options),
+            shape with { Stages = shape.Stages.Select(s => (IReadOnlyList<int>)s.Order().ToList()).ToList() }, exhaustive: false);
+
+    private static List<PartitionPlan> BaselineCandidates(
+        Graph graph, CostTable costs, Cluster cluster, PlanningOptions options, string fingerprint)
+    {
+        var plans = new List<PartitionPlan>();
+        foreach (BaselineSplit split in Enum.GetValues<BaselineSplit>())
+        {
+            if (Baselines.BestShape(graph, costs, cluster, options, split) is { } shape)
+            {
+                plans.Add(BuildPlan(graph, costs, cluster, options, fingerprint, shape, exhaustive: false));
+            }
+        }
+
+        return plans;
+    }
+
+    private static List<PartitionPlan> SearchCandidates(
+        Graph graph, CostTable costs, Cluster cluster, PlanningOptions options, string fingerprint, out bool exact)
+    {
 
         // Search coarse blocks first (fast), then finer blocks with the coarse optimum as the bound to beat, so the
         // stage boundaries are not limited to the coarse grid. Without coarsening both levels are the atomic units.
@@ -113,9 +165,9 @@ public static class Planner
             truncated = true;
         }
 
-        string fingerprint = PlanCacheKey.Compute(graph, costs, cluster, options);
         PartitionPlan plan = BuildPlan(graph, costs, cluster, options, fingerprint, bestBlocks, best, exhaustive: !truncated);
         var candidates = new List<PartitionPlan> { plan };
+        exact = !truncated;
         if (!truncated || double.IsPositiveInfinity(bestObjective))
         {
             return candidates; // exhaustive: the J-optimal plan, exactly; memory fallback: the only plan known to fit
@@ -161,7 +213,6 @@ public static class Planner
         Graph graph, CostTable costs, Cluster cluster, PlanningOptions options,
         string fingerprint, IReadOnlyList<IReadOnlyList<int>> blocks, SearchOutcome outcome, bool exhaustive)
     {
-        var layout = new MicroBatchLayout(options.GlobalBatchSize, outcome.MicroBatchCount);
         var stageNodes = outcome.Stages
             .Select(s => (IReadOnlyList<int>)Enumerable.Range(s.FirstBlock, s.EndBlock - s.FirstBlock)
                 .SelectMany(b => blocks[b]).Order().ToList())
@@ -172,18 +223,24 @@ public static class Planner
             outcome.Stages.Select(s => s.Recompute).ToList(),
             outcome.MicroBatchCount,
             outcome.Schedule);
-        PlanEstimate estimate = PlanObjective.Evaluate(graph, costs, cluster, options, shape);
+        return BuildPlan(graph, costs, cluster, options, fingerprint, shape, exhaustive);
+    }
 
+    private static PartitionPlan BuildPlan(
+        Graph graph, CostTable costs, Cluster cluster, PlanningOptions options, string fingerprint, PlanShape shape, bool exhaustive)
+    {
+        var layout = new MicroBatchLayout(options.GlobalBatchSize, shape.MicroBatchCount);
+        PlanEstimate estimate = PlanObjective.Evaluate(graph, costs, cluster, options, shape);
         var stages = new List<StagePlan>();
         int[] firstRanks = PlanObjective.FirstRanks(shape.Replicas, cluster.DeviceCount);
-        for (int s = 0; s < outcome.Stages.Count; s++)
+        for (int s = 0; s < shape.Stages.Count; s++)
         {
-            int replicas = outcome.Stages[s].Replicas;
+            int replicas = shape.Replicas[s];
             stages.Add(new StagePlan(
                 s,
-                stageNodes[s],
+                shape.Stages[s],
                 Enumerable.Range(firstRanks[s], replicas).ToList(),
-                outcome.Stages[s].Recompute,
+                shape.Recompute[s],
                 layout.LargestSlice(replicas),
                 estimate.PeakBytesPerStage[s]));
         }
@@ -192,8 +249,8 @@ public static class Planner
             fingerprint,
             cluster.DeviceCount,
             options.GlobalBatchSize,
-            Enumerable.Range(0, outcome.MicroBatchCount).Select(layout.MicroBatchSize).ToList(),
-            outcome.Schedule,
+            Enumerable.Range(0, shape.MicroBatchCount).Select(layout.MicroBatchSize).ToList(),
+            shape.Schedule,
             stages,
             estimate.ObjectiveSeconds,
             PredictedStepSeconds: 0,
