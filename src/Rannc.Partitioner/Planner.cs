@@ -52,11 +52,17 @@ public static class Planner
         cluster.EnsureValid();
         options.EnsureValid();
         string fingerprint = PlanCacheKey.Compute(graph, costs, cluster, options);
+        // Never slower than a naive split, by construction: the baselines are candidates of the simulated choice. They
+        // are cheap, so they come first and their best objective bounds the search (which then only looks for better
+        // plans), except in exact mode (beam 0), which returns the J-optimal plan itself.
+        bool exactMode = options.SearchBeamWidth == 0;
+        List<PartitionPlan> baselines = BaselineCandidates(graph, costs, cluster, options, fingerprint);
+        double bound = exactMode || baselines.Count == 0 ? double.PositiveInfinity : baselines.Min(p => p.ObjectiveSeconds);
         List<PartitionPlan> candidates;
         try
         {
-            candidates = SearchCandidates(graph, costs, cluster, options, fingerprint, out bool exact);
-            if (exact && options.SearchBeamWidth == 0)
+            candidates = SearchCandidates(graph, costs, cluster, options, fingerprint, bound, out bool exact);
+            if (exact && exactMode)
             {
                 return candidates; // exact mode: the J-optimal plan, exactly (what the brute-force oracle checks)
             }
@@ -64,17 +70,15 @@ public static class Planner
         catch (NoFeasiblePlanException)
         {
             // The search found nothing that fits; a baseline that fits must still be returned.
-            List<PartitionPlan> fallback = BaselineCandidates(graph, costs, cluster, options, fingerprint);
-            if (fallback.Count == 0)
+            if (baselines.Count == 0)
             {
                 throw;
             }
 
-            return fallback;
+            return baselines;
         }
 
-        // Never slower than a naive split, by construction: the baselines are candidates of the simulated choice.
-        candidates.AddRange(BaselineCandidates(graph, costs, cluster, options, fingerprint));
+        candidates.AddRange(baselines);
         return candidates;
     }
 
@@ -100,9 +104,13 @@ public static class Planner
         return plans;
     }
 
+    /// <summary>The search's candidates with an objective below <paramref name="bound"/> (the best baseline's; empty when
+    /// none beats it).</summary>
     private static List<PartitionPlan> SearchCandidates(
-        Graph graph, CostTable costs, Cluster cluster, PlanningOptions options, string fingerprint, out bool exact)
+        Graph graph, CostTable costs, Cluster cluster, PlanningOptions options, string fingerprint, double bound, out bool exact)
     {
+        exact = false;
+        bool bounded = !double.IsPositiveInfinity(bound);
 
         // Search coarse blocks first (fast), then finer blocks with the coarse optimum as the bound to beat, so the
         // stage boundaries are not limited to the coarse grid. Without coarsening both levels are the atomic units.
@@ -110,7 +118,7 @@ public static class Planner
         IReadOnlyList<IReadOnlyList<int>> coarse = GraphBlocks.Coarsen(graph, costs, units, options.MaxBlocks);
         IReadOnlyList<IReadOnlyList<int>> fine = GraphBlocks.Coarsen(graph, costs, units, Math.Max(options.MaxBlocks, options.RefinementBlocks));
         var coarseSearch = new StageSearch(RangeTable.Build(graph, costs, coarse), cluster, options);
-        SearchOutcome? best = coarseSearch.FindBest();
+        SearchOutcome? best = coarseSearch.FindBest(bound);
         double bestObjective = best?.Value ?? double.PositiveInfinity; // a memory-optimal fallback has no objective yet
         IReadOnlyList<IReadOnlyList<int>> bestBlocks = coarse;
         bool truncated = coarseSearch.Truncated || coarse.Count < units.Count;
@@ -123,7 +131,19 @@ public static class Planner
             // The refinement pass sees few configurations, so it can afford a wider beam.
             PlanningOptions fineOptions = options with { SearchBeamWidth = options.SearchBeamWidth * RefinementBeamFactor };
             fineSearch = new StageSearch(RangeTable.Build(graph, costs, fine), cluster, fineOptions);
-            if (best is null)
+            if (best is null && bounded)
+            {
+                // Nothing on the coarse blocks beat the baselines (or fitted): the finer blocks may; a baseline fits anyway.
+                best = fineSearch.FindBest(bound);
+                if (best is null)
+                {
+                    return [];
+                }
+
+                bestObjective = best.Value;
+                bestBlocks = fine;
+            }
+            else if (best is null)
             {
                 // Nothing fitted on the coarse blocks. The finer ones may fit: check that cheaply first, then search them fully.
                 SearchOutcome? smallest = fineSearch.FindSmallestPeak();
@@ -150,6 +170,11 @@ public static class Planner
             }
 
             truncated = true; // the fine blocks saw only some configurations
+        }
+
+        if (best is null && bounded)
+        {
+            return []; // nothing beats the baselines
         }
 
         if (best is null)
