@@ -15,14 +15,18 @@ public enum BaselineSplit
 
 /// <summary>
 /// DeepSpeed-style baselines. Uniform and parameter-balanced: the atomic units are split into <c>S</c> contiguous parts
-/// and every stage gets <c>D / S</c> replicas (<c>S</c> divides the device count <c>D</c>, as DeepSpeed's topology);
+/// and every stage gets <c>⌊D / S⌋</c> replicas (for every <c>S</c> up to the number of units, which includes DeepSpeed's
+/// divisors of the device count <c>D</c>; the remaining devices stay idle);
 /// data parallel: one stage on <c>r</c> replicas (<c>r</c> a divisor of the batch, a power of two or <c>D</c>). Each is
-/// given its best stage count, micro-batch count (every count the options allow) and schedule under the objective J;
+/// given its best stage count, micro-batch count (every count up to 64, then divisors of the batch and powers of two) and schedule under the objective J;
 /// stages recompute only where they would not fit otherwise. The planner adds these plans to the candidates it compares
 /// by simulated step time, so it never returns a plan that simulates slower than any of them.
 /// </summary>
 public static class Baselines
 {
+    /// <summary>Micro-batch counts up to this are all tried; above it, divisors of the batch and powers of two.</summary>
+    private const int DenseMicroBatches = 64;
+
     /// <summary>The J-best shape of <paramref name="split"/> that fits memory and respects the options; null when none does
     /// (or when the options force a shape).</summary>
     public static PlanShape? BestShape(Graph graph, CostTable costs, Cluster cluster, PlanningOptions options, BaselineSplit split)
@@ -44,6 +48,11 @@ public static class Baselines
                 if (replicas > options.GlobalBatchSize / m)
                 {
                     break;
+                }
+
+                if (m > DenseMicroBatches && !StageSearch.IsEvenCount(m, options.GlobalBatchSize))
+                {
+                    continue; // beyond 64, the even counts a person would pick (keeps large batches cheap)
                 }
 
                 foreach (PipelineScheduleKind schedule in options.Schedules.Distinct())
@@ -82,10 +91,9 @@ public static class Baselines
 
         for (int stages = Math.Max(1, options.MinStages); stages <= Math.Min(Math.Min(devices, units.Count), options.MaxStages); stages++)
         {
-            if (devices % stages == 0)
-            {
-                yield return (split == BaselineSplit.Uniform ? UniformParts(units, stages) : ParameterParts(graph, units, stages), devices / stages);
-            }
+            // Any stage count (up to one per atomic unit, so the stage count can follow memory); ⌊D / S⌋ replicas each,
+            // the remainder idle (DeepSpeed's divisors of D are among these).
+            yield return (split == BaselineSplit.Uniform ? UniformParts(units, stages) : ParameterParts(graph, units, stages), devices / stages);
         }
     }
 

@@ -106,4 +106,21 @@ public class BaselineGuaranteeTests
             Assert.Empty(Planner.PlanFromShape(graph, model.Costs, cluster, options, shape!).FindViolations(graph, model.Costs, cluster, options));
         }
     }
+
+    [Theory]
+    [InlineData(128)]
+    [InlineData(130)]
+    public void Plan_ModelNeedingOneLayerPerStage_GetsAStagePerLayer(int devices)
+    {
+        // 128 layers of 1 GiB (+ 1 GiB gradient): two never fit a 3 GiB device, so only 128 stages fit, more than the
+        // 96 refinement blocks; 130 devices: the stage count does not divide the device count.
+        SyntheticModel model = SyntheticModels.UniformChain(128, 1e-3, TestInputs.Gib, 1024);
+        var cluster = new Cluster(1, devices, 3 * TestInputs.Gib, 1e9, 0, 1e9, 0);
+        var options = new PlanningOptions(8) { OptimizerStateFactor = 0, MemoryMargin = 0 };
+
+        PartitionPlan plan = Planner.Plan(model.Graph, model.Costs, cluster, options);
+
+        Assert.Equal(128, plan.Stages.Count);
+        Assert.Empty(plan.FindViolations(model.Graph, model.Costs, cluster, options));
+    }
 }
