@@ -93,9 +93,13 @@ public static class Planner
         Graph graph, CostTable costs, Cluster cluster, PlanningOptions options, string fingerprint)
     {
         var plans = new List<PartitionPlan>();
+        var seen = new HashSet<string>(StringComparer.Ordinal);
         foreach (BaselineSplit split in Enum.GetValues<BaselineSplit>())
         {
-            if (Baselines.BestShape(graph, costs, cluster, options, split) is { } shape)
+            // Uniform and parameter-balanced splits often coincide (uniform layers): simulate each distinct shape once.
+            if (Baselines.BestShape(graph, costs, cluster, options, split) is { } shape
+                && seen.Add(string.Join("|", shape.Stages.Select(st => st.Count > 0 ? $"{st[0]}-{st[^1]}" : "")) + ";"
+                    + string.Join(",", shape.Replicas) + ";" + string.Join(",", shape.Recompute) + ";" + shape.MicroBatchCount + ";" + shape.Schedule))
             {
                 plans.Add(BuildPlan(graph, costs, cluster, options, fingerprint, shape, exhaustive: false));
             }
