@@ -1,15 +1,13 @@
 namespace Rannc.Partitioner;
 
 /// <summary>
-/// The planner: <c>Plan(graph, costs, cluster, options)</c> returns the partition plan with the smallest
-/// objective (<see cref="PlanObjective"/>) among all plans the options allow that fit in device memory, when the
-/// search is exhaustive (<see cref="PartitionPlan.SearchWasExhaustive"/>). When it is heuristic (beam, grids or
-/// coarsening cut something), the final choice is by simulated step time (<see cref="PipelineSimulator"/>) among a
-/// few candidates: the J-best plan found and, for the 1F1B configurations with the J-best plan's micro-batch count
-/// and the refined ones, the best plan under J with adjacent-stage coupling (a 1F1B stage waits for its neighbour's
-/// transfers, which J's single bottleneck does not count); smallest simulated time wins, ties go to the smaller
-/// objective, then to the J-best plan. So in heuristic mode the returned plan may have a slightly larger J than the
-/// J-best one, never a larger <see cref="PartitionPlan.PredictedStepSeconds"/>.
+/// The planner: <c>Plan(graph, costs, cluster, options)</c> chooses by simulated step time (<see cref="PipelineSimulator"/>)
+/// among the search's plans and the baselines (<see cref="Baselines"/>: uniform, parameter-balanced, data parallel), so
+/// it never returns a plan that simulates slower than any of them. The search's plans: the J-best plan found
+/// (<see cref="PlanObjective"/>; below the best baseline's J, which bounds the search) and, for 1F1B configurations, the
+/// best plan under J with adjacent-stage coupling. Smallest simulated time wins; ties go to the smaller objective, then
+/// to the earlier candidate (the J-best plan first). Exact mode (<see cref="PlanningOptions.SearchBeamWidth"/> = 0 and an
+/// exhaustive search, <see cref="PartitionPlan.SearchWasExhaustive"/>) returns the J-optimal plan itself.
 /// Pure: no I/O, no clock, no global state; the same inputs give the same plan, byte for byte.
 /// </summary>
 public static class Planner
