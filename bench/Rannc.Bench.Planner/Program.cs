@@ -39,6 +39,34 @@ if (mode == "probe")
     return 0;
 }
 
+if (mode == "scale")
+{
+    // Issue #12: the paper table, the 100B table and the growth table (CPU time of one core)
+    if (OperatingSystem.IsLinux() || OperatingSystem.IsWindows())
+    {
+        Process.GetCurrentProcess().ProcessorAffinity = 1;
+    }
+
+    string only = args.Length > 1 ? args[1] : "all";
+    ScaleTables.PrintComparison(Console.Out, "Warm-up", ScaleTables.Paper().Take(1));
+    if (only is "all" or "paper")
+    {
+        ScaleTables.PrintComparison(Console.Out, "RaNNC paper configurations (4 × 8 devices, 32 GiB, batch 256)", ScaleTables.Paper());
+    }
+
+    if (only is "all" or "large")
+    {
+        ScaleTables.PrintComparison(Console.Out, "100B scale (h 8192, batch 8192)", ScaleTables.Large());
+    }
+
+    if (only is "all" or "growth")
+    {
+        ScaleTables.PrintGrowth(Console.Out);
+    }
+
+    return 0;
+}
+
 if (mode == "quality")
 {
     Tables.PrintQuality(Console.Out); // the plan-quality table alone

@@ -94,8 +94,8 @@ internal static class Tables
                 ours = "infeasible";
             }
 
-            Baselines.Result uniform = Baselines.Best(model, cluster, options, Baselines.Split.Uniform);
-            Baselines.Result parameters = Baselines.Best(model, cluster, options, Baselines.Split.Parameters);
+            BaselineRuns.Result uniform = BaselineRuns.Best(model.Graph, model.Costs, cluster, options, BaselineSplit.Uniform);
+            BaselineRuns.Result parameters = BaselineRuns.Best(model.Graph, model.Costs, cluster, options, BaselineSplit.Parameters);
             output.WriteLine(
                 $"| {name} | {devices} | {memoryGib} GiB | {ours} | {Ms(uniform.Objective)} | {Ms(parameters.Objective)} | {oursSim} | "
                 + $"{Ms(uniform.Simulated)} | {Ms(parameters.Simulated)} | {Ratio(uniform.Simulated, oursSimSeconds)} | "

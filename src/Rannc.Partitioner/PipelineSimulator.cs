@@ -26,7 +26,7 @@ public static class PipelineSimulator
     public static SimulationResult Simulate(
         PartitionPlan plan, PipelineSchedule schedule, Graph graph, CostTable costs, Cluster cluster, PlanningOptions options)
     {
-        RangeTable table = RangeTable.Build(graph, costs, plan.Stages.Select(s => s.NodeIds).ToList());
+        RangeTable table = RangeTable.BuildStages(graph, costs, plan.Stages.Select(s => s.NodeIds).ToList());
         var timer = new PlanTimer(plan, table, cluster);
         ExecutionResult result = ScheduleEngine.Run(schedule, timer);
         if (result.Failure is not null)

@@ -40,9 +40,12 @@ public sealed record PlanEstimate(
 public static class PlanObjective
 {
     /// <summary>Evaluates <paramref name="shape"/> under the same model the search uses.</summary>
-    public static PlanEstimate Evaluate(Graph graph, CostTable costs, Cluster cluster, PlanningOptions options, PlanShape shape)
+    public static PlanEstimate Evaluate(Graph graph, CostTable costs, Cluster cluster, PlanningOptions options, PlanShape shape) =>
+        Evaluate(RangeTable.BuildStages(graph, costs, shape.Stages), cluster, options, shape);
+
+    /// <summary>Evaluates <paramref name="shape"/> with its stages' profiles already built.</summary>
+    internal static PlanEstimate Evaluate(RangeTable table, Cluster cluster, PlanningOptions options, PlanShape shape)
     {
-        RangeTable table = RangeTable.Build(graph, costs, shape.Stages);
         var layout = new MicroBatchLayout(options.GlobalBatchSize, shape.MicroBatchCount);
         long usable = CostModel.UsableBytes(cluster, options);
         int stageCount = shape.Stages.Count;

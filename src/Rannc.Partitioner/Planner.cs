@@ -1,15 +1,13 @@
 namespace Rannc.Partitioner;
 
 /// <summary>
-/// The planner: <c>Plan(graph, costs, cluster, options)</c> returns the partition plan with the smallest
-/// objective (<see cref="PlanObjective"/>) among all plans the options allow that fit in device memory, when the
-/// search is exhaustive (<see cref="PartitionPlan.SearchWasExhaustive"/>). When it is heuristic (beam, grids or
-/// coarsening cut something), the final choice is by simulated step time (<see cref="PipelineSimulator"/>) among a
-/// few candidates: the J-best plan found and, for the 1F1B configurations with the J-best plan's micro-batch count
-/// and the refined ones, the best plan under J with adjacent-stage coupling (a 1F1B stage waits for its neighbour's
-/// transfers, which J's single bottleneck does not count); smallest simulated time wins, ties go to the smaller
-/// objective, then to the J-best plan. So in heuristic mode the returned plan may have a slightly larger J than the
-/// J-best one, never a larger <see cref="PartitionPlan.PredictedStepSeconds"/>.
+/// The planner: <c>Plan(graph, costs, cluster, options)</c> chooses by simulated step time (<see cref="PipelineSimulator"/>)
+/// among the search's plans and the baselines (<see cref="Baselines"/>: uniform, parameter-balanced, data parallel), so
+/// it never returns a plan that simulates slower than any of them. The search's plans: the J-best plan found
+/// (<see cref="PlanObjective"/>; below the best baseline's J, which bounds the search) and, for 1F1B configurations, the
+/// best plan under J with adjacent-stage coupling. Smallest simulated time wins; ties go to the smaller objective, then
+/// to the earlier candidate (the J-best plan first). Exact mode (<see cref="PlanningOptions.SearchBeamWidth"/> = 0 and an
+/// exhaustive search, <see cref="PartitionPlan.SearchWasExhaustive"/>) returns the J-optimal plan itself.
 /// Pure: no I/O, no clock, no global state; the same inputs give the same plan, byte for byte.
 /// </summary>
 public static class Planner
@@ -51,6 +49,70 @@ public static class Planner
         costs.EnsureMatches(graph);
         cluster.EnsureValid();
         options.EnsureValid();
+        string fingerprint = PlanCacheKey.Compute(graph, costs, cluster, options);
+        // Never slower than a naive split, by construction: the baselines are candidates of the simulated choice. They
+        // are cheap, so they come first and their best objective bounds the search (which then only looks for better
+        // plans), except in exact mode (beam 0), which returns the J-optimal plan itself.
+        bool exactMode = options.SearchBeamWidth == 0;
+        List<PartitionPlan> baselines = BaselineCandidates(graph, costs, cluster, options, fingerprint);
+        double bound = exactMode || baselines.Count == 0 ? double.PositiveInfinity : baselines.Min(p => p.ObjectiveSeconds);
+        List<PartitionPlan> candidates;
+        try
+        {
+            candidates = SearchCandidates(graph, costs, cluster, options, fingerprint, bound, out bool exact);
+            if (exact && exactMode)
+            {
+                return candidates; // exact mode: the J-optimal plan, exactly (what the brute-force oracle checks)
+            }
+        }
+        catch (NoFeasiblePlanException)
+        {
+            // The search found nothing that fits; a baseline that fits must still be returned.
+            if (baselines.Count == 0)
+            {
+                throw;
+            }
+
+            return baselines;
+        }
+
+        candidates.AddRange(baselines);
+        return candidates;
+    }
+
+    /// <summary>The plan of a given <paramref name="shape"/> (ranks placed as the planner does, peaks from the memory model,
+    /// simulated step time), e.g. a baseline's (<see cref="Baselines.BestShape"/>). It is not checked; call
+    /// <see cref="PartitionPlan.FindViolations"/> for that.</summary>
+    public static PartitionPlan PlanFromShape(Graph graph, CostTable costs, Cluster cluster, PlanningOptions options, PlanShape shape) =>
+        BuildPlan(graph, costs, cluster, options, PlanCacheKey.Compute(graph, costs, cluster, options),
+            shape with { Stages = shape.Stages.Select(s => (IReadOnlyList<int>)s.Order().ToList()).ToList() }, exhaustive: false);
+
+    private static List<PartitionPlan> BaselineCandidates(
+        Graph graph, CostTable costs, Cluster cluster, PlanningOptions options, string fingerprint)
+    {
+        var plans = new List<PartitionPlan>();
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        foreach (BaselineSplit split in Enum.GetValues<BaselineSplit>())
+        {
+            // Uniform and parameter-balanced splits often coincide (uniform layers): simulate each distinct shape once.
+            if (Baselines.BestShape(graph, costs, cluster, options, split) is { } shape
+                && seen.Add(string.Join("|", shape.Stages.Select(st => st.Count > 0 ? $"{st[0]}-{st[^1]}" : "")) + ";"
+                    + string.Join(",", shape.Replicas) + ";" + string.Join(",", shape.Recompute) + ";" + shape.MicroBatchCount + ";" + shape.Schedule))
+            {
+                plans.Add(BuildPlan(graph, costs, cluster, options, fingerprint, shape, exhaustive: false));
+            }
+        }
+
+        return plans;
+    }
+
+    /// <summary>The search's candidates with an objective below <paramref name="bound"/> (the best baseline's; empty when
+    /// none beats it).</summary>
+    private static List<PartitionPlan> SearchCandidates(
+        Graph graph, CostTable costs, Cluster cluster, PlanningOptions options, string fingerprint, double bound, out bool exact)
+    {
+        exact = false;
+        bool bounded = !double.IsPositiveInfinity(bound);
 
         // Search coarse blocks first (fast), then finer blocks with the coarse optimum as the bound to beat, so the
         // stage boundaries are not limited to the coarse grid. Without coarsening both levels are the atomic units.
@@ -58,7 +120,7 @@ public static class Planner
         IReadOnlyList<IReadOnlyList<int>> coarse = GraphBlocks.Coarsen(graph, costs, units, options.MaxBlocks);
         IReadOnlyList<IReadOnlyList<int>> fine = GraphBlocks.Coarsen(graph, costs, units, Math.Max(options.MaxBlocks, options.RefinementBlocks));
         var coarseSearch = new StageSearch(RangeTable.Build(graph, costs, coarse), cluster, options);
-        SearchOutcome? best = coarseSearch.FindBest();
+        SearchOutcome? best = coarseSearch.FindBest(bound);
         double bestObjective = best?.Value ?? double.PositiveInfinity; // a memory-optimal fallback has no objective yet
         IReadOnlyList<IReadOnlyList<int>> bestBlocks = coarse;
         bool truncated = coarseSearch.Truncated || coarse.Count < units.Count;
@@ -71,7 +133,19 @@ public static class Planner
             // The refinement pass sees few configurations, so it can afford a wider beam.
             PlanningOptions fineOptions = options with { SearchBeamWidth = options.SearchBeamWidth * RefinementBeamFactor };
             fineSearch = new StageSearch(RangeTable.Build(graph, costs, fine), cluster, fineOptions);
-            if (best is null)
+            if (best is null && bounded)
+            {
+                // Nothing on the coarse blocks beat the baselines (or fitted): the finer blocks may; a baseline fits anyway.
+                best = fineSearch.FindBest(bound);
+                if (best is null)
+                {
+                    return [];
+                }
+
+                bestObjective = best.Value;
+                bestBlocks = fine;
+            }
+            else if (best is null)
             {
                 // Nothing fitted on the coarse blocks. The finer ones may fit: check that cheaply first, then search them fully.
                 SearchOutcome? smallest = fineSearch.FindSmallestPeak();
@@ -100,6 +174,11 @@ public static class Planner
             truncated = true; // the fine blocks saw only some configurations
         }
 
+        if (best is null && bounded)
+        {
+            return []; // nothing beats the baselines
+        }
+
         if (best is null)
         {
             SearchOutcome? smallest = fineSearch.FindSmallestPeak();
@@ -113,9 +192,9 @@ public static class Planner
             truncated = true;
         }
 
-        string fingerprint = PlanCacheKey.Compute(graph, costs, cluster, options);
         PartitionPlan plan = BuildPlan(graph, costs, cluster, options, fingerprint, bestBlocks, best, exhaustive: !truncated);
         var candidates = new List<PartitionPlan> { plan };
+        exact = !truncated;
         if (!truncated || double.IsPositiveInfinity(bestObjective))
         {
             return candidates; // exhaustive: the J-optimal plan, exactly; memory fallback: the only plan known to fit
@@ -161,7 +240,6 @@ public static class Planner
         Graph graph, CostTable costs, Cluster cluster, PlanningOptions options,
         string fingerprint, IReadOnlyList<IReadOnlyList<int>> blocks, SearchOutcome outcome, bool exhaustive)
     {
-        var layout = new MicroBatchLayout(options.GlobalBatchSize, outcome.MicroBatchCount);
         var stageNodes = outcome.Stages
             .Select(s => (IReadOnlyList<int>)Enumerable.Range(s.FirstBlock, s.EndBlock - s.FirstBlock)
                 .SelectMany(b => blocks[b]).Order().ToList())
@@ -172,18 +250,24 @@ public static class Planner
             outcome.Stages.Select(s => s.Recompute).ToList(),
             outcome.MicroBatchCount,
             outcome.Schedule);
-        PlanEstimate estimate = PlanObjective.Evaluate(graph, costs, cluster, options, shape);
+        return BuildPlan(graph, costs, cluster, options, fingerprint, shape, exhaustive);
+    }
 
+    private static PartitionPlan BuildPlan(
+        Graph graph, CostTable costs, Cluster cluster, PlanningOptions options, string fingerprint, PlanShape shape, bool exhaustive)
+    {
+        var layout = new MicroBatchLayout(options.GlobalBatchSize, shape.MicroBatchCount);
+        PlanEstimate estimate = PlanObjective.Evaluate(graph, costs, cluster, options, shape);
         var stages = new List<StagePlan>();
         int[] firstRanks = PlanObjective.FirstRanks(shape.Replicas, cluster.DeviceCount);
-        for (int s = 0; s < outcome.Stages.Count; s++)
+        for (int s = 0; s < shape.Stages.Count; s++)
         {
-            int replicas = outcome.Stages[s].Replicas;
+            int replicas = shape.Replicas[s];
             stages.Add(new StagePlan(
                 s,
-                stageNodes[s],
+                shape.Stages[s],
                 Enumerable.Range(firstRanks[s], replicas).ToList(),
-                outcome.Stages[s].Recompute,
+                shape.Recompute[s],
                 layout.LargestSlice(replicas),
                 estimate.PeakBytesPerStage[s]));
         }
@@ -192,8 +276,8 @@ public static class Planner
             fingerprint,
             cluster.DeviceCount,
             options.GlobalBatchSize,
-            Enumerable.Range(0, outcome.MicroBatchCount).Select(layout.MicroBatchSize).ToList(),
-            outcome.Schedule,
+            Enumerable.Range(0, shape.MicroBatchCount).Select(layout.MicroBatchSize).ToList(),
+            shape.Schedule,
             stages,
             estimate.ObjectiveSeconds,
             PredictedStepSeconds: 0,

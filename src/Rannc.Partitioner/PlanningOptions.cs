@@ -36,8 +36,9 @@ public sealed record PlanningOptions(int GlobalBatchSize)
     /// <summary>Fewest micro-batches per step.</summary>
     public int MinMicroBatches { get; init; } = 1;
 
-    /// <summary>Most micro-batches per step.</summary>
-    public int MaxMicroBatches { get; init; } = 64;
+    /// <summary>Most micro-batches per step (default: no limit but the batch; large models on many devices need more than
+    /// 64 to keep 1F1B's in-flight activations small).</summary>
+    public int MaxMicroBatches { get; init; } = int.MaxValue;
 
     /// <summary>Most blocks the graph is coarsened into before the stage search (more: finer stages, slower search).</summary>
     public int MaxBlocks { get; init; } = 24;

@@ -59,19 +59,32 @@ public sealed record StageProfile(
 internal sealed class RangeTable
 {
     private readonly StageProfile[] _profiles;
+    private readonly bool _stagesOnly;
 
     public int BlockCount { get; }
 
-    private RangeTable(int blockCount, StageProfile[] profiles)
+    private RangeTable(int blockCount, StageProfile[] profiles, bool stagesOnly)
     {
         BlockCount = blockCount;
         _profiles = profiles;
+        _stagesOnly = stagesOnly;
     }
 
-    /// <summary>The profile of blocks <c>[first, end)</c>.</summary>
-    public StageProfile Get(int first, int end) => _profiles[first * (BlockCount + 1) + end];
+    /// <summary>The profile of blocks <c>[first, end)</c> (only <c>end = first + 1</c> in a <see cref="BuildStages"/> table).</summary>
+    public StageProfile Get(int first, int end) =>
+        _stagesOnly
+            ? (end == first + 1 ? _profiles[first] : throw new InvalidOperationException("A stage table holds single blocks only."))
+            : _profiles[first * (BlockCount + 1) + end];
 
-    public static RangeTable Build(Graph graph, CostTable costs, IReadOnlyList<IReadOnlyList<int>> blocks)
+    public static RangeTable Build(Graph graph, CostTable costs, IReadOnlyList<IReadOnlyList<int>> blocks) =>
+        Build(graph, costs, blocks, stagesOnly: false);
+
+    /// <summary>Profiles of each block alone (the stages of a plan): linear in the graph, where <see cref="Build"/> is
+    /// quadratic in the block count.</summary>
+    public static RangeTable BuildStages(Graph graph, CostTable costs, IReadOnlyList<IReadOnlyList<int>> stages) =>
+        Build(graph, costs, stages, stagesOnly: true);
+
+    private static RangeTable Build(Graph graph, CostTable costs, IReadOnlyList<IReadOnlyList<int>> blocks, bool stagesOnly)
     {
         int blockCount = blocks.Count;
         int[] blockOfNode = new int[graph.Nodes.Count];
@@ -137,18 +150,38 @@ internal sealed class RangeTable
         }
 
         var graphInputs = new HashSet<int>(graph.Inputs);
-        var profiles = new StageProfile[(blockCount + 1) * (blockCount + 1)];
+        var profiles = new StageProfile[stagesOnly ? blockCount : (blockCount + 1) * (blockCount + 1)];
         bool[] parameterSeen = new bool[graph.Parameters.Count];
         bool[] inputSeen = new bool[valueCount];
         for (int first = 0; first < blockCount; first++)
         {
-            Array.Clear(parameterSeen);
-            Array.Clear(inputSeen);
+            if (stagesOnly)
+            {
+                // Only this block's own entries need clearing: keeps the table linear in the graph size.
+                foreach (int nodeId in blocks[first])
+                {
+                    foreach (int p in graph.Nodes[nodeId].Parameters)
+                    {
+                        parameterSeen[p] = false;
+                    }
+
+                    foreach (int v in graph.Nodes[nodeId].Inputs)
+                    {
+                        inputSeen[v] = false;
+                    }
+                }
+            }
+            else
+            {
+                Array.Clear(parameterSeen);
+                Array.Clear(inputSeen);
+            }
+
             double ff = 0, fs = 0, bf = 0, bs = 0;
             int minSlice = 1;
             long trainable = 0, frozen = 0;
             ScaledBytes produced = default, graphInputBytes = default;
-            for (int end = first + 1; end <= blockCount; end++)
+            for (int end = first + 1; end <= (stagesOnly ? first + 1 : blockCount); end++)
             {
                 foreach (int nodeId in blocks[end - 1])
                 {
@@ -192,7 +225,7 @@ internal sealed class RangeTable
                     }
                 }
 
-                profiles[first * (blockCount + 1) + end] = new StageProfile(
+                profiles[stagesOnly ? first : first * (blockCount + 1) + end] = new StageProfile(
                     ff, fs, bf, bs, trainable, frozen,
                     Inputs: cut[first] + graphInputBytes,
                     Produced: produced,
@@ -203,6 +236,6 @@ internal sealed class RangeTable
             }
         }
 
-        return new RangeTable(blockCount, profiles);
+        return new RangeTable(blockCount, profiles, stagesOnly);
     }
 }

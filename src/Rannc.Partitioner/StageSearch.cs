@@ -47,7 +47,8 @@ internal sealed class StageSearch(RangeTable table, Cluster cluster, PlanningOpt
         {
             bool distinct = m == options.MinMicroBatches
                 || CostModel.CeilDiv(options.GlobalBatchSize, m) < CostModel.CeilDiv(options.GlobalBatchSize, m - 1);
-            bool onGrid = m <= options.DenseMicroBatchLimit || counts.Count == 0 || m * 5 >= counts[^1] * 6 || m == last;
+            bool onGrid = m <= options.DenseMicroBatchLimit || counts.Count == 0 || m * 5 >= counts[^1] * 6 || m == last
+                || IsEvenCount(m, options.GlobalBatchSize);
             if (distinct && onGrid)
             {
                 counts.Add(m);
@@ -60,6 +61,9 @@ internal sealed class StageSearch(RangeTable table, Cluster cluster, PlanningOpt
 
         return counts;
     }
+
+    /// <summary>A divisor of the batch or a power of two: always on the micro-batch and replica grids.</summary>
+    internal static bool IsEvenCount(int count, int globalBatch) => globalBatch % count == 0 || (count & (count - 1)) == 0;
 
     /// <summary>The best plan over all configurations with an objective below <paramref name="upperBound"/>, or null when
     /// none fits in memory or beats the bound. Configurations are tried
@@ -189,6 +193,11 @@ internal sealed class StageSearch(RangeTable table, Cluster cluster, PlanningOpt
         {
             Truncated = true;
         }
+
+        // Whatever the grid skips, divisors of the batch and powers of two are always tried (the even splits people pick).
+        candidates = candidates
+            .Concat(Enumerable.Range(1, replicaLimit).Where(r => IsEvenCount(r, options.GlobalBatchSize)))
+            .Distinct().Order().ToList();
 
         var bounds = new PrefixBounds(table, layout, candidates[^1]);
         bool[] recomputeChoices = options.AllowRecompute ? [false, true] : [false];

@@ -134,4 +134,27 @@ public class SharedParameterTests
         Assert.Equal(plan.SharedParameters(input.Graph).Where(p => p.Trainable).Select(p => string.Join(",", p.Stages)).Distinct().Count(), buckets.Count);
         Assert.All(buckets, b => Assert.True(b.Seconds > 0 && b.Stages.Count > 1));
     }
+
+    [Fact]
+    public void Plan_SyncCostlierThanKeepingUsersTogether_KeepsTheTieInOneStage()
+    {
+        // A 2 GiB tie with tiny other weights on two hosts: splitting it pays a 2 GiB sum over the slow link (and the
+        // pipeline's bubble); one data-parallel stage pays about the same all-reduce without the bubble. J alone (no sync)
+        // prefers the split; the simulated choice must not.
+        SyntheticModel model = SyntheticModels.UniformChain(4, forwardSecondsPerSample: 1 * Ms, TestInputs.Mib, activationBytesPerSample: 1024);
+        var parameters = model.Graph.Parameters.ToList();
+        parameters[0] = parameters[0] with { Bytes = 2 * TestInputs.Gib };
+        var nodes = model.Graph.Nodes.Select(n => n.Id == 3 ? n with { Parameters = [.. n.Parameters, 0] } : n).ToList();
+        Graph graph = model.Graph with { Parameters = parameters, Nodes = nodes };
+        var cluster = new Cluster(2, 1, 64 * TestInputs.Gib, 10e9, 1e-5, 1e9, 3e-5);
+        var options = new PlanningOptions(8);
+
+        PartitionPlan plan = Planner.Plan(graph, model.Costs, cluster, options);
+        PartitionPlan split = Planner.Plan(graph, model.Costs, cluster, options with { ForcedReplicasPerStage = [1, 1] });
+
+        Assert.Empty(plan.SharedParameters(graph));
+        Assert.Single(split.SharedParameters(graph));
+        Assert.True(split.ObjectiveSeconds < plan.ObjectiveSeconds, "J without the sync should favour the split here");
+        Assert.True(plan.PredictedStepSeconds < split.PredictedStepSeconds);
+    }
 }
