@@ -9,7 +9,7 @@ namespace Rannc.Tests.Correctness;
 
 /// <summary>
 /// The planner never chooses a cut the runtime cannot run: random forced plan shapes (stages, replicas, micro-batches,
-/// schedule) on every sample and on models with values that cannot travel, each trained one step; models without
+/// schedule) on every sample, the zoo and a model with values that cannot travel, each trained one step; models without
 /// batch norm match plain TorchSharp, and batch-norm models never get a slice of one sample.
 /// </summary>
 public sealed class RandomPlanTests
@@ -19,7 +19,7 @@ public sealed class RandomPlanTests
     public static TheoryData<string, int> Cases()
     {
         var data = new TheoryData<string, int>();
-        foreach (string model in new[] { "mlp", "bert", "resnet", "gpt", "chunk" })
+        foreach (string model in new[] { "mlp", "bert", "resnet", "gpt", "chunk", "zoo-vgg", "zoo-mobilenet", "zoo-unet", "zoo-inplace" })
         {
             for (int seed = 0; seed < 3; seed++) data.Add(model, seed);
         }
@@ -68,6 +68,9 @@ public sealed class RandomPlanTests
         foreach (var (loss, _) in results) Equivalence.AssertClose(expected, loss, $"loss with plan [{string.Join(",", replicas)}] × {microBatches} {schedule}");
     }
 
+    private static (Func<nn.Module> Create, Tensor[] Batch, bool BatchNorm) FromZoo(Rannc.Tests.Zoo.ZooModel model) =>
+        (() => Rannc.Tests.Zoo.ZooData.Seeded(model.Create), Rannc.Tests.Zoo.ZooHarness.BatchOf(model, 0), model.BatchNorm);
+
     private static (Func<nn.Module> Create, Tensor[] Batch, bool BatchNorm) Model(string name)
     {
         static Tensor[] Float64(Tensor[] batch) => batch.Select(t => t.is_floating_point() ? t.to_type(ScalarType.Float64) : t).ToArray();
@@ -85,6 +88,14 @@ public sealed class RandomPlanTests
             case "gpt":
                 Tensor[] four = TiedWeightTests.Batches(1)[0];
                 return (() => new GptLanguageModel(13, 8, 2, 2, 5), [torch.cat([four[0], four[0]]), torch.cat([four[1], four[1]])], false);
+            case "zoo-vgg":
+                return FromZoo(Rannc.Tests.Zoo.ZooCatalog.Vgg);
+            case "zoo-mobilenet":
+                return FromZoo(Rannc.Tests.Zoo.ZooCatalog.MobileNet);
+            case "zoo-unet":
+                return FromZoo(Rannc.Tests.Zoo.ZooCatalog.UNet);
+            case "zoo-inplace":
+                return FromZoo(Rannc.Tests.Zoo.ZooCatalog.InPlace);
             default:
                 using (var generator = new Generator(77))
                 {
