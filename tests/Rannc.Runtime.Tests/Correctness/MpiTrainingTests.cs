@@ -7,6 +7,7 @@ public sealed class MpiTrainingTests
     [Theory]
     [InlineData("tied-gpt-sgd", 2)]
     [InlineData("tied-gpt-sgd", 3)]
+    [InlineData("tied-gpt-adam", 2)]
     public void Scenario_TrainsLikePlainTorchSharp(string scenario, int ranks)
     {
         MpiJobResult result = MpiJob.RunWorker(ranks, scenario, TimeSpan.FromSeconds(180));
