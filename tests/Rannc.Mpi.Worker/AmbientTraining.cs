@@ -42,7 +42,7 @@ public static class AmbientTraining
             Tensor input = torch.randn([Batch, 6], ScalarType.Float64, generator: generator);
             Tensor labels = torch.randint(0, 3, [Batch], ScalarType.Int64, generator: generator);
             optimizer.zero_grad();
-            Tensor loss = module is null ? model.forward(input, labels) : module.forward(input, labels);
+            Tensor loss = module is null ? ((nn.Module<Tensor, Tensor, Tensor>)model).forward(input, labels) : module.forward(input, labels);
             loss.backward();
             optimizer.step();
             losses[step] = loss.item<double>();
