@@ -65,6 +65,7 @@ Tensor[] Batch(int step) =>
     var optimizer = torch.optim.Adam(model.parameters(), lr: options.LearningRate);
     using var rannc = new RanncModule(model, optimizer, options.ToRanncOptions()); // this rank's communicator comes from RankLauncher
     (double[] losses, double stepMs) = Train(optimizer, rannc.forward, print: comm.Rank == 0);
+    if (options.Dot is { } dotFile && comm.Rank == 0) rannc.WriteGraph(dotFile);
     var plan = rannc.Plan!;
     return (losses, stepMs, new PlanSummary(plan.Stages.Count, plan.Stages.Select(s => s.ReplicaRanks.Count).ToArray(),
         plan.MicroBatchCount, plan.Schedule == Rannc.Partitioner.PipelineScheduleKind.GPipe ? "gpipe" : "1f1b", rannc.PlanLoaded ? "hit" : "miss"));

@@ -26,6 +26,7 @@ public sealed record SampleOptions
     public bool Reference { get; init; }
     public bool Json { get; init; }
     public string? PlanCache { get; init; }
+    public string? Dot { get; init; }
 
     /// <summary>
     /// The command line: <c>--help</c> lists every option; <see cref="From"/> reads the values of a parse without errors.
@@ -58,6 +59,7 @@ public sealed record SampleOptions
         PlanCache = parsed.GetValue(PlanCacheOption),
         Reference = parsed.GetValue(ReferenceOption),
         Json = parsed.GetValue(JsonOption),
+        Dot = parsed.GetValue(DotOption),
     };
 
     private static readonly Option<string> ModelOption = new("--model")
@@ -152,10 +154,16 @@ public sealed record SampleOptions
         Description = "End with one line of JSON: ranks, stages, replicas, micro_batches, schedule, losses, step_ms, plan_cache",
     };
 
+    private static readonly Option<string?> DotOption = new("--dot")
+    {
+        Description = "Write the captured graph as Graphviz DOT, nodes coloured by pipeline stage (rank 0, after training)",
+        HelpName = "FILE",
+    };
+
     private static readonly Option[] All =
     [
         ModelOption, RanksOption, StepsOption, BatchOption, LayersOption, HiddenOption, SequenceOption, SeedOption, DTypeOption,
-        PlanOption, ScheduleOption, MicroBatchesOption, MemoryOption, LearningRateOption, PlanCacheOption, ReferenceOption, JsonOption,
+        PlanOption, ScheduleOption, MicroBatchesOption, MemoryOption, LearningRateOption, PlanCacheOption, ReferenceOption, JsonOption, DotOption,
     ];
 
     private static Option<int> PositiveInt(string name, string description, int defaultValue) => new(name)
