@@ -204,7 +204,7 @@ run_limited() {
     ) > /dev/null 2>&1 &
     local watcher=$!
     local rc=0
-    wait "$pid" || rc=$?
+    wait "$pid" 2>/dev/null || rc=$?
     kill "$watcher" 2>/dev/null; wait "$watcher" 2>/dev/null
     return "$rc"
 }

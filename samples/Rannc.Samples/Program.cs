@@ -1,3 +1,4 @@
+using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
@@ -9,18 +10,17 @@ using static TorchSharp.torch;
 
 // Trains a sample model with Rannc: `dotnet run --project samples/Rannc.Samples -- --model bert --ranks 4`, or one
 // process per rank: `mpiexec.hydra -n 4 dotnet samples/Rannc.Samples/bin/Release/net10.0/linux-x64/Rannc.Samples.dll`.
-SampleOptions options;
-try
+RootCommand command = SampleOptions.CreateCommand();
+ParseResult parsed = command.Parse(args);
+if (parsed.Errors.Count > 0)
 {
-    options = SampleOptions.Parse(args);
-}
-catch (ArgumentException e)
-{
-    Console.Error.WriteLine($"{e.Message}\n\n{SampleOptions.Usage}");
+    foreach (var error in parsed.Errors) Console.Error.WriteLine(error.Message);
+    Console.Error.WriteLine();
+    command.Parse("--help").Invoke(new InvocationConfiguration { Output = Console.Error });
     return 2;
 }
-if (args.Contains("--help")) { Console.WriteLine(SampleOptions.Usage); return 0; }
-
+if (parsed.Action is not null) return parsed.Invoke(); // --help, --version
+SampleOptions options = SampleOptions.From(parsed);
 SampleTask task = options.Task();
 object initLock = new();
 
@@ -63,8 +63,9 @@ Tensor[] Batch(int step) =>
 {
     nn.Module model = CreateModel();
     var optimizer = torch.optim.Adam(model.parameters(), lr: options.LearningRate);
-    using var rannc = new RanncModule(model, optimizer, comm, options.ToRanncOptions());
+    using var rannc = new RanncModule(model, optimizer, options.ToRanncOptions()); // this rank's communicator comes from RankLauncher
     (double[] losses, double stepMs) = Train(optimizer, rannc.forward, print: comm.Rank == 0);
+    if (options.Dot is { } dotFile && comm.Rank == 0) rannc.WriteGraph(dotFile);
     var plan = rannc.Plan!;
     return (losses, stepMs, new PlanSummary(plan.Stages.Count, plan.Stages.Select(s => s.ReplicaRanks.Count).ToArray(),
         plan.MicroBatchCount, plan.Schedule == Rannc.Partitioner.PipelineScheduleKind.GPipe ? "gpipe" : "1f1b", rannc.PlanLoaded ? "hit" : "miss"));

@@ -1,4 +1,6 @@
+using System.CommandLine;
 using System.Globalization;
+using System.CommandLine.Parsing;
 using Rannc.Execution;
 using static TorchSharp.torch;
 
@@ -24,70 +26,181 @@ public sealed record SampleOptions
     public bool Reference { get; init; }
     public bool Json { get; init; }
     public string? PlanCache { get; init; }
+    public string? Dot { get; init; }
 
-    public const string Usage = """
-        Rannc sample: trains a sample model partitioned across ranks (threads of this process, or MPI processes under mpiexec).
-          --model mlp|bert|resnet   model to train (default bert)
-          --ranks N                 in-process ranks when not started by mpiexec (default 4)
-          --steps N                 training steps (default 5)
-          --batch N                 samples per step (default 16)
-          --layers N, --hidden N    model size (BERT: layers, width; MLP: hidden layers, width; ResNet: blocks, base width)
-          --seq N                   BERT sequence length (default 32)
-          --seed N                  seed of the model and the data (default 42)
-          --dtype float32|float64   parameter and activation type (default float32)
-          --plan auto|SxR|R1,R2,..  force S stages of R replicas, or the replicas of each stage (default auto)
-          --schedule auto|gpipe|1f1b
-          --micro-batches N         force the number of micro-batches
-          --memory SIZE             memory budget per rank, e.g. 512MiB
-          --lr X                    Adam learning rate (default 1e-3)
-          --plan-cache DIR          plan cache folder ('' disables it)
-          --reference               train with plain TorchSharp on one process instead (for comparison)
-          --json                    end with one line of JSON: ranks, stages, replicas, micro_batches, schedule, losses, step_ms, plan_cache
-        """;
-
-    public static SampleOptions Parse(string[] args)
+    /// <summary>
+    /// The command line: <c>--help</c> lists every option; <see cref="From"/> reads the values of a parse without errors.
+    /// </summary>
+    public static RootCommand CreateCommand()
     {
-        var options = new SampleOptions();
-        for (int i = 0; i < args.Length; i++)
+        var command = new RootCommand(
+            "Rannc sample: trains a sample model partitioned across ranks (threads of this process, or MPI processes under mpiexec).");
+        foreach (Option option in All) command.Options.Add(option);
+        return command;
+    }
+
+    /// <summary>The options a parse of <see cref="CreateCommand"/> without errors gives.</summary>
+    public static SampleOptions From(ParseResult parsed) => new()
+    {
+        Model = parsed.GetValue(ModelOption)!,
+        Ranks = parsed.GetValue(RanksOption),
+        Steps = parsed.GetValue(StepsOption),
+        Batch = parsed.GetValue(BatchOption),
+        Layers = parsed.GetValue(LayersOption),
+        Hidden = parsed.GetValue(HiddenOption),
+        SequenceLength = parsed.GetValue(SequenceOption),
+        Seed = parsed.GetValue(SeedOption),
+        DType = parsed.GetValue(DTypeOption) == "float64" ? ScalarType.Float64 : ScalarType.Float32,
+        Plan = parsed.GetValue(PlanOption)!,
+        Schedule = parsed.GetValue(ScheduleOption)!,
+        MicroBatches = parsed.GetValue(MicroBatchesOption),
+        MemoryBytes = parsed.GetValue(MemoryOption),
+        LearningRate = parsed.GetValue(LearningRateOption),
+        PlanCache = parsed.GetValue(PlanCacheOption),
+        Reference = parsed.GetValue(ReferenceOption),
+        Json = parsed.GetValue(JsonOption),
+        Dot = parsed.GetValue(DotOption),
+    };
+
+    private static readonly Option<string> ModelOption = new("--model")
+    {
+        Description = "Model to train: mlp, bert or resnet",
+        HelpName = "mlp|bert|resnet",
+        DefaultValueFactory = _ => "bert",
+        CustomParser = r =>
         {
-            string name = args[i];
-            string Value() => i + 1 < args.Length ? args[++i] : throw new ArgumentException($"{name} needs a value.");
-            int Int() => int.TryParse(Value(), NumberStyles.Integer, CultureInfo.InvariantCulture, out int v) && v > 0
-                ? v : throw new ArgumentException($"{name} needs a positive integer.");
-            options = name switch
+            string model = r.Tokens[0].Value.ToLowerInvariant();
+            return model is "mlp" or "bert" or "resnet" ? model : Fail<string>(r, $"--model {r.Tokens[0].Value}: use mlp, bert or resnet.");
+        },
+    };
+
+    private static readonly Option<int> RanksOption = PositiveInt("--ranks", "In-process ranks when not started by mpiexec", 4);
+    private static readonly Option<int> StepsOption = PositiveInt("--steps", "Training steps", 5);
+    private static readonly Option<int> BatchOption = PositiveInt("--batch", "Samples per step", 16);
+    private static readonly Option<int> LayersOption = PositiveInt("--layers", "Model depth (BERT: layers; MLP: hidden layers; ResNet: blocks)", 4);
+    private static readonly Option<int> HiddenOption = PositiveInt("--hidden", "Model width (BERT: width; MLP: hidden width; ResNet: 8 x base width)", 128);
+    private static readonly Option<int> SequenceOption = PositiveInt("--seq", "BERT sequence length", 32);
+    private static readonly Option<int> SeedOption = PositiveInt("--seed", "Seed of the model and the data", 42);
+
+    private static readonly Option<string> DTypeOption = new Option<string>("--dtype")
+    {
+        Description = "Parameter and activation type",
+        HelpName = "float32|float64",
+        DefaultValueFactory = _ => "float32",
+    }.AcceptOnlyFromAmong("float32", "float64");
+
+    private static readonly Option<string> PlanOption = new("--plan")
+    {
+        Description = "Force S stages of R replicas, or the replicas of each stage",
+        HelpName = "auto|SxR|R1,R2,..",
+        DefaultValueFactory = _ => "auto",
+        Validators = { r => CheckParses(r, "--plan", text => RanncOptions.ParsePlan(text)) },
+    };
+
+    private static readonly Option<string> ScheduleOption = new("--schedule")
+    {
+        Description = "Pipeline schedule",
+        HelpName = "auto|gpipe|1f1b",
+        DefaultValueFactory = _ => "auto",
+        Validators = { r => CheckParses(r, "--schedule", text => RanncOptions.ParseSchedule(text)) },
+    };
+
+    private static readonly Option<int?> MicroBatchesOption = new("--micro-batches")
+    {
+        Description = "Force the number of micro-batches",
+        HelpName = "N",
+        CustomParser = r => ParsePositive(r),
+    };
+
+    private static readonly Option<long?> MemoryOption = new("--memory")
+    {
+        Description = "Memory budget per rank, e.g. 512MiB",
+        HelpName = "SIZE",
+        CustomParser = r =>
+        {
+            try
             {
-                "--model" => options with { Model = Value().ToLowerInvariant() },
-                "--ranks" => options with { Ranks = Int() },
-                "--steps" => options with { Steps = Int() },
-                "--batch" => options with { Batch = Int() },
-                "--layers" => options with { Layers = Int() },
-                "--hidden" => options with { Hidden = Int() },
-                "--seq" => options with { SequenceLength = Int() },
-                "--seed" => options with { Seed = Int() },
-                "--dtype" => options with
-                {
-                    DType = Value() switch
-                    {
-                        "float32" => ScalarType.Float32,
-                        "float64" => ScalarType.Float64,
-                        string other => throw new ArgumentException($"--dtype {other}: use float32 or float64."),
-                    },
-                },
-                "--plan" => options with { Plan = Value() },
-                "--schedule" => options with { Schedule = Value() },
-                "--micro-batches" => options with { MicroBatches = Int() },
-                "--memory" => options with { MemoryBytes = RanncOptions.ParseBytes(Value()) },
-                "--lr" => options with { LearningRate = double.Parse(Value(), CultureInfo.InvariantCulture) },
-                "--plan-cache" => options with { PlanCache = Value() },
-                "--reference" => options with { Reference = true },
-                "--json" => options with { Json = true },
-                _ => throw new ArgumentException($"Unknown option {name}."),
-            };
+                return RanncOptions.ParseBytes(r.Tokens[0].Value);
+            }
+            catch (FormatException e)
+            {
+                return Fail<long?>(r, $"--memory: {e.Message}");
+            }
+        },
+    };
+
+    private static readonly Option<double> LearningRateOption = new("--lr")
+    {
+        Description = "Adam learning rate",
+        HelpName = "X",
+        DefaultValueFactory = _ => 1e-3,
+        CustomParser = r => double.TryParse(r.Tokens[0].Value, NumberStyles.Float, CultureInfo.InvariantCulture, out double v) && v > 0
+            ? v : Fail<double>(r, $"--lr {r.Tokens[0].Value}: needs a positive number."),
+    };
+
+    private static readonly Option<string?> PlanCacheOption = new("--plan-cache")
+    {
+        Description = "Plan cache folder ('' disables it)",
+        HelpName = "DIR",
+    };
+
+    private static readonly Option<bool> ReferenceOption = new("--reference")
+    {
+        Description = "Train with plain TorchSharp on one process instead (for comparison)",
+    };
+
+    private static readonly Option<bool> JsonOption = new("--json")
+    {
+        Description = "End with one line of JSON: ranks, stages, replicas, micro_batches, schedule, losses, step_ms, plan_cache",
+    };
+
+    private static readonly Option<string?> DotOption = new("--dot")
+    {
+        Description = "Write the captured graph as Graphviz DOT, nodes coloured by pipeline stage (rank 0, after training)",
+        HelpName = "FILE",
+    };
+
+    private static readonly Option[] All =
+    [
+        ModelOption, RanksOption, StepsOption, BatchOption, LayersOption, HiddenOption, SequenceOption, SeedOption, DTypeOption,
+        PlanOption, ScheduleOption, MicroBatchesOption, MemoryOption, LearningRateOption, PlanCacheOption, ReferenceOption, JsonOption, DotOption,
+    ];
+
+    private static Option<int> PositiveInt(string name, string description, int defaultValue) => new(name)
+    {
+        Description = description,
+        HelpName = "N",
+        DefaultValueFactory = _ => defaultValue,
+        CustomParser = r => ParsePositive(r),
+    };
+
+    private static int ParsePositive(ArgumentResult result)
+    {
+        string text = result.Tokens[0].Value;
+        return int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out int value) && value > 0
+            ? value
+            : Fail<int>(result, $"{OptionName(result)} {text}: needs a positive integer.");
+    }
+
+    private static string OptionName(ArgumentResult result) =>
+        result.Parent is OptionResult option ? option.Option.Name : result.Argument.Name;
+
+    private static void CheckParses(OptionResult result, string name, Action<string> parse)
+    {
+        try
+        {
+            parse(result.GetValueOrDefault<string>() ?? "");
         }
-        if (options.Model is not ("mlp" or "bert" or "resnet")) throw new ArgumentException($"--model {options.Model}: use mlp, bert or resnet.");
-        RanncOptions.ParsePlan(options.Plan);
-        RanncOptions.ParseSchedule(options.Schedule);
-        return options;
+        catch (FormatException e)
+        {
+            result.AddError($"{name}: {e.Message}");
+        }
+    }
+
+    private static T Fail<T>(ArgumentResult result, string message)
+    {
+        result.AddError(message);
+        return default!;
     }
 
     /// <summary>The sample task these options describe.</summary>

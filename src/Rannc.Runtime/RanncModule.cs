@@ -74,6 +74,14 @@ public sealed class RanncModule : IDisposable
     public CapturedGraph? Graph => _deployed?.Graph;
 
     /// <summary>
+    /// Writes the captured graph as Graphviz DOT (<c>dot -Tsvg</c>): one cluster per stage of the plan, nodes
+    /// coloured by stage, module clusters inside. Available after the first <see cref="forward"/>.
+    /// </summary>
+    public void WriteGraph(string path) =>
+        File.WriteAllText(path, (Graph ?? throw new InvalidOperationException("The graph is captured by the first forward(); call WriteGraph after it."))
+            .ToDot(Plan!.Stages.Select(s => s.NodeIds).ToList()));
+
+    /// <summary>
     /// Runs the pipeline on the whole batch (every rank passes the same tensors; the first dimension is the batch)
     /// and returns forward()'s result: the loss (the same on every rank), or for a model that returns a non-scalar
     /// tensor, the whole output gathered to every rank (inference only).

@@ -364,6 +364,9 @@ public sealed class CapturedGraph
 
     /// <summary>Graphviz DOT, with one nested cluster per module path (layers, their attention and feed-forward parts).</summary>
     public string ToDot() => GraphFormatter.ToDot(this);
+
+    /// <summary>Graphviz DOT with one cluster per stage (<paramref name="stageNodeIds"/>: each stage's node ids), nodes coloured by stage.</summary>
+    public string ToDot(IReadOnlyList<IReadOnlyList<int>> stageNodeIds) => GraphFormatter.ToDot(this, stageNodeIds);
 }
 
 /// <summary>

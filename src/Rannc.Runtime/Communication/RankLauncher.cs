@@ -15,9 +15,9 @@ public static class RankLauncher
     }
 
     /// <summary>
-    /// Runs <paramref name="body"/> as this process's MPI rank (the current rank of <see cref="AmbientCommunicator"/>). If it throws, the rank prints its exception (with its
-    /// rank) to stderr and aborts the whole MPI job, so the launcher exits non-zero within seconds instead of leaving
-    /// the other ranks blocked. Sets libtorch's thread count to the cores per local rank (mpiexec would make it 1).
+    /// Runs <paramref name="body"/> as this process's MPI rank (also <see cref="AmbientCommunicator.Current"/> while it
+    /// runs). If it throws, the rank prints its exception (with its rank) to stderr and aborts the whole MPI job, so the
+    /// launcher exits non-zero within seconds instead of leaving the other ranks blocked. Sets libtorch's thread count to the cores per local rank (mpiexec would make it 1).
     /// </summary>
     public static void RunMpi(Action<ICommunicator> body, int? torchThreads = null)
     {
