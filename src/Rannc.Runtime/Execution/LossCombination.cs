@@ -118,17 +118,31 @@ internal sealed class LossCombination
         Tensor counted = perItem.gt(0);
         long count = counted.sum().item<long>();
         if (count == 0) return 0;
-        Tensor magnitudes = perItem.masked_select(counted);
-        double smallest = magnitudes.min().to_type(ScalarType.Float64).item<double>();
-        double largest = magnitudes.max().to_type(ScalarType.Float64).item<double>();
-        if (largest - smallest > 1e-6 * largest)
-        {
-            throw new NotSupportedException(
-                $"{_lossNode.Operation} at {_lossNode.Location} weighs its items unequally (class weights), so its mean over the batch cannot be " +
-                "assembled exactly from micro-batch slices. Use reduction: Sum and divide by the batch's total weight yourself, or a plan with one " +
-                "micro-batch and one replica in the last stage.");
-        }
-        return count;
+        using Tensor magnitudes = perItem.masked_select(counted).to_type(ScalarType.Float64);
+        double smallest = magnitudes.min().item<double>();
+        double largest = magnitudes.max().item<double>();
+        // With class weights, equal magnitudes in one slice may only mean that its counted items share a class.
+        if (ClassWeightTotal(values, input, counted) is double total) return total;
+        if (largest - smallest <= 1e-6 * largest) return count;
+        // Unequal magnitudes: class weights. The mean divides by the sum of the counted items' class weights, which the
+        // gradient shows only up to a common factor, so the weight vector is read from the node's inputs: the one
+        // floating-point vector with one entry per class (the only such argument of cross_entropy and nll_loss).
+        throw new NotSupportedException(
+            $"{_lossNode.Operation} at {_lossNode.Location} weighs its items unequally, and its class weights could not be identified among its " +
+            "inputs, so its mean over the batch cannot be assembled exactly from micro-batch slices. Use reduction: Sum and divide by the batch's " +
+            "total weight yourself, or a plan with one micro-batch and one replica in the last stage.");
+    }
+
+    /// <summary>Σ weight[target] over the counted items, when exactly one input is a class-weight vector.</summary>
+    private double? ClassWeightTotal(IReadOnlyDictionary<int, object?> values, Tensor input, Tensor counted)
+    {
+        if (input.dim() < 2 || values[_lossNode!.Inputs[1]] is not Tensor target || target.is_floating_point()) return null;
+        long classes = input.shape[1];
+        var candidates = _lossNode.Inputs.Skip(2).Select(v => values[v]).OfType<Tensor>()
+            .Where(t => t.dim() == 1 && t.shape[0] == classes && t.is_floating_point()).ToList();
+        if (candidates.Count != 1) return null;
+        Tensor labels = target.masked_select(counted);
+        return candidates[0].to_type(ScalarType.Float64).index_select(0, labels).sum().item<double>();
     }
 
     private static double Evaluate(CapturedGraph graph, CapturedNode node, object?[] values, bool repeatBatch)

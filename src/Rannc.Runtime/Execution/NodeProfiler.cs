@@ -99,7 +99,9 @@ internal static class NodeProfiler
                 // A node that writes into its input gets a copy: the environment's value stays as the real pass made it
                 // for every round, and the leaf itself is never written (libtorch refuses in-place writes on a leaf).
                 bool written = node.ModifiesInput && v == node.Inputs[0];
-                if (values[v] is Tensor t && t.is_floating_point())
+                // Only inputs a gradient flows through become leaves, as in the pipeline: some inputs must not require one
+                // (cross_entropy's class weights).
+                if (values[v] is Tensor t && t.is_floating_point() && t.requires_grad)
                 {
                     Tensor leaf = t.detach().requires_grad_(true);
                     values[v] = written ? leaf.clone() : leaf;

@@ -44,3 +44,45 @@ public sealed class LossCombinationTests
         return [ids, labels];
     }
 }
+
+/// <summary>A classifier whose loss has class weights, an ignore index and label smoothing, as real code writes it.</summary>
+[RaNNC]
+public sealed partial class WeightedClassifier : TorchSharp.torch.nn.Module<Tensor, Tensor, Tensor>
+{
+    private readonly TorchSharp.Modules.Linear hidden;
+    private readonly TorchSharp.Modules.Linear output;
+    private readonly Tensor classWeights;
+
+    public WeightedClassifier() : base(nameof(WeightedClassifier))
+    {
+        hidden = TorchSharp.torch.nn.Linear(6, 10);
+        output = TorchSharp.torch.nn.Linear(10, 4);
+        classWeights = torch.tensor(new[] { 1.0, 2.5, 0.5, 4.0 });
+        register_buffer("classWeights", classWeights);
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x, Tensor labels)
+    {
+        var logits = output.forward(TorchSharp.torch.nn.functional.relu(hidden.forward(x)));
+        return TorchSharp.torch.nn.functional.cross_entropy(logits, labels, weight: classWeights, ignore_index: 3, label_smoothing: 0.1);
+    }
+}
+
+public sealed class WeightedLossTests
+{
+    [Theory]
+    [InlineData("2,1", "1f1b", OptimizerKind.Sgd)]
+    [InlineData("1,2", "gpipe", OptimizerKind.Adam)]
+    public void ClassWeightedLoss_WithIgnoreIndex_EqualsPlainTorchSharp(string plan, string schedule, OptimizerKind optimizer)
+    {
+        Tensor[][] batches = Enumerable.Range(0, 3).Select(step =>
+        {
+            using var generator = new Generator((ulong)(60 + step));
+            return new[] { torch.randn([8, 6], ScalarType.Float64, generator: generator), torch.randint(0, 4, [8], ScalarType.Int64, generator: generator) };
+        }).ToArray();
+        var reference = Equivalence.Reference(() => new WeightedClassifier(), 3, batches, optimizer);
+        var ranks = Equivalence.Rannc(() => new WeightedClassifier(), _ => 3, batches, optimizer, plan.Split(',').Select(int.Parse).ToList(), schedule, microBatches: 2);
+        Equivalence.AssertEqual(reference, ranks);
+    }
+}
