@@ -5,9 +5,15 @@ using Rannc.Mpi.Worker;
 // Each rank ends with a line "rannc-worker: rank R exit 0" so tests can tell which ranks finished.
 if (args.Length != 1)
 {
-    Console.Error.WriteLine($"usage: Rannc.Mpi.Worker <scenario>; scenarios: {string.Join(", ", CommunicatorScenarios.Passing.Keys.Concat(TrainingScenarios.Passing.Keys).Concat(CommunicatorScenarios.Failing.Keys).Concat(ZooScenarios.All.Keys))}");
+    Console.Error.WriteLine($"usage: Rannc.Mpi.Worker <scenario>; scenarios: {string.Join(", ", CommunicatorScenarios.Passing.Keys.Concat(TrainingScenarios.Passing.Keys).Concat(CommunicatorScenarios.Failing.Keys).Concat(ZooScenarios.All.Keys).Concat(WatchdogScenarios.All.Keys))}");
     return 2;
 }
+if (WatchdogScenarios.All.TryGetValue(args[0], out var watched))
+{
+    RankLauncher.RunMpi(watched);
+    return 0;
+}
+
 Action<ICommunicator> scenario = CommunicatorScenarios.Passing.TryGetValue(args[0], out var passing) ? passing
     : TrainingScenarios.Passing.TryGetValue(args[0], out var training) ? training
     : CommunicatorScenarios.Failing.TryGetValue(args[0], out var failing) ? failing.Run
