@@ -127,7 +127,7 @@ public sealed class MpiCommunicator : ICommunicator
                 MpiEnvironment.Check(MpiCollectives.Iallreduce(MpiEnvironment.InPlace, address, count / (int)tensor.ElementSize,
                     dataType, mpiOp, _comm, &request), "MPI_Iallreduce");
             }
-            WaitCollective(request, $"AllReduce of {TensorBuffers.Describe(tensor.dtype, tensor.numel())}");
+            WaitCollective(request, $"AllReduce of {TensorBuffers.Describe(tensor.dtype, tensor.numel())}", (long)count * Size);
         }
         if (op == ReduceOp.Average) tensor.div_(Size);
     }
@@ -168,12 +168,12 @@ public sealed class MpiCommunicator : ICommunicator
         {
             MpiEnvironment.Check(MpiCollectives.Ibcast(address, bytes, MpiNative.MPI_BYTE, root, _comm, &request), "MPI_Ibcast");
         }
-        WaitCollective(request, what);
+        WaitCollective(request, what, (long)bytes * Size);
     }
 
     /// <summary>Waits for one collective request under the watchdog; every member of this group is awaited.</summary>
-    private void WaitCollective(int request, string what) =>
-        MpiWatchdog.WaitAll([request], () => $"{what} (collective of world ranks {string.Join(",", _worldRanks)})", _worldRanks);
+    private void WaitCollective(int request, string what, long bytes = 0) =>
+        MpiWatchdog.WaitAll([request], () => $"{what} (collective of world ranks {string.Join(",", _worldRanks)})", _worldRanks, bytes);
 
     public T[] AllGather<T>(T value)
     {
@@ -200,7 +200,7 @@ public sealed class MpiCommunicator : ICommunicator
                 int request;
                 MpiEnvironment.Check(MpiCollectives.Iallgatherv((IntPtr)minePtr, mine.Length, MpiNative.MPI_BYTE, (IntPtr)allPtr,
                     lengthsPtr, offsetsPtr, MpiNative.MPI_BYTE, _comm, &request), "MPI_Iallgatherv");
-                WaitCollective(request, $"AllGather of {all.Length} bytes");
+                WaitCollective(request, $"AllGather of {all.Length} bytes", all.Length);
             }
             return Enumerable.Range(0, Size)
                 .Select(r => JsonSerializer.Deserialize<T>(all.AsSpan(offsets[r], lengths[r]))!)
@@ -377,7 +377,7 @@ public sealed class MpiCommunicator : ICommunicator
             if (_completed) return;
             try
             {
-                MpiWatchdog.WaitAll(_requests, () => _description, [_peerWorldRank],
+                MpiWatchdog.WaitAll(_requests, () => _description, [_peerWorldRank], TensorBuffers.ByteCount(_tensor),
                     _expectHeaderFrom is { } from ? () => CheckHeader(from.Source, from.Tag) : null);
             }
             finally

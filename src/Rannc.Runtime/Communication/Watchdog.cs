@@ -180,8 +180,10 @@ internal static unsafe class MpiWatchdog
     /// Waits for every request (freeing each as it completes). Aborts the job when the deadline passes or a rank in
     /// <paramref name="awaitedWorldRanks"/> announced it left. <paramref name="onFirstComplete"/> runs when request 0 is done.
     /// </summary>
-    public static void WaitAll(List<int> requests, Func<string> describe, int[] awaitedWorldRanks, Action? onFirstComplete = null)
+    public static void WaitAll(List<int> requests, Func<string> describe, int[] awaitedWorldRanks, long bytes, Action? onFirstComplete = null)
     {
+        // A large transfer keeps needing MPI calls to progress: spin at least as long as it takes at 1 GB/s.
+        TimeSpan spinPhase = SpinPhase + TimeSpan.FromSeconds(bytes / 1e9);
         var clock = Stopwatch.StartNew();
         TimeSpan phaseStart = TimeSpan.Zero; // restarted whenever a request completes: data is flowing again
         TimeSpan? leftSeenAt = null;
@@ -223,7 +225,7 @@ internal static unsafe class MpiWatchdog
                 if (now - leftSeenAt > LeaveGrace)
                     Expire($"rank {left} left the program (its delegate returned or its process exited) while this rank waits for {describe()}");
             }
-            if (now - phaseStart < SpinPhase)
+            if (now - phaseStart < spinPhase)
             {
                 Thread.SpinWait(20);
             }
