@@ -107,6 +107,9 @@ internal sealed class InProcessJob
         }
     }
 
+    /// <summary>Records a completed operation of a rank that did not have to wait for it (the last to arrive at a collective).</summary>
+    public void NoteCompleted(int worldRank, string description) => _lastCompleted[worldRank] = description;
+
     private int FirstFinished(int[] worldRanks, int self)
     {
         lock (_stateLock)
@@ -275,6 +278,7 @@ internal sealed class Rendezvous(InProcessJob job, int[] worldRanks)
                 _generation++;
                 _released[_generation % 2].Reset(); // the next generation's event; nobody waits on it yet
                 job.NoteProgress();
+                job.NoteCompleted(worldRank, $"{operation} (collective of {size} ranks)");
                 released.Set();
                 return _lastResult;
             }
