@@ -223,7 +223,7 @@ internal static unsafe class MpiWatchdog
             {
                 leftSeenAt ??= now;
                 if (now - leftSeenAt > LeaveGrace)
-                    Expire($"rank {left} left the program (its delegate returned or its process exited) while this rank waits for {describe()}");
+                    Expire($"gives up: rank {left} left the program (its delegate returned or its process exited) while rank {s_worldRank} waited for {describe()}");
             }
             if (now - phaseStart < spinPhase)
             {
