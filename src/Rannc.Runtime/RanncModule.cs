@@ -60,6 +60,7 @@ public sealed class RanncModule : IDisposable
         Optimizer = optimizer ?? throw new ArgumentNullException(nameof(optimizer));
         _world = communicator;
         _options = (options ?? new RanncOptions()).WithEnvironment();
+        if (_options.Timeout is { } timeout) Watchdog.SetTimeout(communicator, timeout);
     }
 
     public optim.Optimizer Optimizer { get; }

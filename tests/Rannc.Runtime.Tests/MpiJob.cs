@@ -23,7 +23,10 @@ public static partial class MpiJob
     /// <summary>The MPICH launcher, or null when MPICH is not installed.</summary>
     public static string? Launcher { get; } = new[] { "mpiexec.hydra", "mpiexec.mpich" }.Select(FindOnPath).FirstOrDefault(p => p is not null);
 
-    public static MpiJobResult Run(int ranks, IEnumerable<string> programAndArgs, TimeSpan timeout)
+    /// <param name="environment">Extra variables for every rank.</param>
+    /// <param name="onLine">Sees each output line as it arrives (e.g. to act on a rank's pid while the job runs).</param>
+    public static MpiJobResult Run(int ranks, IEnumerable<string> programAndArgs, TimeSpan timeout,
+        IReadOnlyDictionary<string, string>? environment = null, Action<string>? onLine = null)
     {
         if (Launcher is null)
             throw new InvalidOperationException("MPICH's mpiexec (mpiexec.hydra / mpiexec.mpich) is not installed: run ./test.sh as root, or apt-get install mpich.");
@@ -38,12 +41,13 @@ public static partial class MpiJob
         start.Environment["TERM"] = "dumb";
         start.Environment["MALLOC_MMAP_THRESHOLD_"] = "131072";
         start.Environment["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1";
+        foreach ((string name, string value) in environment ?? new Dictionary<string, string>()) start.Environment[name] = value;
 
         var output = new StringBuilder();
         var clock = Stopwatch.StartNew();
         using var process = new Process { StartInfo = start };
-        process.OutputDataReceived += (_, e) => Append(output, e.Data);
-        process.ErrorDataReceived += (_, e) => Append(output, e.Data);
+        process.OutputDataReceived += (_, e) => Append(output, e.Data, onLine);
+        process.ErrorDataReceived += (_, e) => Append(output, e.Data, onLine);
         process.Start();
         process.BeginOutputReadLine();
         process.BeginErrorReadLine();
@@ -60,12 +64,15 @@ public static partial class MpiJob
     }
 
     /// <summary>Runs a scenario of the worker program.</summary>
-    public static MpiJobResult RunWorker(int ranks, string scenario, TimeSpan timeout) => Run(ranks, [WorkerPath, scenario], timeout);
+    public static MpiJobResult RunWorker(int ranks, string scenario, TimeSpan timeout,
+        IReadOnlyDictionary<string, string>? environment = null, Action<string>? onLine = null) =>
+        Run(ranks, [WorkerPath, scenario], timeout, environment, onLine);
 
-    private static void Append(StringBuilder output, string? line)
+    private static void Append(StringBuilder output, string? line, Action<string>? onLine)
     {
         if (line is null) return;
         lock (output) output.AppendLine(line);
+        onLine?.Invoke(line);
     }
 
     private static string[] SplitByRank(string text, int ranks)

@@ -38,7 +38,7 @@ public static class AmbientCommunicator
 
     private static InProcessCommunicator SingleRank()
     {
-        var job = new InProcessJob(1);
+        var job = new InProcessJob(1, Watchdog.TimeoutFromEnvironment());
         return new InProcessCommunicator(new InProcessGroup(job, job.NewGroupId(), [0]), 0);
     }
 

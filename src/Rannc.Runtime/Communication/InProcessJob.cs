@@ -12,13 +12,16 @@ internal sealed class InProcessJob
     private readonly int[] _waitCount;
     private readonly string?[] _waitingOn;
     private readonly bool[] _finished;
+    private readonly string[] _lastCompleted;
     private readonly object _stateLock = new();
     private int _nextGroupId;
     private long _progress;
 
-    public InProcessJob(int worldSize)
+    public InProcessJob(int worldSize, TimeSpan waitTimeout)
     {
         WorldSize = worldSize;
+        WaitTimeout = waitTimeout;
+        _lastCompleted = Enumerable.Repeat("nothing yet", worldSize).ToArray();
         _mailboxes = Enumerable.Range(0, worldSize).Select(_ => new Mailbox()).ToArray();
         _waitCount = new int[worldSize];
         _waitingOn = new string?[worldSize];
@@ -26,6 +29,9 @@ internal sealed class InProcessJob
     }
 
     public int WorldSize { get; }
+
+    /// <summary>The watchdog's deadline for every blocking wait (<c>RANNC_TIMEOUT</c>).</summary>
+    public TimeSpan WaitTimeout { get; set; }
 
     public CancellationTokenSource Cancellation { get; } = new();
 
@@ -47,10 +53,17 @@ internal sealed class InProcessJob
         Cancellation.Cancel();
     }
 
-    /// <summary>Blocks on <paramref name="completed"/> while recording, for deadlock reports, what this rank waits for.</summary>
-    public void Wait(int worldRank, ManualResetEventSlim completed, Func<string> description)
+    /// <summary>
+    /// Blocks on <paramref name="completed"/> while recording, for deadlock reports, what this rank waits for. Fails
+    /// when the deadline passes or a rank in <paramref name="awaited"/> (world ranks) finished without completing it.
+    /// </summary>
+    public void Wait(int worldRank, ManualResetEventSlim completed, Func<string> description, Func<int[]> awaited)
     {
-        if (completed.IsSet) return;
+        if (completed.IsSet)
+        {
+            _lastCompleted[worldRank] = description();
+            return;
+        }
         lock (_stateLock)
         {
             _waitCount[worldRank]++;
@@ -58,7 +71,28 @@ internal sealed class InProcessJob
         }
         try
         {
-            completed.Wait(Cancellation.Token);
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            // Short slices: a rank that has left is noticed within 50 ms.
+            while (!completed.Wait(TimeSpan.FromMilliseconds(50), Cancellation.Token))
+            {
+                int left = FirstFinished(awaited(), worldRank);
+                // A finished rank's sends and arrivals happened before it was marked finished: look once more.
+                if (left >= 0 && !completed.IsSet)
+                {
+                    throw new CommunicationException(
+                        $"rank {left} left the program (its delegate returned) while rank {worldRank} waits for {description()}; " +
+                        $"last completed: {_lastCompleted[worldRank]}");
+                }
+                if (clock.Elapsed > WaitTimeout && !completed.IsSet)
+                {
+                    string waitingOn = string.Join(", ", awaited().Where(r => r != worldRank));
+                    throw new CommunicationException(
+                        $"watchdog: rank {worldRank} waited {clock.Elapsed.TotalSeconds:0.#} s ({Watchdog.Variable}=" +
+                        $"{WaitTimeout.TotalSeconds:0.#}) for {description()}, waiting on rank(s) {waitingOn}; " +
+                        $"last completed: {_lastCompleted[worldRank]}");
+                }
+            }
+            _lastCompleted[worldRank] = description();
         }
         catch (OperationCanceledException)
         {
@@ -71,6 +105,19 @@ internal sealed class InProcessJob
                 if (--_waitCount[worldRank] == 0) _waitingOn[worldRank] = null;
             }
         }
+    }
+
+    /// <summary>Records a completed operation of a rank that did not have to wait for it (the last to arrive at a collective).</summary>
+    public void NoteCompleted(int worldRank, string description) => _lastCompleted[worldRank] = description;
+
+    private int FirstFinished(int[] worldRanks, int self)
+    {
+        lock (_stateLock)
+        {
+            foreach (int r in worldRanks)
+                if (r != self && _finished[r]) return r;
+        }
+        return -1;
     }
 
     public void MarkFinished(int worldRank)
@@ -170,7 +217,7 @@ internal sealed class PostedReceive(int groupId, int source, int tag, Tensor int
 }
 
 /// <summary>Completion handle of an in-process transfer.</summary>
-internal sealed class InProcessRequest(InProcessJob job, int worldRank, string description) : ICommRequest
+internal sealed class InProcessRequest(InProcessJob job, int worldRank, int peerWorldRank, string description) : ICommRequest
 {
     private readonly ManualResetEventSlim _done = new();
     private Exception? _failure;
@@ -192,7 +239,7 @@ internal sealed class InProcessRequest(InProcessJob job, int worldRank, string d
 
     public void Wait()
     {
-        job.Wait(worldRank, _done, () => description);
+        job.Wait(worldRank, _done, () => description, () => [peerWorldRank]);
         if (_failure is not null) throw _failure;
     }
 }
@@ -201,10 +248,12 @@ internal sealed class InProcessRequest(InProcessJob job, int worldRank, string d
 /// The meeting point of a collective: every member contributes a value and gets everybody's, indexed by group rank.
 /// Generations keep back-to-back collectives apart.
 /// </summary>
-internal sealed class Rendezvous(InProcessJob job, int size)
+internal sealed class Rendezvous(InProcessJob job, int[] worldRanks)
 {
+    private readonly int size = worldRanks.Length;
     private readonly object _lock = new();
-    private object?[] _contributions = new object?[size];
+    private object?[] _contributions = new object?[worldRanks.Length];
+    private bool[] _arrivedRanks = new bool[worldRanks.Length]; // who has contributed to the current generation
     private int _arrived;
     private long _generation;
     private object?[]? _lastResult;
@@ -219,23 +268,36 @@ internal sealed class Rendezvous(InProcessJob job, int size)
             generation = _generation;
             released = _released[generation % 2];
             _contributions[groupRank] = value;
+            _arrivedRanks[groupRank] = true;
             if (++_arrived == size)
             {
                 _lastResult = _contributions;
                 _contributions = new object?[size];
+                _arrivedRanks = new bool[size];
                 _arrived = 0;
                 _generation++;
                 _released[_generation % 2].Reset(); // the next generation's event; nobody waits on it yet
                 job.NoteProgress();
+                job.NoteCompleted(worldRank, $"{operation} (collective of {size} ranks)");
                 released.Set();
                 return _lastResult;
             }
         }
-        job.Wait(worldRank, released, () => $"{operation} (collective of {size} ranks)");
+        job.Wait(worldRank, released, () => $"{operation} (collective of {size} ranks)", () => Missing(generation));
         lock (_lock)
         {
             // Generation g's result stays readable until generation g+1 completes, which needs this rank to arrive.
             return _lastResult!;
+        }
+    }
+
+    /// <summary>World ranks that have not yet arrived at <paramref name="generation"/> (none once it completed).</summary>
+    private int[] Missing(long generation)
+    {
+        lock (_lock)
+        {
+            if (_generation != generation) return [];
+            return Enumerable.Range(0, size).Where(r => !_arrivedRanks[r]).Select(r => worldRanks[r]).ToArray();
         }
     }
 }
@@ -246,5 +308,5 @@ internal sealed class InProcessGroup(InProcessJob job, int id, int[] worldRanks)
     public InProcessJob Job { get; } = job;
     public int Id { get; } = id;
     public int[] WorldRanks { get; } = worldRanks;
-    public Rendezvous Rendezvous { get; } = new(job, worldRanks.Length);
+    public Rendezvous Rendezvous { get; } = new(job, worldRanks);
 }

@@ -10,7 +10,12 @@ namespace Rannc.Communication;
 /// deadlocked and fails, naming what each rank waits for.
 /// </param>
 /// <param name="TorchThreads">Intra-op threads for libtorch (process-wide); null: cores divided by ranks, at least 1.</param>
-public sealed record InProcessOptions(TimeSpan? Timeout = null, TimeSpan? StallTimeout = null, int? TorchThreads = null)
+/// <param name="WaitTimeout">
+/// The watchdog's deadline for each blocking wait of a rank (null: <c>RANNC_TIMEOUT</c> seconds, else 600 s); it
+/// also catches a rank stuck outside Rannc, since whoever waits for it fails naming it.
+/// </param>
+public sealed record InProcessOptions(TimeSpan? Timeout = null, TimeSpan? StallTimeout = null, int? TorchThreads = null,
+    TimeSpan? WaitTimeout = null)
 {
     public static InProcessOptions Default { get; } = new();
 }
@@ -24,8 +29,9 @@ public static class InProcessLauncher
 {
     private static readonly TimeSpan DefaultStallTimeout = TimeSpan.FromSeconds(10);
 
-    /// <summary>How long stopped ranks get to notice and return before the failure is reported anyway.</summary>
-    private static readonly TimeSpan StopGrace = TimeSpan.FromSeconds(20);
+    /// <summary>How long stopped ranks get to notice and return before the failure is reported anyway (a rank stuck
+    /// in user code never notices, so this bounds how late the failure is reported).</summary>
+    private static readonly TimeSpan StopGrace = TimeSpan.FromSeconds(3);
 
     public static void Run(int ranks, Action<ICommunicator> body, InProcessOptions? options = null) =>
         Run<object?>(ranks, comm =>
@@ -43,7 +49,7 @@ public static class InProcessLauncher
         TorchNatives.EnsureLoadable();
         torch.set_num_threads(options.TorchThreads ?? Math.Max(1, Environment.ProcessorCount / ranks));
 
-        var job = new InProcessJob(ranks);
+        var job = new InProcessJob(ranks, options.WaitTimeout ?? Watchdog.TimeoutFromEnvironment());
         var group = new InProcessGroup(job, job.NewGroupId(), Enumerable.Range(0, ranks).ToArray());
         var results = new T[ranks];
         Exception? firstFailure = null;

@@ -20,6 +20,7 @@ public sealed class MpiCommunicator : ICommunicator
 
     private readonly int _comm;
     private readonly bool _isWorld;
+    private readonly int[] _worldRanks; // the watchdog names and tracks peers by world rank
     private bool _disposed;
 
     private MpiCommunicator(int comm, bool isWorld)
@@ -30,6 +31,24 @@ public sealed class MpiCommunicator : ICommunicator
         MpiEnvironment.Check(MpiNative.MPI_Comm_size(comm, out int size), "MPI_Comm_size");
         Rank = rank;
         Size = size;
+        _worldRanks = new int[size];
+        if (isWorld)
+        {
+            for (int r = 0; r < size; r++) _worldRanks[r] = r;
+        }
+        else
+        {
+            // Every member calls this right after the split, so this small blocking gather cannot hang.
+            MpiEnvironment.Check(MpiNative.MPI_Comm_rank(MpiNative.MPI_COMM_WORLD, out int worldRank), "MPI_Comm_rank");
+            unsafe
+            {
+                fixed (int* all = _worldRanks)
+                {
+                    MpiEnvironment.Check(MpiNative.MPI_Allgather((IntPtr)(&worldRank), 1, MpiNative.MPI_INT, (IntPtr)all, 1,
+                        MpiNative.MPI_INT, comm), "MPI_Allgather");
+                }
+            }
+        }
     }
 
     /// <summary>
@@ -53,7 +72,7 @@ public sealed class MpiCommunicator : ICommunicator
     public ICommRequest StartSend(Tensor tensor, int destination, int tag)
     {
         TensorBuffers.CheckPointToPoint(tensor, destination, Size, tag, "Send");
-        var request = new MpiRequest(this, tensor, $"Send to rank {destination} tag {tag}");
+        var request = new MpiRequest(this, tensor, destination, $"Send to rank {_worldRanks[destination]} tag {tag}");
         MessageHeader.Write(request.Header, tensor.dtype, tensor.numel());
         request.Add(Isend(request.Header, MessageHeader.Bytes, destination, HeaderTag(tag)));
         foreach ((IntPtr address, int count) in Chunks(tensor))
@@ -64,7 +83,7 @@ public sealed class MpiCommunicator : ICommunicator
     public ICommRequest StartReceive(Tensor into, int source, int tag)
     {
         TensorBuffers.CheckPointToPoint(into, source, Size, tag, "Receive");
-        var request = new MpiRequest(this, into, $"Receive from rank {source} tag {tag}");
+        var request = new MpiRequest(this, into, source, $"Receive from rank {_worldRanks[source]} tag {tag}");
         request.Add(Irecv(request.Header, MessageHeader.Bytes, source, HeaderTag(tag)));
         foreach ((IntPtr address, int count) in Chunks(into))
             request.Add(Irecv(address, count, source, DataTag(tag)));
@@ -102,8 +121,13 @@ public sealed class MpiCommunicator : ICommunicator
         int mpiOp = op == ReduceOp.Max ? MpiNative.MPI_MAX : MpiNative.MPI_SUM;
         foreach ((IntPtr address, int count) in Chunks(tensor))
         {
-            MpiEnvironment.Check(MpiNative.MPI_Allreduce(MpiEnvironment.InPlace, address, count / (int)tensor.ElementSize,
-                dataType, mpiOp, _comm), "MPI_Allreduce");
+            int request;
+            unsafe
+            {
+                MpiEnvironment.Check(MpiCollectives.Iallreduce(MpiEnvironment.InPlace, address, count / (int)tensor.ElementSize,
+                    dataType, mpiOp, _comm, &request), "MPI_Iallreduce");
+            }
+            WaitCollective(request, $"AllReduce of {TensorBuffers.Describe(tensor.dtype, tensor.numel())}", (long)count * Size);
         }
         if (op == ReduceOp.Average) tensor.div_(Size);
     }
@@ -122,10 +146,34 @@ public sealed class MpiCommunicator : ICommunicator
                 $"but rank {Rank} expects {TensorBuffers.Describe(tensor.dtype, tensor.numel())}.");
         }
         foreach ((IntPtr address, int count) in Chunks(tensor))
-            MpiEnvironment.Check(MpiNative.MPI_Bcast(address, count, MpiNative.MPI_BYTE, root, _comm), "MPI_Bcast");
+            IbcastAndWait(address, count, root, $"Broadcast of {TensorBuffers.Describe(tensor.dtype, tensor.numel())} from rank {_worldRanks[root]}");
     }
 
-    public void Barrier() => MpiEnvironment.Check(MpiNative.MPI_Barrier(_comm), "MPI_Barrier");
+    public void Barrier() => BarrierNamed("Barrier");
+
+    private void BarrierNamed(string what)
+    {
+        int request;
+        unsafe
+        {
+            MpiEnvironment.Check(MpiCollectives.Ibarrier(_comm, &request), "MPI_Ibarrier");
+        }
+        WaitCollective(request, what);
+    }
+
+    private void IbcastAndWait(IntPtr address, int bytes, int root, string what)
+    {
+        int request;
+        unsafe
+        {
+            MpiEnvironment.Check(MpiCollectives.Ibcast(address, bytes, MpiNative.MPI_BYTE, root, _comm, &request), "MPI_Ibcast");
+        }
+        WaitCollective(request, what, (long)bytes * Size);
+    }
+
+    /// <summary>Waits for one collective request under the watchdog; every member of this group is awaited.</summary>
+    private void WaitCollective(int request, string what, long bytes = 0) =>
+        MpiWatchdog.WaitAll([request], () => $"{what} (collective of world ranks {string.Join(",", _worldRanks)})", _worldRanks, bytes);
 
     public T[] AllGather<T>(T value)
     {
@@ -136,17 +184,23 @@ public sealed class MpiCommunicator : ICommunicator
             int myLength = mine.Length;
             fixed (int* lengthsPtr = lengths)
             {
-                MpiEnvironment.Check(MpiNative.MPI_Allgather((IntPtr)(&myLength), 1, MpiNative.MPI_INT, (IntPtr)lengthsPtr, 1,
-                    MpiNative.MPI_INT, _comm), "MPI_Allgather");
+                int request;
+                MpiEnvironment.Check(MpiCollectives.Iallgather((IntPtr)(&myLength), 1, MpiNative.MPI_INT, (IntPtr)lengthsPtr, 1,
+                    MpiNative.MPI_INT, _comm, &request), "MPI_Iallgather");
+                WaitCollective(request, "AllGather (lengths)");
             }
             var offsets = new int[Size];
             for (int r = 1; r < Size; r++) offsets[r] = offsets[r - 1] + lengths[r - 1];
             var all = new byte[offsets[^1] + lengths[^1]];
             fixed (byte* minePtr = mine)
             fixed (byte* allPtr = all)
+            fixed (int* lengthsPtr = lengths)
+            fixed (int* offsetsPtr = offsets)
             {
-                MpiEnvironment.Check(MpiNative.MPI_Allgatherv((IntPtr)minePtr, mine.Length, MpiNative.MPI_BYTE, (IntPtr)allPtr,
-                    lengths, offsets, MpiNative.MPI_BYTE, _comm), "MPI_Allgatherv");
+                int request;
+                MpiEnvironment.Check(MpiCollectives.Iallgatherv((IntPtr)minePtr, mine.Length, MpiNative.MPI_BYTE, (IntPtr)allPtr,
+                    lengthsPtr, offsetsPtr, MpiNative.MPI_BYTE, _comm, &request), "MPI_Iallgatherv");
+                WaitCollective(request, $"AllGather of {all.Length} bytes", all.Length);
             }
             return Enumerable.Range(0, Size)
                 .Select(r => JsonSerializer.Deserialize<T>(all.AsSpan(offsets[r], lengths[r]))!)
@@ -157,12 +211,18 @@ public sealed class MpiCommunicator : ICommunicator
     public ICommunicator Split(int color, int key)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(color);
+        // MPI_Comm_split has no non-blocking form: a barrier under the watchdog first, so the split itself cannot hang.
+        BarrierNamed($"Split (color {color})");
         MpiEnvironment.Check(MpiNative.MPI_Comm_split(_comm, color, key, out int newComm), "MPI_Comm_split");
         return new MpiCommunicator(newComm, isWorld: false);
     }
 
     [System.Diagnostics.CodeAnalysis.DoesNotReturn]
-    public void Abort(string message)
+    public void Abort(string message) => AbortJob(message);
+
+    /// <summary>Prints why and ends every rank of the job with exit code 1 (MPI_Abort).</summary>
+    [System.Diagnostics.CodeAnalysis.DoesNotReturn]
+    internal static void AbortJob(string message)
     {
         MpiNative.MPI_Comm_rank(MpiNative.MPI_COMM_WORLD, out int worldRank);
         Console.Out.Flush();
@@ -239,8 +299,10 @@ public sealed class MpiCommunicator : ICommunicator
         {
             fixed (long* p = minMax)
             {
-                MpiEnvironment.Check(MpiNative.MPI_Allreduce(MpiEnvironment.InPlace, (IntPtr)p, 2, MpiEnvironment.Int64Type,
-                    MpiNative.MPI_MAX, _comm), "MPI_Allreduce");
+                int request;
+                MpiEnvironment.Check(MpiCollectives.Iallreduce(MpiEnvironment.InPlace, (IntPtr)p, 2, MpiEnvironment.Int64Type,
+                    MpiNative.MPI_MAX, _comm, &request), "MPI_Iallreduce");
+                WaitCollective(request, $"{operation} (checking that all ranks pass the same tensors)");
             }
         }
         if (minMax[0] != value || -minMax[1] != value) throw new CommunicationException($"{operation}: {problem}.");
@@ -251,7 +313,7 @@ public sealed class MpiCommunicator : ICommunicator
         unsafe
         {
             fixed (byte* p = bytes)
-                MpiEnvironment.Check(MpiNative.MPI_Bcast((IntPtr)p, bytes.Length, MpiNative.MPI_BYTE, root, _comm), "MPI_Bcast");
+                IbcastAndWait((IntPtr)p, bytes.Length, root, $"Broadcast of the tensor's dtype and size from rank {_worldRanks[root]}");
         }
     }
 
@@ -281,14 +343,16 @@ public sealed class MpiCommunicator : ICommunicator
         private readonly MpiCommunicator _owner;
         private readonly Tensor _tensor; // referenced until completion so its storage stays alive
         private readonly string _description;
+        private readonly int _peerWorldRank;
         private (int Source, int Tag)? _expectHeaderFrom;
         private bool _completed;
 
-        public MpiRequest(MpiCommunicator owner, Tensor tensor, string description)
+        public MpiRequest(MpiCommunicator owner, Tensor tensor, int peer, string description)
         {
             _owner = owner;
             _tensor = tensor;
-            _description = description;
+            _peerWorldRank = owner._worldRanks[peer];
+            _description = $"{description} ({TensorBuffers.ByteCount(tensor)} bytes, {(owner._isWorld ? "world" : "sub-group")} communicator)";
             Header = Marshal.AllocHGlobal(MessageHeader.Bytes);
         }
 
@@ -313,17 +377,8 @@ public sealed class MpiCommunicator : ICommunicator
             if (_completed) return;
             try
             {
-                for (int i = 0; i < _requests.Count; i++)
-                {
-                    int handle = _requests[i];
-                    int code = MpiNative.MPI_Wait(ref handle, out MpiNative.MPI_Status status);
-                    _requests[i] = handle;
-                    if (i == 0 && _expectHeaderFrom is { } from) CheckHeader(from.Source, from.Tag);
-                    if (code != MpiNative.MPI_SUCCESS)
-                    {
-                        MpiEnvironment.Check(code, $"{_description} (MPI_Wait)");
-                    }
-                }
+                MpiWatchdog.WaitAll(_requests, () => _description, [_peerWorldRank], TensorBuffers.ByteCount(_tensor),
+                    _expectHeaderFrom is { } from ? () => CheckHeader(from.Source, from.Tag) : null);
             }
             finally
             {

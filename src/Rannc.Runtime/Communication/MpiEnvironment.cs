@@ -58,6 +58,8 @@ public static class MpiEnvironment
                 }
             }
             Check(MpiNative.MPI_Errhandler_set(MpiNative.MPI_COMM_WORLD, MpiNative.MPI_ERRORS_RETURN), "MPI_Errhandler_set");
+            MpiCollectives.Bind(s_library);
+            MpiWatchdog.Start(s_library);
         }
     }
 
@@ -66,7 +68,9 @@ public static class MpiEnvironment
         lock (InitLock)
         {
             Check(MpiNative.MPI_Finalized(out int finalized), "MPI_Finalized");
-            if (finalized == 0) MpiNative.MPI_Finalize();
+            if (finalized != 0) return;
+            MpiWatchdog.AnnounceLeaving(); // also withdraws the pending notice receive, which must not outlive MPI
+            MpiNative.MPI_Finalize();
         }
     }
 

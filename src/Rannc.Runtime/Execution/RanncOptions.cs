@@ -1,4 +1,5 @@
 using System.Globalization;
+using Rannc.Communication;
 using Rannc.Partitioner;
 using static TorchSharp.torch;
 
@@ -72,6 +73,13 @@ public sealed record RanncOptions
     /// </summary>
     public int MinSamplesPerSlice { get; init; } = 1;
 
+    /// <summary>
+    /// Deadline of every blocking wait between ranks (<c>RANNC_TIMEOUT</c>, seconds); on expiry the job aborts naming
+    /// what the rank waited for. Communicators already read <c>RANNC_TIMEOUT</c> when they are made (default 600 s);
+    /// a value here replaces theirs once the module is constructed. Null: keep the communicator's.
+    /// </summary>
+    public TimeSpan? Timeout { get; init; }
+
     /// <summary>Where Rannc's log lines go (rank 0 prints the plan summary); null: standard error.</summary>
     public Action<string>? Log { get; init; }
 
@@ -92,6 +100,7 @@ public sealed record RanncOptions
         if (lookup("RANNC_LOAD_DEPLOYMENT") is { Length: > 0 } load) result = result with { LoadDeploymentPath = load };
         if (lookup("RANNC_CHECK_INPUTS") is { Length: > 0 } check)
             result = result with { CheckInputSteps = check.Trim().Equals("all", StringComparison.OrdinalIgnoreCase) ? null : ParseNonNegative("RANNC_CHECK_INPUTS", check) };
+        if (lookup(Watchdog.Variable) is { Length: > 0 } timeout) result = result with { Timeout = Watchdog.ParseTimeout(timeout) };
         if (lookup("RANNC_VERIFY") is { Length: > 0 } verify) result = result with { VerifySteps = ParseNonNegative("RANNC_VERIFY", verify) };
         if (lookup("RANNC_MIN_SLICE_SAMPLES") is { Length: > 0 } slice) result = result with { MinSamplesPerSlice = ParsePositive("RANNC_MIN_SLICE_SAMPLES", slice) };
         if (lookup("RANNC_PROFILE_REPEATS") is { Length: > 0 } repeats) result = result with { ProfileRepeats = ParsePositive("RANNC_PROFILE_REPEATS", repeats) };

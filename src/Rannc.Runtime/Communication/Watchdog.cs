@@ -1,0 +1,258 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Runtime.InteropServices;
+using MpiNative = MPI.Unsafe;
+
+namespace Rannc.Communication;
+
+/// <summary>
+/// The deadline of every blocking wait of a communicator (<c>RANNC_TIMEOUT</c>, seconds; default 600 like PyTorch's
+/// NCCL watchdog). Communicators exist before <c>RanncOptions</c> do, so they read the variable where they are made.
+/// </summary>
+public static class Watchdog
+{
+    public const string Variable = "RANNC_TIMEOUT";
+
+    public static readonly TimeSpan DefaultTimeout = TimeSpan.FromSeconds(600);
+
+    /// <summary>The deadline from <c>RANNC_TIMEOUT</c>, or <see cref="DefaultTimeout"/> when it is not set.</summary>
+    public static TimeSpan TimeoutFromEnvironment() =>
+        Environment.GetEnvironmentVariable(Variable) is { Length: > 0 } text ? ParseTimeout(text) : DefaultTimeout;
+
+    /// <summary>Replaces the deadline of <paramref name="communicator"/>'s job (MPI: this process; in-process: every rank).</summary>
+    public static void SetTimeout(ICommunicator communicator, TimeSpan timeout)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(timeout, TimeSpan.Zero);
+        switch (communicator)
+        {
+            case MpiCommunicator: MpiWatchdog.Timeout = timeout; break;
+            case InProcessCommunicator inProcess: inProcess.Job.WaitTimeout = timeout; break;
+            default: throw new ArgumentException($"{communicator.GetType().Name} has no watchdog.", nameof(communicator));
+        }
+    }
+
+    /// <summary>Parses a positive number of seconds; the error names the variable and the accepted form.</summary>
+    public static TimeSpan ParseTimeout(string text)
+    {
+        if (double.TryParse(text.Trim(), NumberStyles.Float, CultureInfo.InvariantCulture, out double seconds)
+            && seconds > 0 && double.IsFinite(seconds) && seconds <= TimeSpan.MaxValue.TotalSeconds / 2)
+        {
+            return TimeSpan.FromSeconds(seconds);
+        }
+        throw new ArgumentException($"{Variable}='{text}' is not a positive number of seconds (e.g. {Variable}=600).");
+    }
+}
+
+/// <summary>
+/// The MPI side of the watchdog (process-wide, like MPI): polls requests with growing sleeps so an idle rank does
+/// not burn a core, enforces the deadline, and exchanges "I am leaving" notices on a duplicate of the world
+/// communicator so ranks waiting for a rank that left fail at once instead of at the deadline.
+/// </summary>
+internal static unsafe class MpiWatchdog
+{
+    private const int NoticeTag = 1;
+    private const int AnySource = -2; // MPICH's MPI_ANY_SOURCE
+
+    /// <summary>A leave notice can overtake the leaving rank's last messages; wait this long before believing it.</summary>
+    private static readonly TimeSpan LeaveGrace = TimeSpan.FromSeconds(2);
+
+    /// <summary>Busy polling this long keeps short waits and large shared-memory copies (which MPICH progresses only inside MPI calls) fast.</summary>
+    private static readonly TimeSpan SpinPhase = TimeSpan.FromMilliseconds(50);
+
+    private static readonly object NoticeLock = new();
+    private static int s_noticeComm;
+    private static int s_noticeRequest = MpiNative.MPI_REQUEST_NULL;
+    private static int* s_noticeIn;
+    private static int* s_noticeOut;
+    private static bool[] s_left = [];
+    private static bool s_leaving;
+    private static bool s_started;
+    private static int s_worldRank;
+    private static string s_lastCompleted = "nothing yet";
+    private static long s_lastCompletedAt;
+
+    public static TimeSpan Timeout { get; set; } = Watchdog.DefaultTimeout;
+
+    private static delegate* unmanaged<int*, int*, MpiNative.MPI_Status*, int> s_test;
+    private static delegate* unmanaged<int*, int> s_cancel;
+    private static delegate* unmanaged<int*, int> s_requestFree;
+    private static delegate* unmanaged<int, int*, int> s_commDup;
+
+    /// <summary>Called once after MPI_Init: binds the calls MPI.NET lacks, reads the deadline, posts the notice receive.</summary>
+    public static void Start(IntPtr library)
+    {
+        lock (NoticeLock)
+        {
+            if (s_started) return;
+            s_test = (delegate* unmanaged<int*, int*, MpiNative.MPI_Status*, int>)NativeLibrary.GetExport(library, "MPI_Test");
+            s_cancel = (delegate* unmanaged<int*, int>)NativeLibrary.GetExport(library, "MPI_Cancel");
+            s_requestFree = (delegate* unmanaged<int*, int>)NativeLibrary.GetExport(library, "MPI_Request_free");
+            s_commDup = (delegate* unmanaged<int, int*, int>)NativeLibrary.GetExport(library, "MPI_Comm_dup");
+            Timeout = Watchdog.TimeoutFromEnvironment();
+            MpiEnvironment.Check(MpiNative.MPI_Comm_rank(MpiNative.MPI_COMM_WORLD, out s_worldRank), "MPI_Comm_rank");
+            MpiEnvironment.Check(MpiNative.MPI_Comm_size(MpiNative.MPI_COMM_WORLD, out int size), "MPI_Comm_size");
+            int dup;
+            MpiEnvironment.Check(s_commDup(MpiNative.MPI_COMM_WORLD, &dup), "MPI_Comm_dup");
+            s_noticeComm = dup;
+            s_left = new bool[size];
+            s_noticeIn = (int*)NativeMemory.Alloc(sizeof(int));
+            s_noticeOut = (int*)NativeMemory.Alloc(sizeof(int));
+            *s_noticeOut = s_worldRank;
+            PostNoticeReceive();
+            s_started = true;
+            // Environment.Exit inside the delegate skips RankLauncher's notice; the others should still hear of it.
+            AppDomain.CurrentDomain.ProcessExit += (_, _) => AnnounceLeaving();
+        }
+    }
+
+    private static void PostNoticeReceive()
+    {
+        MpiEnvironment.Check(MpiNative.MPI_Irecv((IntPtr)s_noticeIn, 1, MpiNative.MPI_INT, AnySource, NoticeTag, s_noticeComm,
+            out s_noticeRequest), "MPI_Irecv (leave notices)");
+    }
+
+    /// <summary>Records notices that arrived; returns the world ranks known to have left.</summary>
+    private static void PollNotices()
+    {
+        lock (NoticeLock)
+        {
+            while (s_started && !s_leaving && s_noticeRequest != MpiNative.MPI_REQUEST_NULL)
+            {
+                int flag = 0;
+                MpiNative.MPI_Status status;
+                int request = s_noticeRequest;
+                MpiEnvironment.Check(s_test(&request, &flag, &status), "MPI_Test (leave notices)");
+                s_noticeRequest = request;
+                if (flag == 0) return;
+                int who = *s_noticeIn;
+                if (who >= 0 && who < s_left.Length) s_left[who] = true;
+                PostNoticeReceive();
+            }
+        }
+    }
+
+    /// <summary>Tells every other rank that this one leaves the program (once; best effort, never blocks long).</summary>
+    public static void AnnounceLeaving()
+    {
+        lock (NoticeLock)
+        {
+            if (!s_started || s_leaving) return;
+            s_leaving = true;
+            if (MpiNative.MPI_Finalized(out int finalized) != MpiNative.MPI_SUCCESS || finalized != 0) return;
+            var sends = new List<int>();
+            for (int r = 0; r < s_left.Length; r++)
+            {
+                if (r == s_worldRank) continue;
+                if (MpiNative.MPI_Isend((IntPtr)s_noticeOut, 1, MpiNative.MPI_INT, r, NoticeTag, s_noticeComm, out int send) == MpiNative.MPI_SUCCESS)
+                    sends.Add(send);
+            }
+            // Small messages go out eagerly; a stopped peer must not keep this rank from finishing, so give up after a moment.
+            var clock = Stopwatch.StartNew();
+            while (sends.Count > 0 && clock.Elapsed < TimeSpan.FromSeconds(1))
+            {
+                for (int i = sends.Count - 1; i >= 0; i--)
+                {
+                    int request = sends[i], flag = 0;
+                    MpiNative.MPI_Status status;
+                    s_test(&request, &flag, &status);
+                    if (flag != 0) sends.RemoveAt(i);
+                    else sends[i] = request;
+                }
+                if (sends.Count > 0) Thread.Sleep(1);
+            }
+            foreach (int pending in sends)
+            {
+                int request = pending;
+                s_requestFree(&request);
+            }
+            // The notice receive must not be pending at MPI_Finalize.
+            if (s_noticeRequest != MpiNative.MPI_REQUEST_NULL)
+            {
+                int request = s_noticeRequest;
+                s_cancel(&request);
+                MpiNative.MPI_Wait(ref request, out _);
+                s_noticeRequest = MpiNative.MPI_REQUEST_NULL;
+            }
+        }
+    }
+
+    /// <summary>
+    /// Waits for every request (freeing each as it completes). Aborts the job when the deadline passes or a rank in
+    /// <paramref name="awaitedWorldRanks"/> announced it left. <paramref name="onFirstComplete"/> runs when request 0 is done.
+    /// </summary>
+    public static void WaitAll(List<int> requests, Func<string> describe, int[] awaitedWorldRanks, long bytes, Action? onFirstComplete = null)
+    {
+        // A large transfer keeps needing MPI calls to progress: spin at least as long as it takes at 1 GB/s.
+        TimeSpan spinPhase = SpinPhase + TimeSpan.FromSeconds(bytes / 1e9);
+        var clock = Stopwatch.StartNew();
+        TimeSpan phaseStart = TimeSpan.Zero; // restarted whenever a request completes: data is flowing again
+        TimeSpan? leftSeenAt = null;
+        int next = 0;
+        int sleepMs = 1;
+        while (true)
+        {
+            bool advanced = false;
+            while (next < requests.Count)
+            {
+                int request = requests[next], flag = 0;
+                MpiNative.MPI_Status status;
+                int code = s_test(&request, &flag, &status);
+                requests[next] = request;
+                if (code != MpiNative.MPI_SUCCESS) MpiEnvironment.Check(code, $"{describe()} (MPI_Test)");
+                if (flag == 0) break;
+                if (next == 0) onFirstComplete?.Invoke();
+                next++;
+                advanced = true;
+            }
+            if (next == requests.Count)
+            {
+                s_lastCompleted = describe();
+                s_lastCompletedAt = Stopwatch.GetTimestamp();
+                return;
+            }
+            TimeSpan now = clock.Elapsed;
+            if (advanced)
+            {
+                phaseStart = now;
+                sleepMs = 1;
+            }
+            if (now > Timeout) Expire($"waited {now.TotalSeconds:0.#} s ({Watchdog.Variable}={Timeout.TotalSeconds:0.#}) for {describe()}");
+            PollNotices();
+            int left = FirstLeft(awaitedWorldRanks);
+            if (left >= 0)
+            {
+                leftSeenAt ??= now;
+                if (now - leftSeenAt > LeaveGrace)
+                    Expire($"gives up: rank {left} left the program (its delegate returned or its process exited) while rank {s_worldRank} waited for {describe()}");
+            }
+            if (now - phaseStart < spinPhase)
+            {
+                Thread.SpinWait(20);
+            }
+            else
+            {
+                // Growing sleeps: an idle wait costs little CPU; a wait that ends after long idling is late by at most 10 ms.
+                Thread.Sleep(sleepMs);
+                if (now - phaseStart > TimeSpan.FromSeconds(1)) sleepMs = Math.Min(10, sleepMs + 1);
+            }
+        }
+    }
+
+    private static int FirstLeft(int[] worldRanks)
+    {
+        lock (NoticeLock)
+        {
+            foreach (int r in worldRanks)
+                if (r >= 0 && r < s_left.Length && s_left[r] && r != s_worldRank) return r;
+        }
+        return -1;
+    }
+
+    [System.Diagnostics.CodeAnalysis.DoesNotReturn]
+    private static void Expire(string what)
+    {
+        double ago = s_lastCompletedAt == 0 ? 0 : Stopwatch.GetElapsedTime(s_lastCompletedAt).TotalSeconds;
+        string last = s_lastCompletedAt == 0 ? s_lastCompleted : $"{s_lastCompleted} ({ago:0.#} s ago)";
+        MpiCommunicator.AbortJob($"watchdog: rank {s_worldRank} {what}; last completed: {last}");
+    }
+}
