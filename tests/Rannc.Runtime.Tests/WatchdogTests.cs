@@ -54,6 +54,22 @@ public sealed class InProcessWatchdogTests
     }
 
     [Fact]
+    public void SetTimeout_ReplacesTheDeadlineOfTheRunningJob()
+    {
+        // What RanncModule does with RanncOptions.Timeout: the launcher's 60 s deadline becomes 1 s.
+        var clock = Stopwatch.StartNew();
+        var failure = Assert.Throws<RankFailedException>(() => InProcessLauncher.Run(2, comm =>
+        {
+            Watchdog.SetTimeout(comm, TimeSpan.FromSeconds(1));
+            comm.Barrier();
+            if (comm.Rank == 1) Thread.Sleep(TimeSpan.FromSeconds(30));
+            comm.Barrier();
+        }, new InProcessOptions(Timeout: TimeSpan.FromSeconds(100), WaitTimeout: TimeSpan.FromSeconds(60))));
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(1 + 8), $"took {clock.Elapsed}: {failure.Message}");
+        Assert.Contains("RANNC_TIMEOUT=1)", failure.Message);
+    }
+
+    [Fact]
     public void WaitsThatEndBeforeTheDeadline_DoNotFail()
     {
         InProcessLauncher.Run(2, comm =>
