@@ -106,17 +106,7 @@ public sealed class TrainingEquivalenceTests
             nn.Module model = CreateSeeded(task);
             var optimizer = torch.optim.Adam(model.parameters(), lr: 0.01);
             using var rannc = new RanncModule(model, optimizer, comm, options);
-            var losses = new List<double>();
-            var gradients = new Dictionary<string, Tensor>();
-            for (int step = 0; step < Steps; step++)
-            {
-                optimizer.zero_grad();
-                Tensor loss = rannc.forward(batches[step]);
-                loss.backward();
-                if (step == Steps - 1) gradients = LastGradients(model);
-                optimizer.step();
-                losses.Add(loss.item<double>());
-            }
+            (double[] losses, Dictionary<string, Tensor> gradients) = TrainingLoop.Run(model, optimizer, step => rannc.forward(batches[step]), Steps);
             Assert.Equal(stages, rannc.Plan!.Stages.Count);
             Assert.Equal(replicasPerStage, rannc.Plan.Stages.Select(s => s.ReplicaRanks.Count));
             var owned = rannc.Plan.RoleOf(comm.Rank) is { } role
@@ -126,7 +116,7 @@ public sealed class TrainingEquivalenceTests
                 .ToDictionary(p => p.name, p => p.parameter.detach().clone());
             // A rank's gradients exist exactly for the parameters of its own stage.
             Assert.Equal(owned.Order(), gradients.Keys.Order());
-            return (losses.ToArray(), gradients, parameters);
+            return (losses, gradients, parameters);
         }, new InProcessOptions(Timeout: TimeSpan.FromMinutes(3)));
 
         foreach ((double[] losses, _, _) in results)
@@ -150,8 +140,6 @@ public sealed class TrainingEquivalenceTests
         Assert.Equal(referenceParameters.Keys.Order(), seen.Order());
     }
 
-    private static Dictionary<string, Tensor> LastGradients(nn.Module model) =>
-        model.named_parameters().Where(p => p.parameter.grad is not null).ToDictionary(p => p.name, p => p.parameter.grad!.detach().clone());
 
     private static void AssertCloseTensors(Tensor expected, Tensor actual, string what, double floor = 1e-12)
     {
@@ -177,7 +165,7 @@ public sealed class TrainingEquivalenceTests
                 loss.backward();
                 losses[step] += loss.item<double>();
             }
-            if (step == Steps - 1) gradients = LastGradients(model);
+            if (step == Steps - 1) gradients = TrainingLoop.Gradients(model);
             optimizer.step();
         }
         return (losses, gradients, model.named_parameters().ToDictionary(p => p.name, p => p.parameter.detach().clone()));

@@ -34,17 +34,8 @@ internal static class Equivalence
     {
         nn.Module model = SeededModels.Create(create, seed);
         optim.Optimizer optimizer = CreateOptimizer(model, optimizerKind);
-        var losses = new double[batches.Length];
-        var gradients = new Dictionary<string, Tensor>();
-        for (int step = 0; step < batches.Length; step++)
-        {
-            optimizer.zero_grad();
-            Tensor loss = Forward(model, batches[step]);
-            loss.backward();
-            losses[step] = loss.item<double>();
-            if (step == batches.Length - 1) gradients = Gradients(model);
-            optimizer.step();
-        }
+        (double[] losses, Dictionary<string, Tensor> gradients) =
+            TrainingLoop.Run(model, optimizer, step => Forward(model, batches[step]), batches.Length);
         return new Run(losses, gradients, model.named_parameters().ToDictionary(p => p.name, p => p.parameter.detach().clone()));
     }
 
@@ -66,17 +57,8 @@ internal static class Equivalence
             nn.Module model = SeededModels.Create(create, seedOfRank(comm.Rank));
             optim.Optimizer optimizer = CreateOptimizer(model, optimizerKind);
             using var rannc = new RanncModule(model, optimizer, comm, options);
-            var losses = new double[batches.Length];
-            var gradients = new Dictionary<string, Tensor>();
-            for (int step = 0; step < batches.Length; step++)
-            {
-                optimizer.zero_grad();
-                Tensor loss = rannc.forward(batchOfRank?.Invoke(comm.Rank, step) ?? batches[step]);
-                loss.backward();
-                losses[step] = loss.item<double>();
-                if (step == batches.Length - 1) gradients = Gradients(model);
-                optimizer.step();
-            }
+            (double[] losses, Dictionary<string, Tensor> gradients) = TrainingLoop.Run(
+                model, optimizer, step => rannc.forward(batchOfRank?.Invoke(comm.Rank, step) ?? batches[step]), batches.Length);
             Assert.Equal(replicasPerStage, rannc.Plan!.Stages.Select(s => s.ReplicaRanks.Count));
             var held = rannc.Plan.RoleOf(comm.Rank) is { } role
                 ? rannc.Plan.Stages[role.Stage].NodeIds.SelectMany(n => rannc.Graph!.Nodes[n].Parameters).ToHashSet()
@@ -115,9 +97,6 @@ internal static class Equivalence
         nn.Module<Tensor, Tensor> one when batch.Length == 1 => one.forward(batch[0]),
         _ => throw new NotSupportedException($"{model.GetType().Name} with {batch.Length} input(s)"),
     };
-
-    private static Dictionary<string, Tensor> Gradients(nn.Module model) =>
-        model.named_parameters().Where(p => p.parameter.grad is not null).ToDictionary(p => p.name, p => p.parameter.grad!.detach().clone());
 
     public static void AssertClose(double expected, double actual, string what)
     {

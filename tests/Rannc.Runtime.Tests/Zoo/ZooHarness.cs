@@ -94,17 +94,7 @@ internal static class ZooHarness
                 nn.Module model = CreateSeeded(zoo);
                 optim.Optimizer optimizer = CreateOptimizer(model, optimizerName);
                 using var rannc = new RanncModule(model, optimizer, comm, options);
-                var losses = new List<double>();
-                var gradients = new Dictionary<string, Tensor>();
-                for (int step = 0; step < Steps; step++)
-                {
-                    optimizer.zero_grad();
-                    Tensor loss = rannc.forward(batches[step]);
-                    loss.backward();
-                    if (step == Steps - 1) gradients = Gradients(model);
-                    optimizer.step();
-                    losses.Add(loss.item<double>());
-                }
+                (double[] losses, Dictionary<string, Tensor> gradients) = TrainingLoop.Run(model, optimizer, step => rannc.forward(batches[step]), Steps);
                 PartitionPlan plan = rannc.Plan!;
                 CapturedGraph graph = rannc.Graph!;
                 Assert.Equal(replicas, plan.Stages.Select(s => s.ReplicaRanks.Count));
@@ -116,7 +106,7 @@ internal static class ZooHarness
                     : [];
                 var parameters = model.named_parameters().Where(p => owned.Contains(p.name)).ToDictionary(p => p.name, p => p.parameter.detach().clone());
                 Assert.Equal(owned.Order(), gradients.Keys.Order());
-                return (losses.ToArray(), gradients, parameters);
+                return (losses, gradients, parameters);
             }, new InProcessOptions(Timeout: TimeSpan.FromMinutes(3))));
 
             var seen = new HashSet<string>();
@@ -236,14 +226,11 @@ internal static class ZooHarness
                 loss.backward();
                 losses[step] += loss.item<double>();
             }
-            if (step == Steps - 1) gradients = Gradients(model);
+            if (step == Steps - 1) gradients = TrainingLoop.Gradients(model);
             optimizer.step();
         }
         return (losses, gradients, model.named_parameters().ToDictionary(p => p.name, p => p.parameter.detach().clone()));
     }
-
-    private static Dictionary<string, Tensor> Gradients(nn.Module model) =>
-        model.named_parameters().Where(p => p.parameter.grad is not null).ToDictionary(p => p.name, p => p.parameter.grad!.detach().clone());
 
     internal static void AssertClose(Tensor expected, Tensor actual, string what, double floor)
     {
