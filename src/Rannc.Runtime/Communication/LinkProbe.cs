@@ -6,7 +6,8 @@ namespace Rannc.Communication;
 
 /// <summary>
 /// Measures a link between two ranks by ping-pong through the communicator itself (so its per-message header is
-/// counted, as in training): many small round trips give the latency, a few large ones the bandwidth.
+/// counted, as in training): many small round trips give the latency, a few large ones the bandwidth. Each is the
+/// fastest round, not the mean: a busy machine only ever slows a round down, and the result is cached for later runs.
 /// </summary>
 internal static class LinkProbe
 {
@@ -27,24 +28,26 @@ internal static class LinkProbe
         using var small = torch.zeros(2, dtype: ScalarType.Float32);
         using var large = torch.zeros(LargeBytes / sizeof(float), dtype: ScalarType.Float32);
 
-        PingPong(group, small, peer, starts, 2); // warm-up: connections are set up on first use
-        double smallSeconds = PingPong(group, small, peer, starts, SmallRounds);
-        PingPong(group, large, peer, starts, 1);
-        double largeSeconds = PingPong(group, large, peer, starts, LargeRounds);
+        FastestRound(group, small, peer, starts, 2); // warm-up: connections are set up on first use
+        double smallRound = FastestRound(group, small, peer, starts, SmallRounds);
+        FastestRound(group, large, peer, starts, 1);
+        double largeRound = FastestRound(group, large, peer, starts, LargeRounds);
         if (!starts) return null;
 
-        double latency = smallSeconds / (2 * SmallRounds);
-        double oneWay = largeSeconds / (2 * LargeRounds);
+        double latency = smallRound / 2;
+        double oneWay = largeRound / 2;
         // What is left of a large transfer after its latency is bandwidth; a floor keeps a noisy run finite.
         double bandwidth = LargeBytes / Math.Max(oneWay - latency, oneWay / 10);
         return new LinkSpeed(bandwidth, latency);
     }
 
-    private static double PingPong(ICommunicator group, Tensor buffer, int peer, bool starts, int rounds)
+    /// <summary>Seconds of the fastest of <paramref name="rounds"/> round trips.</summary>
+    private static double FastestRound(ICommunicator group, Tensor buffer, int peer, bool starts, int rounds)
     {
-        var clock = Stopwatch.StartNew();
+        double fastest = double.PositiveInfinity;
         for (int i = 0; i < rounds; i++)
         {
+            long start = Stopwatch.GetTimestamp();
             if (starts)
             {
                 group.Send(buffer, peer, Tag);
@@ -55,7 +58,8 @@ internal static class LinkProbe
                 group.Receive(buffer, peer, Tag);
                 group.Send(buffer, peer, Tag);
             }
+            fastest = Math.Min(fastest, Stopwatch.GetElapsedTime(start).TotalSeconds);
         }
-        return clock.Elapsed.TotalSeconds;
+        return fastest;
     }
 }
