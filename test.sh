@@ -18,7 +18,18 @@ ensure_mpich() {
     fi
 }
 
+# The two-host test makes network namespaces with iproute2's `ip` (it is skipped, with the reason, when not root).
+ensure_iproute() {
+    command -v ip >/dev/null 2>&1 && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "test.sh: ip not found; installing iproute2"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null \
+            || echo "test.sh: installing iproute2 failed; the two-host test will fail" >&2
+    fi
+}
+
 ensure_mpich
+ensure_iproute
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

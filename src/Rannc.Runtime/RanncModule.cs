@@ -520,7 +520,9 @@ public sealed class RanncModule : IDisposable
 
         // Ranks may have different budgets: every stage must fit the smallest.
         long budget = _world.AllGather(_options.DeviceMemoryBytes ?? DefaultMemoryBudget()).Min();
-        var cluster = new Cluster(1, _world.Size, budget, CpuLinkBandwidth, CpuLinkLatency, CpuLinkBandwidth, CpuLinkLatency);
+        ClusterDiscovery hosts = ClusterDiscovery.Discover(_world, _options, CacheDirectory(), Log);
+        LogOnce(hosts.Description);
+        Cluster cluster = hosts.ClusterFor(budget);
         PlanningOptions planning = PlanningOptionsFor(batch);
         string key = DeploymentStore.Key(planningGraph, cluster, planning, "cpu");
 
@@ -686,11 +688,6 @@ public sealed class RanncModule : IDisposable
 
     /// <summary>The graph's name for a name of <c>named_parameters()</c> / <c>state_dict()</c> (tied weights have one).</summary>
     private string GraphName(string name) => _deployed?.Graph.CanonicalName(name) ?? name;
-
-    /// <summary>One shared-memory link between CPU ranks (measured here at 4–7 GB/s; see bench/RESULTS.md).</summary>
-    private const double CpuLinkBandwidth = 4e9;
-
-    private const double CpuLinkLatency = 5e-6;
 
     private PlanningOptions PlanningOptionsFor(int batch)
     {

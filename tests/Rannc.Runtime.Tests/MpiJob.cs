@@ -25,18 +25,22 @@ public static partial class MpiJob
 
     /// <param name="environment">Extra variables for every rank.</param>
     /// <param name="onLine">Sees each output line as it arrives (e.g. to act on a rank's pid while the job runs).</param>
+    /// <param name="wrapper">A command that runs the launcher (e.g. <c>ip netns exec NAME</c>).</param>
+    /// <param name="launcherOptions">Options for mpiexec itself (e.g. <c>-hosts</c>), before <c>-n</c>.</param>
     public static MpiJobResult Run(int ranks, IEnumerable<string> programAndArgs, TimeSpan timeout,
-        IReadOnlyDictionary<string, string>? environment = null, Action<string>? onLine = null)
+        IReadOnlyDictionary<string, string>? environment = null, Action<string>? onLine = null,
+        IReadOnlyList<string>? wrapper = null, IReadOnlyList<string>? launcherOptions = null)
     {
         if (Launcher is null)
             throw new InvalidOperationException("MPICH's mpiexec (mpiexec.hydra / mpiexec.mpich) is not installed: run ./test.sh as root, or apt-get install mpich.");
-        var start = new ProcessStartInfo(Launcher)
+        string[] command = [.. wrapper ?? [], Launcher, .. launcherOptions ?? [], "-n", ranks.ToString(), "-prepend-rank", "dotnet", .. programAndArgs];
+        var start = new ProcessStartInfo(command[0])
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             UseShellExecute = false,
         };
-        foreach (string arg in new[] { "-n", ranks.ToString(), "-prepend-rank", "dotnet" }.Concat(programAndArgs))
+        foreach (string arg in command.Skip(1))
             start.ArgumentList.Add(arg);
         start.Environment["TERM"] = "dumb";
         start.Environment["MALLOC_MMAP_THRESHOLD_"] = "131072";

@@ -13,6 +13,12 @@ internal static unsafe class MpiCollectives
     public static delegate* unmanaged<int, int*, int> Ibarrier;
     public static delegate* unmanaged<IntPtr, int, int, IntPtr, int, int, int, int*, int> Iallgather;
     public static delegate* unmanaged<IntPtr, int, int, IntPtr, int*, int*, int, int, int*, int> Iallgatherv;
+    // MPI-3's MPI_Comm_split_type (comm, split_type, key, info, newcomm*): finds the ranks that share a host.
+    public static delegate* unmanaged<int, int, int, int, int*, int> CommSplitType;
+
+    /// <summary>MPICH's MPI_COMM_TYPE_SHARED and MPI_INFO_NULL.</summary>
+    public const int CommTypeShared = 1;
+    public const int InfoNull = 0x1c000000;
 
     public static void Bind(IntPtr library)
     {
@@ -21,5 +27,6 @@ internal static unsafe class MpiCollectives
         Ibarrier = (delegate* unmanaged<int, int*, int>)NativeLibrary.GetExport(library, "MPI_Ibarrier");
         Iallgather = (delegate* unmanaged<IntPtr, int, int, IntPtr, int, int, int, int*, int>)NativeLibrary.GetExport(library, "MPI_Iallgather");
         Iallgatherv = (delegate* unmanaged<IntPtr, int, int, IntPtr, int*, int*, int, int, int*, int>)NativeLibrary.GetExport(library, "MPI_Iallgatherv");
+        CommSplitType = (delegate* unmanaged<int, int, int, int, int*, int>)NativeLibrary.GetExport(library, "MPI_Comm_split_type");
     }
 }

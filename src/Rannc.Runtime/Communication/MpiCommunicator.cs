@@ -217,6 +217,38 @@ public sealed class MpiCommunicator : ICommunicator
         return new MpiCommunicator(newComm, isWorld: false);
     }
 
+    /// <summary>
+    /// The lowest rank of this group on this rank's host. MPICH answers MPI_Comm_split_type(MPI_COMM_TYPE_SHARED) from
+    /// where the launcher placed each rank, so ranks that hydra started on different hosts differ even when the hosts
+    /// share a name. Every rank must call it.
+    /// </summary>
+    public int FirstRankOnThisHost()
+    {
+        // Like MPI_Comm_split, the split has no non-blocking form: a barrier under the watchdog first.
+        BarrierNamed("host discovery");
+        int local;
+        unsafe
+        {
+            MpiEnvironment.Check(MpiCollectives.CommSplitType(_comm, MpiCollectives.CommTypeShared, Rank, MpiCollectives.InfoNull, &local),
+                "MPI_Comm_split_type");
+        }
+        try
+        {
+            int mine = Rank;
+            int first;
+            unsafe
+            {
+                MpiEnvironment.Check(MpiNative.MPI_Allreduce((IntPtr)(&mine), (IntPtr)(&first), 1, MpiNative.MPI_INT, MpiNative.MPI_MIN, local),
+                    "MPI_Allreduce");
+            }
+            return first;
+        }
+        finally
+        {
+            MpiNative.MPI_Comm_free(ref local);
+        }
+    }
+
     [System.Diagnostics.CodeAnalysis.DoesNotReturn]
     public void Abort(string message) => AbortJob(message);
 

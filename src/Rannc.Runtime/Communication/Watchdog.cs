@@ -146,9 +146,12 @@ internal static unsafe class MpiWatchdog
                 if (MpiNative.MPI_Isend((IntPtr)s_noticeOut, 1, MpiNative.MPI_INT, r, NoticeTag, s_noticeComm, out int send) == MpiNative.MPI_SUCCESS)
                     sends.Add(send);
             }
-            // Small messages go out eagerly; a stopped peer must not keep this rank from finishing, so give up after a moment.
+            // Every rank sends each other rank one notice when it leaves. Wait until this rank's notices are delivered and
+            // it holds every other rank's, so no message is in flight at MPI_Finalize: over a network (UCX) MPI_Finalize
+            // flushes in-flight messages while the peers already sit in the launcher's exit barrier, and never returns.
+            // This waits like MPI_Finalize itself (for the slowest rank), but never longer than the deadline.
             var clock = Stopwatch.StartNew();
-            while (sends.Count > 0 && clock.Elapsed < TimeSpan.FromSeconds(1))
+            while ((sends.Count > 0 || !EveryOtherRankLeft()) && clock.Elapsed < Timeout)
             {
                 for (int i = sends.Count - 1; i >= 0; i--)
                 {
@@ -158,7 +161,8 @@ internal static unsafe class MpiWatchdog
                     if (flag != 0) sends.RemoveAt(i);
                     else sends[i] = request;
                 }
-                if (sends.Count > 0) Thread.Sleep(1);
+                ReceiveNoticesWhileLeaving();
+                if (sends.Count > 0 || !EveryOtherRankLeft()) Thread.Sleep(1);
             }
             foreach (int pending in sends)
             {
@@ -173,6 +177,33 @@ internal static unsafe class MpiWatchdog
                 MpiNative.MPI_Wait(ref request, out _);
                 s_noticeRequest = MpiNative.MPI_REQUEST_NULL;
             }
+        }
+    }
+
+    private static bool EveryOtherRankLeft()
+    {
+        for (int r = 0; r < s_left.Length; r++)
+        {
+            if (r != s_worldRank && !s_left[r]) return false;
+        }
+        return true;
+    }
+
+    /// <summary>Takes the notices that arrived, posting the next receive only while a rank has yet to send its notice.</summary>
+    private static void ReceiveNoticesWhileLeaving()
+    {
+        while (s_noticeRequest != MpiNative.MPI_REQUEST_NULL)
+        {
+            int flag = 0;
+            MpiNative.MPI_Status status;
+            int request = s_noticeRequest;
+            if (s_test(&request, &flag, &status) != MpiNative.MPI_SUCCESS) return;
+            s_noticeRequest = request;
+            if (flag == 0) return;
+            int who = *s_noticeIn;
+            if (who >= 0 && who < s_left.Length) s_left[who] = true;
+            s_noticeRequest = MpiNative.MPI_REQUEST_NULL;
+            if (!EveryOtherRankLeft()) PostNoticeReceive();
         }
     }
 

@@ -80,6 +80,15 @@ public sealed record RanncOptions
     /// </summary>
     public TimeSpan? Timeout { get; init; }
 
+    /// <summary>
+    /// The link between two ranks on one host (<c>RANNC_INTRA_HOST_LINK</c>, e.g. <c>10GB/s,5us</c>). Null: measured when
+    /// training starts (a short ping-pong between processes, cached beside the plans), or a memory copy for in-process ranks.
+    /// </summary>
+    public LinkSpeed? IntraHostLink { get; init; }
+
+    /// <summary>The link between ranks on different hosts (<c>RANNC_INTER_HOST_LINK</c>, e.g. <c>25GB/s,10us</c>). Null: measured and cached.</summary>
+    public LinkSpeed? InterHostLink { get; init; }
+
     /// <summary>Where Rannc's log lines go (rank 0 prints the plan summary); null: standard error.</summary>
     public Action<string>? Log { get; init; }
 
@@ -103,6 +112,8 @@ public sealed record RanncOptions
         if (lookup(Watchdog.Variable) is { Length: > 0 } timeout) result = result with { Timeout = Watchdog.ParseTimeout(timeout) };
         if (lookup("RANNC_VERIFY") is { Length: > 0 } verify) result = result with { VerifySteps = ParseNonNegative("RANNC_VERIFY", verify) };
         if (lookup("RANNC_MIN_SLICE_SAMPLES") is { Length: > 0 } slice) result = result with { MinSamplesPerSlice = ParsePositive("RANNC_MIN_SLICE_SAMPLES", slice) };
+        if (lookup("RANNC_INTRA_HOST_LINK") is { Length: > 0 } intra) result = result with { IntraHostLink = Named("RANNC_INTRA_HOST_LINK", intra, LinkSpeed.Parse) };
+        if (lookup("RANNC_INTER_HOST_LINK") is { Length: > 0 } inter) result = result with { InterHostLink = Named("RANNC_INTER_HOST_LINK", inter, LinkSpeed.Parse) };
         if (lookup("RANNC_PROFILE_REPEATS") is { Length: > 0 } repeats) result = result with { ProfileRepeats = ParsePositive("RANNC_PROFILE_REPEATS", repeats) };
         return result;
     }
