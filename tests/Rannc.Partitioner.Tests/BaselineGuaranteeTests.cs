@@ -34,11 +34,16 @@ public class BaselineGuaranteeTests
         }
     }
 
-    public static TheoryData<int, int> PaperConfigs() => new()
+    /// <summary>The RaNNC paper's 18 enlarged BERT configurations (hidden × layers, sequence 512; 4 × 8 devices of 32 GiB, batch 256).</summary>
+    public static TheoryData<int, int> PaperConfigs()
     {
-        // (hidden, layers) of the RaNNC paper's enlarged BERT grid that plan fast; the whole grid is in the bench.
-        { 1024, 24 }, { 1024, 96 }, { 1536, 48 }, { 2048, 24 }, { 2048, 96 },
-    };
+        var data = new TheoryData<int, int>();
+        foreach (int hidden in new[] { 1024, 1536, 2048 })
+        {
+            foreach (int layers in new[] { 24, 48, 96, 144, 192, 256 }) data.Add(hidden, layers);
+        }
+        return data;
+    }
 
     [Theory]
     [MemberData(nameof(PaperConfigs))]
@@ -46,6 +51,18 @@ public class BaselineGuaranteeTests
     {
         SyntheticModel model = SyntheticModels.BertLike(layers, hidden, deviceFlopsPerSecond: 30e12);
         AssertNoWorseThanBaselines(model.Graph, model.Costs, Cluster.Typical(4, 8, 32 * TestInputs.Gib), new PlanningOptions(256));
+    }
+
+    /// <summary>The seed's scale: 100B (h 8192 × 128 layers) and 206B (× 256), batch 8192, nodes of 8 devices.</summary>
+    [Theory]
+    [InlineData(128, 1024, 80)]
+    [InlineData(128, 1024, 32)]
+    [InlineData(256, 1024, 80)]
+    [InlineData(128, 4096, 80)]
+    public void Plan_SeedScale_NoSlowerThanAnyBaseline(int layers, int devices, int memoryGib)
+    {
+        SyntheticModel model = SyntheticModels.BertLike(layers, 8192);
+        AssertNoWorseThanBaselines(model.Graph, model.Costs, Cluster.Typical(devices / 8, 8, memoryGib * TestInputs.Gib), new PlanningOptions(8192));
     }
 
     [Theory]
