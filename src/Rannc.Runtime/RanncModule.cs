@@ -33,6 +33,7 @@ public sealed class RanncModule : IDisposable
     private readonly RanncOptions _options;
     private readonly Tensor _anchor = torch.zeros(Array.Empty<long>(), ScalarType.Float64).requires_grad_(true);
     private readonly ParameterResidency _residency = new();
+    private readonly OptimizerStateResidency _optimizerResidency = new();
     private Deployed? _deployed;
     private Exception? _failedBackward;
     private long _steps;
@@ -201,6 +202,8 @@ public sealed class RanncModule : IDisposable
         if (Optimizer is not OptimizerHelper optimizer) throw new NotSupportedException($"{Optimizer.GetType().Name} does not expose its state.");
         IReadOnlyDictionary<string, int> owners = _deployed?.Owners ?? new Dictionary<string, int>();
         var nameOfHandle = _model.named_parameters().ToDictionary(p => p.parameter.Handle, p => p.name);
+        // The released parameters' state gets its storage back, to receive the owners' values.
+        _optimizerResidency.RestoreAll();
         List<OptimizerState> states = optimizer.state_dict().State;
         var parameters = optimizer.parameters().ToList();
         var mine = new Dictionary<int, byte[]>();
@@ -298,6 +301,8 @@ public sealed class RanncModule : IDisposable
             if (!nameOfHandle.TryGetValue(parameters[i].Handle, out string? name)) continue;
             if (!stored.TryGetValue(name, out CheckpointEntry? entry))
                 throw new InvalidDataException($"Checkpoint {folder} has no optimizer state for parameter '{name}'.");
+            // Other stages' parameters: their owners load the state, this rank keeps none.
+            if (_optimizerResidency.IsReleased(states[i])) continue;
             using var reader = new BinaryReader(new MemoryStream(CheckpointFolder.Read(folder, entry)));
             states[i].LoadStateDict(reader);
         }
@@ -592,7 +597,10 @@ public sealed class RanncModule : IDisposable
         // Only the parameters of this rank's stage stay in memory; the others are owned by other ranks.
         var usedElsewhere = graph.Nodes.SelectMany(n => n.Parameters).ToHashSet();
         usedElsewhere.ExceptWith(owned.Select(o => o.Name));
-        _residency.Release(_model.named_parameters().Where(p => usedElsewhere.Contains(p.name)).Select(p => (p.name, (Tensor)p.parameter)));
+        var released = _model.named_parameters().Where(p => usedElsewhere.Contains(p.name)).Select(p => (p.name, (Tensor)p.parameter)).ToList();
+        _residency.Release(released);
+        // The user's optimizer keeps no state for them either (Adam allocated its moments when it was constructed).
+        _optimizerResidency.Release(Optimizer, released.Select(p => p.Item2));
         LogOnce(Summary(plan, graph, planningGraph, loaded, clock.Elapsed) + Environment.NewLine + DescribeExtras(lossCombination, placement));
         var buffers = role is { } mine
             ? _model.named_buffers().Where(b => b.buffer.is_floating_point() && graph.CanonicalName(b.name) == b.name && placement.IsHeldBy(b.name, mine.Stage))
