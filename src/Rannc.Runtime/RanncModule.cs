@@ -728,7 +728,7 @@ public sealed class RanncModule : IDisposable
     /// <c>.grad</c>, and during each backward pass the micro-batch's gradients from <c>autograd.grad</c>. Measured,
     /// not assumed: bench/RESULTS.md, "Memory".
     /// </summary>
-    private const double ExecutorGradientCopies = 2;
+    internal const double ExecutorGradientCopies = 2;
 
     private PlanningOptions PlanningOptionsFor(int batch)
     {
