@@ -6,6 +6,7 @@ using Rannc.Bench;
 //   steps   training-step time: plain TorchSharp vs Rannc on 1 rank vs 2 pipeline stages [layers hidden batch]
 //   checkpoint sharded atomic checkpoint save/load vs the former gather-to-rank-0 save [layers hidden]
 //   agreement  cost of the per-step agreement check of the ranks' inputs next to a training step [layers hidden batch]
+//   memory  per-rank memory of the BERT sample under mpiexec (2x2, 4x1): measured vs the plan's predicted peak [layers hidden]
 //   capture-overhead  forward+backward through the captured graph vs forward() directly (interleaved A/B)
 // Anything else goes to BenchmarkDotNet, e.g. `-- --filter '*Capture*'`.
 return args.FirstOrDefault() switch
@@ -15,6 +16,8 @@ return args.FirstOrDefault() switch
     "steps" => TrainingStepBenchmark.Run(args.Skip(1).ToArray()),
     "agreement" => StepAgreementBenchmark.Run(args.Skip(1).ToArray()),
     "checkpoint" => CheckpointBenchmark.Run(args.Skip(1).ToArray()),
+    "memory" => MemoryBenchmark.Run(args.Skip(1).ToArray()),
+    "memory-mpi-rank" => MemoryBenchmark.RunMpiRank(args.Skip(1).ToArray()),
     "capture-overhead" => CaptureOverheadProbe.Run(args.Skip(1).ToArray()),
     _ => RunBenchmarkDotNet(args),
 };

@@ -33,6 +33,8 @@ public sealed class RanncModule : IDisposable
     private readonly RanncOptions _options;
     private readonly Tensor _anchor = torch.zeros(Array.Empty<long>(), ScalarType.Float64).requires_grad_(true);
     private readonly ParameterResidency _residency = new();
+    private readonly OptimizerStateResidency _optimizerResidency = new();
+    private readonly MemoryReport? _memory;
     private Deployed? _deployed;
     private Exception? _failedBackward;
     private long _steps;
@@ -61,6 +63,7 @@ public sealed class RanncModule : IDisposable
         _world = communicator;
         _options = (options ?? new RanncOptions()).WithEnvironment();
         if (_options.Timeout is { } timeout) Watchdog.SetTimeout(communicator, timeout);
+        _memory = MemoryReport.Start(_options.MemoryReportSteps, model, Optimizer, communicator);
     }
 
     public optim.Optimizer Optimizer { get; }
@@ -99,6 +102,7 @@ public sealed class RanncModule : IDisposable
             StepAgreement.Check(_world, StepAgreement.Of(inputs, training, _awaitingBackward, hashContents: true), step);
         _awaitingBackward = null;
         int batch = (int)inputs[0].shape[0];
+        if (training && _deployed is not null) _memory?.StepBoundary(_world, _deployed.Plan, LogOnce);
         _deployed ??= Deploy(inputs, batch);
         CheckInputsMatchFirstStep(inputs);
         if (batch != _deployed.Plan.GlobalBatchSize)
@@ -131,7 +135,7 @@ public sealed class RanncModule : IDisposable
             // An exception cannot cross libtorch's native backward: report it now and fail the next call.
             try
             {
-                AddGradients(owned, pending.Backward(gradOutput), scale: null);
+                ConsumeGradients(owned, pending.Backward(gradOutput), scale: null);
             }
             catch (Exception e)
             {
@@ -201,6 +205,8 @@ public sealed class RanncModule : IDisposable
         if (Optimizer is not OptimizerHelper optimizer) throw new NotSupportedException($"{Optimizer.GetType().Name} does not expose its state.");
         IReadOnlyDictionary<string, int> owners = _deployed?.Owners ?? new Dictionary<string, int>();
         var nameOfHandle = _model.named_parameters().ToDictionary(p => p.parameter.Handle, p => p.name);
+        // The released parameters' state gets its storage back, to receive the owners' values.
+        _optimizerResidency.RestoreAll();
         List<OptimizerState> states = optimizer.state_dict().State;
         var parameters = optimizer.parameters().ToList();
         var mine = new Dictionary<int, byte[]>();
@@ -298,6 +304,8 @@ public sealed class RanncModule : IDisposable
             if (!nameOfHandle.TryGetValue(parameters[i].Handle, out string? name)) continue;
             if (!stored.TryGetValue(name, out CheckpointEntry? entry))
                 throw new InvalidDataException($"Checkpoint {folder} has no optimizer state for parameter '{name}'.");
+            // Other stages' parameters: their owners load the state, this rank keeps none.
+            if (_optimizerResidency.IsReleased(states[i])) continue;
             using var reader = new BinaryReader(new MemoryStream(CheckpointFolder.Read(folder, entry)));
             states[i].LoadStateDict(reader);
         }
@@ -395,12 +403,22 @@ public sealed class RanncModule : IDisposable
         var owned = _deployed.OwnedParameters;
         double inverse = 1 / denominator;
         if (stepNumber < _options.VerifySteps) VerifyStep(stepNumber, inputs, loss, gradients, inverse);
+        bool consumed = false;
         using (value)
         {
             return PipelineResultFunction.apply(_anchor, value, (Action<Tensor>)(gradOutput =>
             {
                 _awaitingBackward = null;
-                AddGradients(owned, gradients, gradOutput.to_type(ScalarType.Float64) * inverse);
+                if (consumed)
+                {
+                    _failedBackward = new InvalidOperationException(
+                        "backward() ran a second time on one Rannc loss (retain_graph); Rannc adds a step's pipeline gradients once. Run forward() again instead.");
+                    Log($"Rannc: rank {_world.Rank}: {_failedBackward.Message}");
+                    return;
+                }
+                consumed = true;
+                using Tensor scale = gradOutput.to_type(ScalarType.Float64) * inverse;
+                ConsumeGradients(owned, gradients, scale);
             }));
         }
     }
@@ -438,16 +456,25 @@ public sealed class RanncModule : IDisposable
         }
     }
 
-    /// <summary>Adds the pipeline's gradients (times <paramref name="scale"/>, when given) to the owned parameters' <c>.grad</c>.</summary>
-    private static void AddGradients(IReadOnlyList<(string Name, Tensor Parameter)> owned, IReadOnlyDictionary<string, Tensor> gradients, Tensor? scale)
+    /// <summary>
+    /// Adds the pipeline's gradients (times <paramref name="scale"/>, when given) to the owned parameters' <c>.grad</c>
+    /// (in place, as autograd accumulates), then frees them. Temporaries and the handles that reading <c>.grad</c>
+    /// makes are freed here too: left to the .NET finalizer they would keep whole copies of the gradients resident.
+    /// </summary>
+    private static void ConsumeGradients(IReadOnlyList<(string Name, Tensor Parameter)> owned, IReadOnlyDictionary<string, Tensor> gradients, Tensor? scale)
     {
-        using var noGrad = torch.no_grad();
-        foreach ((string name, Tensor parameter) in owned)
+        using (torch.NewDisposeScope())
+        using (torch.no_grad())
         {
-            if (!gradients.TryGetValue(name, out Tensor? gradient)) continue;
-            Tensor scaled = scale is null ? gradient : gradient * scale.to_type(gradient.dtype);
-            parameter.grad = parameter.grad is null ? scaled : parameter.grad + scaled;
+            foreach ((string name, Tensor parameter) in owned)
+            {
+                if (!gradients.TryGetValue(name, out Tensor? gradient)) continue;
+                Tensor scaled = scale is null ? gradient.clone() : gradient * scale.to_type(gradient.dtype);
+                if (parameter.grad is Tensor current) current.add_(scaled);
+                else parameter.grad = scaled;
+            }
         }
+        foreach (Tensor gradient in gradients.Values) gradient.Dispose();
     }
 
     /// <summary>Every rank gets the whole output: the last stage's replicas fill their slices, a sum joins them.</summary>
@@ -467,7 +494,7 @@ public sealed class RanncModule : IDisposable
 
     /// <summary>The options every rank must share (they decide the plan and which collectives run each step).</summary>
     private sealed record SharedSettings(string Plan, string Schedule, int? MicroBatches, double MemoryMargin, int MinSamplesPerSlice,
-        int? CheckInputSteps, int VerifySteps, double OptimizerStateFactor, string? LoadDeployment);
+        int? CheckInputSteps, int VerifySteps, double OptimizerStateFactor, string? LoadDeployment, int MemoryReportSteps);
 
     /// <summary>Fails, naming the ranks and the options, when ranks were started with different settings.</summary>
     private void CheckSharedSettings()
@@ -475,7 +502,7 @@ public sealed class RanncModule : IDisposable
         var mine = new SharedSettings(
             _options.ForcedReplicasPerStage is { } replicas ? string.Join(",", replicas) : "auto", _options.Schedule?.ToString() ?? "auto",
             _options.MicroBatches, _options.MemoryMargin, _options.MinSamplesPerSlice, _options.CheckInputSteps, _options.VerifySteps,
-            _options.OptimizerStateFactor, _options.LoadDeploymentPath);
+            _options.OptimizerStateFactor, _options.LoadDeploymentPath, _options.MemoryReportSteps);
         SharedSettings[] all = _world.AllGather(mine);
         var differences = typeof(SharedSettings).GetProperties()
             .Where(p => all.Select(a => Convert.ToString(p.GetValue(a), CultureInfo.InvariantCulture)).Distinct().Count() > 1)
@@ -594,7 +621,10 @@ public sealed class RanncModule : IDisposable
         // Only the parameters of this rank's stage stay in memory; the others are owned by other ranks.
         var usedElsewhere = graph.Nodes.SelectMany(n => n.Parameters).ToHashSet();
         usedElsewhere.ExceptWith(owned.Select(o => o.Name));
-        _residency.Release(_model.named_parameters().Where(p => usedElsewhere.Contains(p.name)).Select(p => (p.name, (Tensor)p.parameter)));
+        var released = _model.named_parameters().Where(p => usedElsewhere.Contains(p.name)).Select(p => (p.name, (Tensor)p.parameter)).ToList();
+        _residency.Release(released);
+        // The user's optimizer keeps no state for them either (Adam allocated its moments when it was constructed).
+        _optimizerResidency.Release(Optimizer, released.Select(p => p.Item2));
         LogOnce(Summary(plan, graph, planningGraph, loaded, clock.Elapsed) + Environment.NewLine + DescribeExtras(lossCombination, placement));
         var buffers = role is { } mine
             ? _model.named_buffers().Where(b => b.buffer.is_floating_point() && graph.CanonicalName(b.name) == b.name && placement.IsHeldBy(b.name, mine.Stage))
@@ -689,11 +719,19 @@ public sealed class RanncModule : IDisposable
     /// <summary>The graph's name for a name of <c>named_parameters()</c> / <c>state_dict()</c> (tied weights have one).</summary>
     private string GraphName(string name) => _deployed?.Graph.CanonicalName(name) ?? name;
 
+    /// <summary>
+    /// Gradient copies per trainable parameter byte that the executor holds beyond the parameter and its <c>.grad</c>
+    /// (the partitioner's 2 + optimizer factor): the sum over micro-batches until <c>backward()</c> adds it to
+    /// <c>.grad</c>, and during each backward pass the micro-batch's gradients from <c>autograd.grad</c>. Measured,
+    /// not assumed: bench/RESULTS.md, "Memory".
+    /// </summary>
+    internal const double ExecutorGradientCopies = 2;
+
     private PlanningOptions PlanningOptionsFor(int batch)
     {
         var planning = new PlanningOptions(batch)
         {
-            OptimizerStateFactor = _options.OptimizerStateFactor,
+            OptimizerStateFactor = _options.OptimizerStateFactor + ExecutorGradientCopies,
             MemoryMargin = _options.MemoryMargin,
             MaxMicroBatches = Math.Min(batch, 64),
             MinSamplesPerSlice = _options.MinSamplesPerSlice,

@@ -348,6 +348,8 @@ internal sealed class PipelineExecutor
                 string name = parameters[i].Name;
                 if (_gradients.TryGetValue(name, out Tensor? sum)) sum.add_(g);
                 else _gradients[name] = g.detach().clone();
+                // Summed: free this micro-batch's copy now rather than when the micro-batch is released.
+                g.Dispose();
             }
             var inputGradients = new Dictionary<int, Tensor>();
             int k = parameters.Count;

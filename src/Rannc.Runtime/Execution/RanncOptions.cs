@@ -89,6 +89,13 @@ public sealed record RanncOptions
     /// <summary>The link between ranks on different hosts (<c>RANNC_INTER_HOST_LINK</c>, e.g. <c>25GB/s,10us</c>). Null: measured and cached.</summary>
     public LinkSpeed? InterHostLink { get; init; }
 
+    /// <summary>
+    /// Measure each rank's peak memory over training steps 1…N (step 0 deploys) and log it next to the plan's predicted
+    /// peak of the rank's stage (<c>RANNC_MEMORY_REPORT</c>=N; 0: off). Linux only (<c>/proc/self</c>); see
+    /// docs/runtime.md, "Memory: predicted and measured".
+    /// </summary>
+    public int MemoryReportSteps { get; init; }
+
     /// <summary>Where Rannc's log lines go (rank 0 prints the plan summary); null: standard error.</summary>
     public Action<string>? Log { get; init; }
 
@@ -114,6 +121,7 @@ public sealed record RanncOptions
         if (lookup("RANNC_MIN_SLICE_SAMPLES") is { Length: > 0 } slice) result = result with { MinSamplesPerSlice = ParsePositive("RANNC_MIN_SLICE_SAMPLES", slice) };
         if (lookup("RANNC_INTRA_HOST_LINK") is { Length: > 0 } intra) result = result with { IntraHostLink = Named("RANNC_INTRA_HOST_LINK", intra, LinkSpeed.Parse) };
         if (lookup("RANNC_INTER_HOST_LINK") is { Length: > 0 } inter) result = result with { InterHostLink = Named("RANNC_INTER_HOST_LINK", inter, LinkSpeed.Parse) };
+        if (lookup("RANNC_MEMORY_REPORT") is { Length: > 0 } report) result = result with { MemoryReportSteps = ParseNonNegative("RANNC_MEMORY_REPORT", report) };
         if (lookup("RANNC_PROFILE_REPEATS") is { Length: > 0 } repeats) result = result with { ProfileRepeats = ParsePositive("RANNC_PROFILE_REPEATS", repeats) };
         return result;
     }

@@ -192,6 +192,7 @@ internal static class ZooHarness
         {
             Schedules = [kind], MinMicroBatches = MicroBatches, MaxMicroBatches = MicroBatches,
             ForcedReplicasPerStage = replicas, MinStages = replicas.Count, MaxStages = replicas.Count,
+            OptimizerStateFactor = new RanncOptions().OptimizerStateFactor + RanncModule.ExecutorGradientCopies,
         };
         var costs = new CostTable(planning.Nodes.Select(_ => new NodeCost(0, 0, 0, 0)).ToList());
         IReadOnlyList<long> peaks = PlanObjective.Evaluate(planning, costs, cluster, options, plan.ToShape()).PeakBytesPerStage;
