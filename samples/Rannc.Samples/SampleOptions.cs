@@ -27,6 +27,8 @@ public sealed record SampleOptions
     public bool Json { get; init; }
     public string? PlanCache { get; init; }
     public string? Dot { get; init; }
+    public string? Trace { get; init; }
+    public int? TraceStep { get; init; }
 
     /// <summary>
     /// The command line: <c>--help</c> lists every option; <see cref="From"/> reads the values of a parse without errors.
@@ -60,6 +62,8 @@ public sealed record SampleOptions
         Reference = parsed.GetValue(ReferenceOption),
         Json = parsed.GetValue(JsonOption),
         Dot = parsed.GetValue(DotOption),
+        Trace = parsed.GetValue(TraceOption),
+        TraceStep = parsed.GetValue(TraceStepOption),
     };
 
     private static readonly Option<string> ModelOption = new("--model")
@@ -160,10 +164,24 @@ public sealed record SampleOptions
         HelpName = "FILE",
     };
 
+    private static readonly Option<string?> TraceOption = new("--trace")
+    {
+        Description = "Write a Chrome trace (Perfetto, chrome://tracing) of one training step, measured and predicted tracks per rank",
+        HelpName = "FILE",
+    };
+
+    private static readonly Option<int?> TraceStepOption = new("--trace-step")
+    {
+        Description = "The training step --trace records (default 2: after the first step's warm-up)",
+        HelpName = "N",
+        CustomParser = r => ParsePositive(r),
+    };
+
     private static readonly Option[] All =
     [
         ModelOption, RanksOption, StepsOption, BatchOption, LayersOption, HiddenOption, SequenceOption, SeedOption, DTypeOption,
         PlanOption, ScheduleOption, MicroBatchesOption, MemoryOption, LearningRateOption, PlanCacheOption, ReferenceOption, JsonOption, DotOption,
+        TraceOption, TraceStepOption,
     ];
 
     private static Option<int> PositiveInt(string name, string description, int defaultValue) => new(name)
@@ -220,5 +238,7 @@ public sealed record SampleOptions
         MicroBatches = MicroBatches,
         DeviceMemoryBytes = MemoryBytes,
         PlanCacheDirectory = PlanCache,
+        TracePath = Trace,
+        TraceStep = TraceStep ?? new RanncOptions().TraceStep,
     };
 }

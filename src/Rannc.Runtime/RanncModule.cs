@@ -5,6 +5,7 @@ using Rannc.Capture;
 using Rannc.Communication;
 using Rannc.Execution;
 using Rannc.Execution.Checkpoints;
+using Rannc.Execution.Tracing;
 using Rannc.Partitioner;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -36,6 +37,8 @@ public sealed class RanncModule : IDisposable
     private Deployed? _deployed;
     private Exception? _failedBackward;
     private long _steps;
+    private long _trainingSteps;
+    private readonly StepTracing? _tracing;
     // The training step whose loss has not had backward() yet (null once it has): ranks must agree on it.
     private long? _awaitingBackward;
 
@@ -61,6 +64,7 @@ public sealed class RanncModule : IDisposable
         _world = communicator;
         _options = (options ?? new RanncOptions()).WithEnvironment();
         if (_options.Timeout is { } timeout) Watchdog.SetTimeout(communicator, timeout);
+        if (_options.TracePath is { } tracePath) _tracing = new StepTracing(tracePath, _options.TraceStep, communicator, Log);
     }
 
     public optim.Optimizer Optimizer { get; }
@@ -107,9 +111,12 @@ public sealed class RanncModule : IDisposable
                 $"The plan was made for batch size {_deployed.Plan.GlobalBatchSize}, but this batch has {batch} samples. " +
                 "Use the same batch size every step (drop or pad the last batch).");
         }
+        long trainingStep = training ? ++_trainingSteps : 0;
+        StepRecorder? recorder = training ? _tracing?.Begin(trainingStep, _deployed.Executor) : null;
         if (_deployed.OutputIsScalar)
         {
             Tensor loss = Loss(_deployed.Executor.Run(inputs, training), training, step, inputs);
+            if (recorder is not null) _tracing!.Finish(recorder, _deployed.Executor, _deployed.Plan, trainingStep);
             if (training)
             {
                 _awaitingBackward = step;
@@ -124,6 +131,7 @@ public sealed class RanncModule : IDisposable
         AverageReplicaBuffers();
         using Tensor output = GatherOutput(pending.OutputSlices);
         var owned = _deployed.OwnedParameters;
+        Deployed deployed = _deployed;
         _awaitingBackward = step;
         return PipelineResultFunction.apply(_anchor, output, (Action<Tensor>)(gradOutput =>
         {
@@ -132,6 +140,7 @@ public sealed class RanncModule : IDisposable
             try
             {
                 AddGradients(owned, pending.Backward(gradOutput), scale: null);
+                if (recorder is not null) _tracing!.Finish(recorder, deployed.Executor, deployed.Plan, trainingStep);
             }
             catch (Exception e)
             {
@@ -374,6 +383,7 @@ public sealed class RanncModule : IDisposable
 
     public void Dispose()
     {
+        _tracing?.ReportIfNotWritten(_trainingSteps);
         _deployed?.Replicas?.Dispose();
         foreach (var (_, communicator) in _deployed?.SharedGroups ?? []) communicator.Dispose();
         _anchor.Dispose();
@@ -467,7 +477,7 @@ public sealed class RanncModule : IDisposable
 
     /// <summary>The options every rank must share (they decide the plan and which collectives run each step).</summary>
     private sealed record SharedSettings(string Plan, string Schedule, int? MicroBatches, double MemoryMargin, int MinSamplesPerSlice,
-        int? CheckInputSteps, int VerifySteps, double OptimizerStateFactor, string? LoadDeployment);
+        int? CheckInputSteps, int VerifySteps, double OptimizerStateFactor, string? LoadDeployment, string Trace);
 
     /// <summary>Fails, naming the ranks and the options, when ranks were started with different settings.</summary>
     private void CheckSharedSettings()
@@ -475,7 +485,7 @@ public sealed class RanncModule : IDisposable
         var mine = new SharedSettings(
             _options.ForcedReplicasPerStage is { } replicas ? string.Join(",", replicas) : "auto", _options.Schedule?.ToString() ?? "auto",
             _options.MicroBatches, _options.MemoryMargin, _options.MinSamplesPerSlice, _options.CheckInputSteps, _options.VerifySteps,
-            _options.OptimizerStateFactor, _options.LoadDeploymentPath);
+            _options.OptimizerStateFactor, _options.LoadDeploymentPath, _options.TracePath is null ? "off" : $"step {_options.TraceStep}");
         SharedSettings[] all = _world.AllGather(mine);
         var differences = typeof(SharedSettings).GetProperties()
             .Where(p => all.Select(a => Convert.ToString(p.GetValue(a), CultureInfo.InvariantCulture)).Distinct().Count() > 1)
@@ -528,6 +538,7 @@ public sealed class RanncModule : IDisposable
         string? storedJson = _world.Rank == 0 ? LoadStoredPlan(key, planningGraph, cluster, planning) : null;
         storedJson = _world.AllGather(storedJson)[0];
         PartitionPlan plan;
+        CostTable? costs = null;
         bool loaded = storedJson is not null;
         if (storedJson is not null)
         {
@@ -537,19 +548,14 @@ public sealed class RanncModule : IDisposable
         else
         {
             if (PlanFailure.TooFewNodes(graph, planning.ForcedReplicasPerStage) is { } tooFew) throw new InvalidOperationException(tooFew);
-            var profileClock = Stopwatch.StartNew();
-            // Two sizes around the slices a replica will run: a few samples, and the batch shared out among the ranks.
-            int largeSamples = Math.Max(1, batch / Math.Max(1, _world.Size));
-            int smallSamples = Math.Max(1, largeSamples / 4);
-            CostTable costs = NodeProfiler.Profile(graph, SampleInputs, smallSamples, largeSamples, _world, _options.ProfileRepeats);
-            LogOnce($"Rannc: profiled {graph.Nodes.Count} nodes on {_world.Size} rank(s) in {profileClock.Elapsed.TotalSeconds:0.0} s.");
+            costs = ProfileNodes(graph, SampleInputs, batch);
             // Rank 0 plans and every rank takes its plan (or its reason for having none), so ranks cannot disagree.
             PlanOutcome? outcome = null;
             if (_world.Rank == 0)
             {
                 try
                 {
-                    outcome = new PlanOutcome(PlanJson.Serialize(Planner.Plan(planningGraph, costs, cluster, planning)), null);
+                    outcome = new PlanOutcome(PlanJson.Serialize(Planner.Plan(planningGraph, costs!, cluster, planning)), null);
                 }
                 catch (NoFeasiblePlanException e)
                 {
@@ -574,6 +580,12 @@ public sealed class RanncModule : IDisposable
             }
         }
 
+        if (_tracing is not null)
+        {
+            // The trace sets the simulator's prediction beside the measurement; a loaded plan has no profile to predict from.
+            if (costs is null) LogOnce("Rannc: profiling the nodes for the trace's predicted timeline (the plan itself was loaded).");
+            _tracing.Prediction = new PredictionInputs(planningGraph, costs ?? ProfileNodes(graph, SampleInputs, batch), cluster, planning);
+        }
         var layout = new StageLayout(graph, planningGraph, plan, batchDerived, small, large, measureSamples);
         CheckBoundaries(graph, layout);
         PipelineSchedule schedule = ScheduleBuilder.Build(plan.Schedule, PipelineTopology.FromPlan(plan));
@@ -600,6 +612,18 @@ public sealed class RanncModule : IDisposable
             : [];
         return new Deployed(graph, plan, executor, replicas, shared, owned, Owners(placement, plan), output.Shape!.Length == 0, outputDType, loaded,
             lossCombination, buffers, placement, inputs.Select(t => (t.dtype, (int)t.dim())).ToArray());
+    }
+
+    /// <summary>Every node's forward and backward cost on this machine, the profiling shared out among the ranks.</summary>
+    private CostTable ProfileNodes(CapturedGraph graph, Func<int, object?[]> sampleInputs, int batch)
+    {
+        var profileClock = Stopwatch.StartNew();
+        // Two sizes around the slices a replica will run: a few samples, and the batch shared out among the ranks.
+        int largeSamples = Math.Max(1, batch / Math.Max(1, _world.Size));
+        int smallSamples = Math.Max(1, largeSamples / 4);
+        CostTable costs = NodeProfiler.Profile(graph, n => sampleInputs(n), smallSamples, largeSamples, _world, _options.ProfileRepeats);
+        LogOnce($"Rannc: profiled {graph.Nodes.Count} nodes on {_world.Size} rank(s) in {profileClock.Elapsed.TotalSeconds:0.0} s.");
+        return costs;
     }
 
     /// <summary>How slice losses combine, from one run of the graph on a sample of the batch.</summary>

@@ -80,6 +80,16 @@ public sealed record RanncOptions
     /// </summary>
     public TimeSpan? Timeout { get; init; }
 
+    /// <summary>
+    /// Write a Chrome trace-event JSON of one training step here (<c>RANNC_TRACE</c>): one track per rank with its
+    /// forwards, backwards, sends and receives (peer, bytes), all-reduces and idle time, beside the simulator's prediction
+    /// of the same plan. Open it in Perfetto or chrome://tracing. Null: no trace.
+    /// </summary>
+    public string? TracePath { get; init; }
+
+    /// <summary>Which training step (1-based) <see cref="TracePath"/> traces (<c>RANNC_TRACE_STEP</c>); the default 2 leaves out the first step's warm-up.</summary>
+    public int TraceStep { get; init; } = 2;
+
     /// <summary>Where Rannc's log lines go (rank 0 prints the plan summary); null: standard error.</summary>
     public Action<string>? Log { get; init; }
 
@@ -103,6 +113,8 @@ public sealed record RanncOptions
         if (lookup(Watchdog.Variable) is { Length: > 0 } timeout) result = result with { Timeout = Watchdog.ParseTimeout(timeout) };
         if (lookup("RANNC_VERIFY") is { Length: > 0 } verify) result = result with { VerifySteps = ParseNonNegative("RANNC_VERIFY", verify) };
         if (lookup("RANNC_MIN_SLICE_SAMPLES") is { Length: > 0 } slice) result = result with { MinSamplesPerSlice = ParsePositive("RANNC_MIN_SLICE_SAMPLES", slice) };
+        if (lookup("RANNC_TRACE") is { Length: > 0 } trace) result = result with { TracePath = trace };
+        if (lookup("RANNC_TRACE_STEP") is { Length: > 0 } traceStep) result = result with { TraceStep = ParsePositive("RANNC_TRACE_STEP", traceStep) };
         if (lookup("RANNC_PROFILE_REPEATS") is { Length: > 0 } repeats) result = result with { ProfileRepeats = ParsePositive("RANNC_PROFILE_REPEATS", repeats) };
         return result;
     }
