@@ -29,6 +29,9 @@ public sealed record SampleOptions
     public string? Dot { get; init; }
     public string? Trace { get; init; }
     public int? TraceStep { get; init; }
+    public bool DryRun { get; init; }
+    public int? Devices { get; init; }
+    public int DevicesPerNode { get; init; } = 8;
 
     /// <summary>
     /// The command line: <c>--help</c> lists every option; <see cref="From"/> reads the values of a parse without errors.
@@ -64,6 +67,9 @@ public sealed record SampleOptions
         Dot = parsed.GetValue(DotOption),
         Trace = parsed.GetValue(TraceOption),
         TraceStep = parsed.GetValue(TraceStepOption),
+        DryRun = parsed.GetValue(DryRunOption),
+        Devices = parsed.GetValue(DevicesOption),
+        DevicesPerNode = parsed.GetValue(DevicesPerNodeOption),
     };
 
     private static readonly Option<string> ModelOption = new("--model")
@@ -177,11 +183,26 @@ public sealed record SampleOptions
         CustomParser = r => ParsePositive(r),
     };
 
+    private static readonly Option<bool> DryRunOption = new("--dry-run")
+    {
+        Description = "Plan for a cluster (--devices, --devices-per-node, --memory, default 80GiB) and print the plan and its simulated step, " +
+            "without training; compute times are profiled on this machine",
+    };
+
+    private static readonly Option<int?> DevicesOption = new("--devices")
+    {
+        Description = "Devices of the --dry-run cluster (default: --ranks)",
+        HelpName = "N",
+        CustomParser = r => ParsePositive(r),
+    };
+
+    private static readonly Option<int> DevicesPerNodeOption = PositiveInt("--devices-per-node", "Devices per host of the --dry-run cluster", 8);
+
     private static readonly Option[] All =
     [
         ModelOption, RanksOption, StepsOption, BatchOption, LayersOption, HiddenOption, SequenceOption, SeedOption, DTypeOption,
         PlanOption, ScheduleOption, MicroBatchesOption, MemoryOption, LearningRateOption, PlanCacheOption, ReferenceOption, JsonOption, DotOption,
-        TraceOption, TraceStepOption,
+        TraceOption, TraceStepOption, DryRunOption, DevicesOption, DevicesPerNodeOption,
     ];
 
     private static Option<int> PositiveInt(string name, string description, int defaultValue) => new(name)

@@ -584,7 +584,8 @@ public sealed class RanncModule : IDisposable
         {
             // The trace sets the simulator's prediction beside the measurement; a loaded plan has no profile to predict from.
             if (costs is null) LogOnce("Rannc: profiling the nodes for the trace's predicted timeline (the plan itself was loaded).");
-            _tracing.Prediction = new PredictionInputs(planningGraph, costs ?? ProfileNodes(graph, SampleInputs, batch), cluster, planning);
+            costs ??= ProfileNodes(graph, SampleInputs, batch);
+            _tracing.Prediction = new PredictionInputs(planningGraph, costs, cluster, planning);
         }
         var layout = new StageLayout(graph, planningGraph, plan, batchDerived, small, large, measureSamples);
         CheckBoundaries(graph, layout);
@@ -605,7 +606,11 @@ public sealed class RanncModule : IDisposable
         var usedElsewhere = graph.Nodes.SelectMany(n => n.Parameters).ToHashSet();
         usedElsewhere.ExceptWith(owned.Select(o => o.Name));
         _residency.Release(_model.named_parameters().Where(p => usedElsewhere.Contains(p.name)).Select(p => (p.name, (Tensor)p.parameter)));
-        LogOnce(Summary(plan, graph, planningGraph, loaded, clock.Elapsed) + Environment.NewLine + DescribeExtras(lossCombination, placement));
+        if (_world.Rank == 0)
+        {
+            SimulationResult? simulated = costs is null ? null : PipelineSimulator.Simulate(plan, planningGraph, costs, cluster, planning);
+            Log(Summary(plan, graph, planningGraph, loaded, clock.Elapsed, simulated) + Environment.NewLine + DescribeExtras(lossCombination, placement));
+        }
         var buffers = role is { } mine
             ? _model.named_buffers().Where(b => b.buffer.is_floating_point() && graph.CanonicalName(b.name) == b.name && placement.IsHeldBy(b.name, mine.Stage))
                 .Select(b => b.buffer).ToList()
@@ -621,7 +626,8 @@ public sealed class RanncModule : IDisposable
         // Two sizes around the slices a replica will run: a few samples, and the batch shared out among the ranks.
         int largeSamples = Math.Max(1, batch / Math.Max(1, _world.Size));
         int smallSamples = Math.Max(1, largeSamples / 4);
-        CostTable costs = NodeProfiler.Profile(graph, n => sampleInputs(n), smallSamples, largeSamples, _world, _options.ProfileRepeats);
+        CostTable costs = NodeProfiler.Profile(graph, n => sampleInputs(n), smallSamples, largeSamples, _world, _options.ProfileRepeats,
+            _world.Rank == 0 ? Log : null);
         LogOnce($"Rannc: profiled {graph.Nodes.Count} nodes on {_world.Size} rank(s) in {profileClock.Elapsed.TotalSeconds:0.0} s.");
         return costs;
     }
@@ -716,43 +722,7 @@ public sealed class RanncModule : IDisposable
 
     private const double CpuLinkLatency = 5e-6;
 
-    private PlanningOptions PlanningOptionsFor(int batch)
-    {
-        var planning = new PlanningOptions(batch)
-        {
-            OptimizerStateFactor = _options.OptimizerStateFactor,
-            MemoryMargin = _options.MemoryMargin,
-            MaxMicroBatches = Math.Min(batch, 64),
-            MinSamplesPerSlice = _options.MinSamplesPerSlice,
-        };
-        if (_options.Schedule is { } schedule) planning = planning with { Schedules = [schedule] };
-        if (_options.MicroBatches is { } micro) planning = planning with { MinMicroBatches = micro, MaxMicroBatches = micro };
-        if (_options.MicroBatches is int forcedMicro && forcedMicro > batch)
-        {
-            throw new ArgumentException(
-                $"RANNC_MICRO_BATCHES / MicroBatches asks for {forcedMicro} micro-batches, but the batch has only {batch} samples: " +
-                "use at most as many micro-batches as samples.");
-        }
-        if (_options.ForcedReplicasPerStage is { } replicas)
-        {
-            if (replicas.Max() > batch)
-            {
-                throw new ArgumentException(
-                    $"The forced plan [{string.Join(", ", replicas)}] has a stage with {replicas.Max()} replicas, but the batch has only {batch} samples: " +
-                    "every replica needs at least one sample. Use a larger batch or fewer replicas.");
-            }
-            if (_options.MicroBatches is int forced && forced * replicas.Max() > batch)
-            {
-                throw new ArgumentException(
-                    $"{forced} micro-batches on a stage of {replicas.Max()} replicas need at least {forced * replicas.Max()} samples, but the batch has {batch}: " +
-                    "use fewer micro-batches or replicas, or a larger batch.");
-            }
-            if (replicas.Sum() > _world.Size)
-                throw new ArgumentException($"The forced plan [{string.Join(", ", replicas)}] needs {replicas.Sum()} ranks but there are {_world.Size}.");
-            planning = planning with { ForcedReplicasPerStage = replicas, MinStages = replicas.Count, MaxStages = replicas.Count };
-        }
-        return planning;
-    }
+    private PlanningOptions PlanningOptionsFor(int batch) => PlanningSettings.For(_options, batch, _world.Size);
 
     private string? LoadStoredPlan(string key, PlanningGraph graph, Cluster cluster, PlanningOptions planning)
     {
@@ -809,27 +779,13 @@ public sealed class RanncModule : IDisposable
             .ToList();
     }
 
-    private string Summary(PartitionPlan plan, CapturedGraph graph, PlanningGraph planningGraph, bool loaded, TimeSpan elapsed)
-    {
-        var text = new StringBuilder();
-        text.AppendLine(CultureInfo.InvariantCulture,
-            $"Rannc plan ({(loaded ? "loaded" : "new")}, ready in {elapsed.TotalSeconds:0.0} s): {plan.Stages.Count} stage(s) on {_world.Size} rank(s), " +
-            $"{plan.MicroBatchCount} micro-batch(es), {plan.Schedule}, predicted step {plan.PredictedStepSeconds * 1e3:0.0} ms");
-        foreach (StagePlan stage in plan.Stages)
-        {
-            long parameterBytes = stage.NodeIds.SelectMany(n => planningGraph.Nodes[n].Parameters).Distinct()
-                .Sum(p => planningGraph.Parameters[p].Bytes);
-            text.AppendLine(CultureInfo.InvariantCulture,
-                $"  stage {stage.Index}: nodes {graph.Nodes[stage.NodeIds[0]].Name} … {graph.Nodes[stage.NodeIds[^1]].Name} " +
-                $"({stage.NodeIds.Count}), parameters {FormatBytes(parameterBytes)}, peak {FormatBytes(stage.PeakMemoryBytes)}, " +
-                $"replicas {stage.ReplicaRanks.Count} on ranks [{string.Join(", ", stage.ReplicaRanks)}]{(stage.Recompute ? ", recompute" : "")}");
-        }
-        if (OpaqueModules.Summary(graph) is { } opaque) text.AppendLine("  " + opaque);
-        return text.ToString().TrimEnd();
-    }
+    private string Summary(PartitionPlan plan, CapturedGraph graph, PlanningGraph planningGraph, bool loaded, TimeSpan elapsed, SimulationResult? simulated) =>
+        PlanSummaryTable.Format(
+            string.Create(CultureInfo.InvariantCulture,
+                $"Rannc plan ({(loaded ? "loaded" : "new")}, ready in {elapsed.TotalSeconds:0.0} s): {plan.Stages.Count} stage(s) on {_world.Size} rank(s)"),
+            plan, graph, planningGraph, simulated);
 
-    private static string FormatBytes(long bytes) =>
-        bytes >= 1L << 30 ? $"{bytes / (double)(1L << 30):0.00} GiB" : bytes >= 1L << 20 ? $"{bytes / (double)(1L << 20):0.0} MiB" : $"{bytes / 1024.0:0.0} KiB";
+    private static string FormatBytes(long bytes) => PlanSummaryTable.FormatBytes(bytes);
 
     private void Log(string line) => (_options.Log ?? (l => Console.Error.WriteLine(l)))(line);
 
@@ -856,7 +812,7 @@ public sealed class RanncModule : IDisposable
         ParameterPlacement Placement, (ScalarType DType, int Dims)[] FirstInputs);
 
     /// <summary>Saves the model's buffers and the random state, and puts them back on dispose.</summary>
-    private sealed class PreservedState : IDisposable
+    internal sealed class PreservedState : IDisposable
     {
         private readonly List<(Tensor Buffer, Tensor Saved)> _buffers;
         private readonly Tensor _randomState;
