@@ -67,7 +67,8 @@ Tensor[] Batch(int step) =>
     var optimizer = torch.optim.Adam(model.parameters(), lr: options.LearningRate);
     using var rannc = new RanncModule(model, optimizer, options.ToRanncOptions()); // this rank's communicator comes from RankLauncher
     (double[] losses, double stepMs) = Train(optimizer, rannc.forward, print: comm.Rank == 0);
-    if (options.Dot is { } dotFile && comm.Rank == 0) rannc.WriteGraph(dotFile);
+    if (options.Dot is { } dotFile && comm.Rank == 0 && rannc.WriteGraph(dotFile) is { } svg && !options.Json)
+        Console.WriteLine($"wrote {dotFile} and {svg}");
     var plan = rannc.Plan!;
     return (losses, stepMs, new PlanSummary(plan.Stages.Count, plan.Stages.Select(s => s.ReplicaRanks.Count).ToArray(),
         plan.MicroBatchCount, plan.Schedule == Rannc.Partitioner.PipelineScheduleKind.GPipe ? "gpipe" : "1f1b", rannc.PlanLoaded ? "hit" : "miss"));

@@ -166,7 +166,7 @@ public sealed record SampleOptions
 
     private static readonly Option<string?> DotOption = new("--dot")
     {
-        Description = "Write the captured graph as Graphviz DOT, nodes coloured by pipeline stage (rank 0, after training)",
+        Description = "Write the captured graph as Graphviz DOT, nodes coloured by pipeline stage (rank 0, after training), and FILE.svg when Graphviz's dot is installed",
         HelpName = "FILE",
     };
 

@@ -79,12 +79,19 @@ public sealed class RanncModule : IDisposable
     public CapturedGraph? Graph => _deployed?.Graph;
 
     /// <summary>
-    /// Writes the captured graph as Graphviz DOT (<c>dot -Tsvg</c>): one cluster per stage of the plan, nodes
-    /// coloured by stage, module clusters inside. Available after the first <see cref="forward"/>.
+    /// Writes the captured graph as Graphviz DOT: one cluster per stage of the plan, nodes coloured by stage, module
+    /// clusters inside; and, when Graphviz's <c>dot</c> is on PATH, the picture as <c><paramref name="path"/>.svg</c>
+    /// (otherwise a log line says so). Available after the first <see cref="forward"/>.
     /// </summary>
-    public void WriteGraph(string path) =>
+    /// <returns>The SVG's path, or null when Graphviz is not installed.</returns>
+    public string? WriteGraph(string path)
+    {
         File.WriteAllText(path, (Graph ?? throw new InvalidOperationException("The graph is captured by the first forward(); call WriteGraph after it."))
             .ToDot(Plan!.Stages.Select(s => s.NodeIds).ToList()));
+        string? svg = GraphvizRenderer.TryRenderSvg(path, Environment.GetEnvironmentVariable("PATH"), out string? note);
+        if (note is not null) Log($"Rannc: {note}");
+        return svg;
+    }
 
     /// <summary>
     /// Runs the pipeline on the whole batch (every rank passes the same tensors; the first dimension is the batch)
