@@ -25,6 +25,13 @@ SampleTask task = options.Task();
 object initLock = new();
 
 if (options.DryRun) return DryRun();
+if (options.RenderTrace is { } traceFile)
+{
+    string picture = Path.ChangeExtension(traceFile, ".svg");
+    File.WriteAllText(picture, Rannc.Execution.Tracing.TracePicture.Svg(File.ReadAllText(traceFile)));
+    Console.WriteLine($"wrote {picture}");
+    return 0;
+}
 
 if (options.Reference)
 {
@@ -93,7 +100,8 @@ int DryRun()
         command.Parse("--help").Invoke(new InvocationConfiguration { Output = Console.Error });
         return 2;
     }
-    torch.set_num_threads(Environment.ProcessorCount);
+    // One thread: the profile stands for one device, and small operations on a busy machine time more steadily so.
+    torch.set_num_threads(1);
     var cluster = Rannc.Partitioner.Cluster.Typical(devices / perNode, perNode, options.MemoryBytes ?? 80L << 30);
     nn.Module model = CreateModel();
     // A few samples are enough to capture and profile: costs are fitted per sample and scaled to the cluster's slices.

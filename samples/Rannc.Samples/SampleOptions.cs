@@ -32,6 +32,7 @@ public sealed record SampleOptions
     public bool DryRun { get; init; }
     public int? Devices { get; init; }
     public int DevicesPerNode { get; init; } = 8;
+    public string? RenderTrace { get; init; }
 
     /// <summary>
     /// The command line: <c>--help</c> lists every option; <see cref="From"/> reads the values of a parse without errors.
@@ -70,6 +71,7 @@ public sealed record SampleOptions
         DryRun = parsed.GetValue(DryRunOption),
         Devices = parsed.GetValue(DevicesOption),
         DevicesPerNode = parsed.GetValue(DevicesPerNodeOption),
+        RenderTrace = parsed.GetValue(RenderTraceOption),
     };
 
     private static readonly Option<string> ModelOption = new("--model")
@@ -198,11 +200,17 @@ public sealed record SampleOptions
 
     private static readonly Option<int> DevicesPerNodeOption = PositiveInt("--devices-per-node", "Devices per host of the --dry-run cluster", 8);
 
+    private static readonly Option<string?> RenderTraceOption = new("--render-trace")
+    {
+        Description = "Draw a trace written by --trace as an SVG beside it (trace.json: trace.svg) (one track per rank, measured and predicted) and exit, without training",
+        HelpName = "FILE",
+    };
+
     private static readonly Option[] All =
     [
         ModelOption, RanksOption, StepsOption, BatchOption, LayersOption, HiddenOption, SequenceOption, SeedOption, DTypeOption,
         PlanOption, ScheduleOption, MicroBatchesOption, MemoryOption, LearningRateOption, PlanCacheOption, ReferenceOption, JsonOption, DotOption,
-        TraceOption, TraceStepOption, DryRunOption, DevicesOption, DevicesPerNodeOption,
+        TraceOption, TraceStepOption, DryRunOption, DevicesOption, DevicesPerNodeOption, RenderTraceOption,
     ];
 
     private static Option<int> PositiveInt(string name, string description, int defaultValue) => new(name)

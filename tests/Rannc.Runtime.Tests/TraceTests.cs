@@ -33,6 +33,15 @@ public sealed class TraceTests
                 Assert.Contains(trace.Tracks[(pid, 0)], s => s.Category == "receive" && s.Name.StartsWith("receive gradient", StringComparison.Ordinal));
                 Assert.Contains(trace.Tracks[(pid, 1)], s => s.Category == "idle");
             }
+
+            // The picture has one slice per event, on a track per rank and process, and the legend.
+            var picture = System.Xml.Linq.XDocument.Parse(Rannc.Execution.Tracing.TracePicture.Svg(File.ReadAllText(path)));
+            var rects = picture.Descendants().Where(e => e.Name.LocalName == "rect").ToList();
+            Assert.Equal(trace.Tracks.Values.Sum(t => t.Count), rects.Count(r => (string?)r.Attribute("class") == "slice"));
+            Assert.Equal(8, rects.Count(r => (string?)r.Attribute("class") == "legend"));
+            string text = string.Concat(picture.Descendants().Where(e => e.Name.LocalName == "text").Select(e => e.Value + "\n"));
+            Assert.Contains("rank 0 (stage 0, replica 0), measured", text);
+            Assert.Contains("rank 1 (stage 1, replica 0), predicted", text);
         }
         finally
         {
