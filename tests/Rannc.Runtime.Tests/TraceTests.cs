@@ -73,6 +73,58 @@ public sealed class TraceTests
     }
 
     [Fact]
+    public void Trace_OfAPlanLoadedFromTheCache_StillHasThePredictedTracks()
+    {
+        string path = TempPath();
+        string cache = Directory.CreateTempSubdirectory("rannc-trace-cache-").FullName;
+        try
+        {
+            var lines = new List<string>();
+            var options = new RanncOptions { ForcedShape = (2, 1), MicroBatches = 2 };
+            Train(2, options, steps: 1, cacheDirectory: cache);
+            Train(2, options with { TracePath = path, TraceStep = 1, Log = l => { lock (lines) lines.Add(l); } }, steps: 1, cacheDirectory: cache);
+
+            Assert.Contains(lines, l => l.StartsWith("Rannc: loaded the plan", StringComparison.Ordinal));
+            Assert.Contains(lines, l => l.Contains("profiling the nodes for the trace", StringComparison.Ordinal));
+            TraceChecks.Check(path); // requires the predicted process and every rank's actions in it
+        }
+        finally
+        {
+            File.Delete(path);
+            Directory.Delete(cache, recursive: true);
+        }
+    }
+
+    [Fact]
+    public void Trace_OfAModelReturningLogits_RecordsTheBackwardThatRunsInLossBackward()
+    {
+        string path = TempPath();
+        try
+        {
+            var options = new RanncOptions { ForcedShape = (2, 1), MicroBatches = 2, PlanCacheDirectory = "", ProfileRepeats = 1, Log = _ => { }, TracePath = path, TraceStep = 1 };
+            RankLauncher.Run(2, comm =>
+            {
+                torch.set_num_threads(1);
+                nn.Module model = SeededModels.Create(() => new LogitsNet(), 17);
+                var optimizer = torch.optim.SGD(model.parameters(), 0.1);
+                using var rannc = new RanncModule(model, optimizer, options);
+                using var inputs = torch.randn([8, 5], ScalarType.Float64, generator: new Generator(3));
+                using var labels = torch.randint(0, 4, [8], ScalarType.Int64, generator: new Generator(4));
+                optimizer.zero_grad();
+                nn.functional.cross_entropy(rannc.forward(inputs), labels).backward();
+                optimizer.step();
+            }, new InProcessOptions(Timeout: TimeSpan.FromMinutes(2)));
+
+            TraceChecks.Trace trace = TraceChecks.Check(path); // forwards and backwards both, on every rank
+            Assert.Contains(trace.Tracks[(TraceChecks.Measured, 0)], s => s.Category == "backward");
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    [Fact]
     public void Trace_RunShorterThanTheTracedStep_WritesNothingAndSaysSo()
     {
         string path = TempPath();
@@ -86,9 +138,9 @@ public sealed class TraceTests
     private static string TempPath() => Path.Combine(Path.GetTempPath(), $"rannc-trace-{Guid.NewGuid():N}.json");
 
     /// <summary>Trains the small MLP with SGD on <paramref name="ranks"/> in-process ranks; rank 0's losses.</summary>
-    private static double[] Train(int ranks, RanncOptions options, int steps, int batch = 8)
+    private static double[] Train(int ranks, RanncOptions options, int steps, int batch = 8, string cacheDirectory = "")
     {
-        options = options with { PlanCacheDirectory = "", ProfileRepeats = 1, Log = options.Log ?? (_ => { }) };
+        options = options with { PlanCacheDirectory = cacheDirectory, ProfileRepeats = 1, Log = options.Log ?? (_ => { }) };
         var losses = new double[steps];
         RankLauncher.Run(ranks, comm =>
         {
