@@ -24,6 +24,15 @@ SampleOptions options = SampleOptions.From(parsed);
 SampleTask task = options.Task();
 object initLock = new();
 
+if (options.DryRun) return DryRun();
+if (options.RenderTrace is { } traceFile)
+{
+    string picture = Path.ChangeExtension(traceFile, ".svg");
+    File.WriteAllText(picture, Rannc.Execution.Tracing.TracePicture.Svg(File.ReadAllText(traceFile)));
+    Console.WriteLine($"wrote {picture}");
+    return 0;
+}
+
 if (options.Reference)
 {
     torch.set_num_threads(Environment.ProcessorCount);
@@ -65,7 +74,8 @@ Tensor[] Batch(int step) =>
     var optimizer = torch.optim.Adam(model.parameters(), lr: options.LearningRate);
     using var rannc = new RanncModule(model, optimizer, options.ToRanncOptions()); // this rank's communicator comes from RankLauncher
     (double[] losses, double stepMs) = Train(optimizer, rannc.forward, print: comm.Rank == 0);
-    if (options.Dot is { } dotFile && comm.Rank == 0) rannc.WriteGraph(dotFile);
+    if (options.Dot is { } dotFile && comm.Rank == 0 && rannc.WriteGraph(dotFile) is { } svg && !options.Json)
+        Console.WriteLine($"wrote {dotFile} and {svg}");
     var plan = rannc.Plan!;
     return (losses, stepMs, new PlanSummary(plan.Stages.Count, plan.Stages.Select(s => s.ReplicaRanks.Count).ToArray(),
         plan.MicroBatchCount, plan.Schedule == Rannc.Partitioner.PipelineScheduleKind.GPipe ? "gpipe" : "1f1b", rannc.PlanLoaded ? "hit" : "miss"));
@@ -76,6 +86,54 @@ Tensor[] Batch(int step) =>
     nn.Module model = CreateModel();
     var optimizer = torch.optim.Adam(model.parameters(), lr: options.LearningRate);
     return Train(optimizer, batch => SampleTask.Forward(model, batch), print: true);
+}
+
+/// <summary>--dry-run: plans the model for the cluster the options describe and prints the plan, without training.</summary>
+int DryRun()
+{
+    int devices = options.Devices ?? options.Ranks;
+    int perNode = Math.Min(options.DevicesPerNode, devices);
+    if (devices % perNode != 0)
+    {
+        Console.Error.WriteLine($"--devices {devices} is not a multiple of --devices-per-node {perNode}.");
+        Console.Error.WriteLine();
+        command.Parse("--help").Invoke(new InvocationConfiguration { Output = Console.Error });
+        return 2;
+    }
+    // One thread: the profile stands for one device, and small operations on a busy machine time more steadily so.
+    torch.set_num_threads(1);
+    var cluster = Rannc.Partitioner.Cluster.Typical(devices / perNode, perNode, options.MemoryBytes ?? 80L << 30);
+    nn.Module model = CreateModel();
+    // A few samples are enough to capture and profile: costs are fitted per sample and scaled to the cluster's slices.
+    Tensor[] sample = task.CreateBatch(Math.Min(options.Batch, 8), options.Seed * 1000)
+        .Select(t => t.is_floating_point() ? t.to_type(options.DType) : t).ToArray();
+    DryRunPlan result;
+    try
+    {
+        result = RanncPlanner.Plan(model, sample, cluster, options.ToRanncOptions(), globalBatchSize: options.Batch);
+    }
+    catch (Exception e) when (e is InvalidOperationException or ArgumentException)
+    {
+        Console.Error.WriteLine($"Dry run failed: {e.Message}");
+        return 1;
+    }
+    Console.WriteLine(result.Summary);
+    if (options.Json)
+    {
+        var plan = result.Plan;
+        Console.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object>
+        {
+            ["model"] = options.Model,
+            ["devices"] = devices,
+            ["devices_used"] = plan.RanksUsed,
+            ["stages"] = plan.Stages.Count,
+            ["replicas"] = plan.Stages.Select(s => s.ReplicaRanks.Count).ToArray(),
+            ["micro_batches"] = plan.MicroBatchCount,
+            ["schedule"] = plan.Schedule == Rannc.Partitioner.PipelineScheduleKind.GPipe ? "gpipe" : "1f1b",
+            ["simulated_step_ms"] = Math.Round(result.Simulation.StepSeconds * 1e3, 6),
+        }));
+    }
+    return 0;
 }
 
 /// <summary>The training loop both modes share: the loss comes from <paramref name="forward"/>.</summary>

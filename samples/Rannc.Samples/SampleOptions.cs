@@ -27,6 +27,12 @@ public sealed record SampleOptions
     public bool Json { get; init; }
     public string? PlanCache { get; init; }
     public string? Dot { get; init; }
+    public string? Trace { get; init; }
+    public int? TraceStep { get; init; }
+    public bool DryRun { get; init; }
+    public int? Devices { get; init; }
+    public int DevicesPerNode { get; init; } = 8;
+    public string? RenderTrace { get; init; }
 
     /// <summary>
     /// The command line: <c>--help</c> lists every option; <see cref="From"/> reads the values of a parse without errors.
@@ -60,6 +66,12 @@ public sealed record SampleOptions
         Reference = parsed.GetValue(ReferenceOption),
         Json = parsed.GetValue(JsonOption),
         Dot = parsed.GetValue(DotOption),
+        Trace = parsed.GetValue(TraceOption),
+        TraceStep = parsed.GetValue(TraceStepOption),
+        DryRun = parsed.GetValue(DryRunOption),
+        Devices = parsed.GetValue(DevicesOption),
+        DevicesPerNode = parsed.GetValue(DevicesPerNodeOption),
+        RenderTrace = parsed.GetValue(RenderTraceOption),
     };
 
     private static readonly Option<string> ModelOption = new("--model")
@@ -156,7 +168,41 @@ public sealed record SampleOptions
 
     private static readonly Option<string?> DotOption = new("--dot")
     {
-        Description = "Write the captured graph as Graphviz DOT, nodes coloured by pipeline stage (rank 0, after training)",
+        Description = "Write the captured graph as Graphviz DOT, nodes coloured by pipeline stage (rank 0, after training), and FILE.svg when Graphviz's dot is installed",
+        HelpName = "FILE",
+    };
+
+    private static readonly Option<string?> TraceOption = new("--trace")
+    {
+        Description = "Write a Chrome trace (Perfetto, chrome://tracing) of one training step, measured and predicted tracks per rank",
+        HelpName = "FILE",
+    };
+
+    private static readonly Option<int?> TraceStepOption = new("--trace-step")
+    {
+        Description = "The training step --trace records (default 2: after the first step's warm-up)",
+        HelpName = "N",
+        CustomParser = r => ParsePositive(r),
+    };
+
+    private static readonly Option<bool> DryRunOption = new("--dry-run")
+    {
+        Description = "Plan for a cluster (--devices, --devices-per-node, --memory, default 80GiB) and print the plan and its simulated step, " +
+            "without training; compute times are profiled on this machine",
+    };
+
+    private static readonly Option<int?> DevicesOption = new("--devices")
+    {
+        Description = "Devices of the --dry-run cluster (default: --ranks)",
+        HelpName = "N",
+        CustomParser = r => ParsePositive(r),
+    };
+
+    private static readonly Option<int> DevicesPerNodeOption = PositiveInt("--devices-per-node", "Devices per host of the --dry-run cluster", 8);
+
+    private static readonly Option<string?> RenderTraceOption = new("--render-trace")
+    {
+        Description = "Draw a trace written by --trace as an SVG beside it (trace.json: trace.svg) (one track per rank, measured and predicted) and exit, without training",
         HelpName = "FILE",
     };
 
@@ -164,6 +210,7 @@ public sealed record SampleOptions
     [
         ModelOption, RanksOption, StepsOption, BatchOption, LayersOption, HiddenOption, SequenceOption, SeedOption, DTypeOption,
         PlanOption, ScheduleOption, MicroBatchesOption, MemoryOption, LearningRateOption, PlanCacheOption, ReferenceOption, JsonOption, DotOption,
+        TraceOption, TraceStepOption, DryRunOption, DevicesOption, DevicesPerNodeOption, RenderTraceOption,
     ];
 
     private static Option<int> PositiveInt(string name, string description, int defaultValue) => new(name)
@@ -220,5 +267,7 @@ public sealed record SampleOptions
         MicroBatches = MicroBatches,
         DeviceMemoryBytes = MemoryBytes,
         PlanCacheDirectory = PlanCache,
+        TracePath = Trace,
+        TraceStep = TraceStep ?? new RanncOptions().TraceStep,
     };
 }

@@ -24,11 +24,31 @@ public static class PipelineSimulator
 
     /// <summary>Simulates <paramref name="plan"/> running <paramref name="schedule"/> (which must fit the plan's topology).</summary>
     public static SimulationResult Simulate(
-        PartitionPlan plan, PipelineSchedule schedule, Graph graph, CostTable costs, Cluster cluster, PlanningOptions options)
+        PartitionPlan plan, PipelineSchedule schedule, Graph graph, CostTable costs, Cluster cluster, PlanningOptions options) =>
+        Run(plan, schedule, graph, costs, cluster, options, timeline: null);
+
+    /// <summary>
+    /// The same simulation as <see cref="Simulate(PartitionPlan, Graph, CostTable, Cluster, PlanningOptions)"/>, with
+    /// when each action of each rank starts and ends: the predicted timeline of one step, to set beside a measured one.
+    /// </summary>
+    public static SimulatedTimeline Timeline(PartitionPlan plan, Graph graph, CostTable costs, Cluster cluster, PlanningOptions options)
+    {
+        PipelineSchedule schedule = ScheduleBuilder.Build(plan.Schedule, PipelineTopology.FromPlan(plan));
+        var actions = new List<TimedAction>();
+        var syncs = new List<TimedSharedSync>();
+        SimulationResult result = Run(plan, schedule, graph, costs, cluster, options, (actions, syncs));
+        return new SimulatedTimeline(schedule, actions, syncs, result);
+    }
+
+    private static SimulationResult Run(PartitionPlan plan, PipelineSchedule schedule, Graph graph, CostTable costs, Cluster cluster,
+        PlanningOptions options, (List<TimedAction> Actions, List<TimedSharedSync> Syncs)? timeline)
     {
         RangeTable table = RangeTable.BuildStages(graph, costs, plan.Stages.Select(s => s.NodeIds).ToList());
         var timer = new PlanTimer(plan, table, cluster);
-        ExecutionResult result = ScheduleEngine.Run(schedule, timer);
+        Action<int, PipelineAction, double, double>? record = timeline is { } recorded
+            ? (rank, action, start, end) => recorded.Actions.Add(new TimedAction(rank, action, start, end, timer.TransferBytes(rank, action)))
+            : null;
+        ExecutionResult result = ScheduleEngine.Run(schedule, timer, record);
         if (result.Failure is not null)
         {
             throw new InvalidOperationException(result.Failure);
@@ -42,6 +62,7 @@ public static class PipelineSimulator
             double end = ranks.Max(r => finish[r]) + seconds;
             foreach (int r in ranks)
             {
+                timeline?.Syncs.Add(new TimedSharedSync(r, stages, finish[r], end));
                 finish[r] = end;
             }
         }
@@ -105,8 +126,25 @@ public static class PipelineSimulator
                 : profile.BackwardSeconds(samples, plan.Stages[stage].Recompute);
         }
 
-        public double TransferSeconds(int fromRank, PipelineAction send)
+        public double TransferSeconds(int fromRank, PipelineAction send) =>
+            cluster.TransferSeconds(fromRank, send.Peer, TransferBytes(fromRank, send));
+
+        /// <summary>Bytes a send or receive of <paramref name="rank"/> moves (0 for other actions).</summary>
+        public long TransferBytes(int rank, PipelineAction action)
         {
+            (int fromRank, PipelineAction send) = action.Kind switch
+            {
+                ActionKind.SendActivation or ActionKind.SendGradient => (rank, action),
+                // A receive moves what the peer's matching send moves.
+                ActionKind.RecvActivation => (action.Peer, new PipelineAction(Role(action.Peer).Stage, ActionKind.SendActivation, action.MicroBatch, rank)),
+                ActionKind.RecvGradient => (action.Peer, new PipelineAction(Role(action.Peer).Stage, ActionKind.SendGradient, action.MicroBatch, rank)),
+                _ => (-1, action),
+            };
+            if (fromRank < 0)
+            {
+                return 0;
+            }
+
             (int stage, int replica) = Role(fromRank);
             (int peerStage, int peerReplica) = Role(send.Peer);
             SampleRange mine = plan.ReplicaSlice(stage, replica, send.MicroBatch);
@@ -115,7 +153,7 @@ public static class PipelineSimulator
             ScaledBytes size = send.Kind == ActionKind.SendActivation
                 ? table.Get(stage, stage + 1).ActivationsOut
                 : table.Get(stage, stage + 1).GradientsIn;
-            return cluster.TransferSeconds(fromRank, send.Peer, size.At(samples));
+            return size.At(samples);
         }
 
         public double AllReduceSeconds(int stage, IReadOnlyList<int> ranks)

@@ -25,7 +25,8 @@ internal sealed record ExecutionResult(double[] FinishSeconds, double[] ComputeS
 /// </summary>
 internal static class ScheduleEngine
 {
-    public static ExecutionResult Run(PipelineSchedule schedule, IActionTimer timer)
+    /// <param name="record">When given, told each action's rank, start and end (a send: posted at start, arrives at end).</param>
+    public static ExecutionResult Run(PipelineSchedule schedule, IActionTimer timer, Action<int, PipelineAction, double, double>? record = null)
     {
         int rankCount = schedule.Ranks.Count;
         int[] next = new int[rankCount];
@@ -104,6 +105,7 @@ internal static class ScheduleEngine
             }
 
             double seconds = timer.ComputeSeconds(r, action);
+            record?.Invoke(r, action, clock[r], clock[r] + seconds);
             clock[r] += seconds;
             busy[r] += seconds;
             next[r]++;
@@ -116,6 +118,7 @@ internal static class ScheduleEngine
             double start = Math.Max(clock[r], channelFree.GetValueOrDefault(channel));
             double arrival = start + timer.TransferSeconds(r, action);
             channelFree[channel] = arrival;
+            record?.Invoke(r, action, clock[r], arrival);
             var key = (r, action.Peer, action.Kind == ActionKind.SendGradient, action.MicroBatch);
             (inFlight.TryGetValue(key, out Queue<double>? q) ? q : inFlight[key] = new Queue<double>()).Enqueue(arrival);
             next[r]++;
@@ -130,7 +133,9 @@ internal static class ScheduleEngine
                 return false;
             }
 
+            double waitedFrom = clock[r];
             clock[r] = Math.Max(clock[r], q.Dequeue());
+            record?.Invoke(r, action, waitedFrom, clock[r]);
             next[r]++;
             return true;
         }
@@ -149,6 +154,7 @@ internal static class ScheduleEngine
             double end = Math.Max(group.Max(p => clock[p]), start + timer.AllReduceSeconds(action.Stage, group));
             foreach (int p in group)
             {
+                record?.Invoke(p, schedule.Ranks[p][next[p]], clock[p], end);
                 clock[p] = end;
                 next[p]++;
             }

@@ -5,6 +5,7 @@ using Rannc.Capture;
 using Rannc.Communication;
 using Rannc.Execution;
 using Rannc.Execution.Checkpoints;
+using Rannc.Execution.Tracing;
 using Rannc.Partitioner;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -38,6 +39,8 @@ public sealed class RanncModule : IDisposable
     private Deployed? _deployed;
     private Exception? _failedBackward;
     private long _steps;
+    private long _trainingSteps;
+    private readonly StepTracing? _tracing;
     // The training step whose loss has not had backward() yet (null once it has): ranks must agree on it.
     private long? _awaitingBackward;
 
@@ -64,6 +67,7 @@ public sealed class RanncModule : IDisposable
         _options = (options ?? new RanncOptions()).WithEnvironment();
         if (_options.Timeout is { } timeout) Watchdog.SetTimeout(communicator, timeout);
         _memory = MemoryReport.Start(_options.MemoryReportSteps, model, Optimizer, communicator);
+        if (_options.TracePath is { } tracePath) _tracing = new StepTracing(tracePath, _options.TraceStep, communicator, Log);
     }
 
     public optim.Optimizer Optimizer { get; }
@@ -78,12 +82,19 @@ public sealed class RanncModule : IDisposable
     public CapturedGraph? Graph => _deployed?.Graph;
 
     /// <summary>
-    /// Writes the captured graph as Graphviz DOT (<c>dot -Tsvg</c>): one cluster per stage of the plan, nodes
-    /// coloured by stage, module clusters inside. Available after the first <see cref="forward"/>.
+    /// Writes the captured graph as Graphviz DOT: one cluster per stage of the plan, nodes coloured by stage, module
+    /// clusters inside; and, when Graphviz's <c>dot</c> is on PATH, the picture as <c><paramref name="path"/>.svg</c>
+    /// (otherwise a log line says so). Available after the first <see cref="forward"/>.
     /// </summary>
-    public void WriteGraph(string path) =>
+    /// <returns>The SVG's path, or null when Graphviz is not installed.</returns>
+    public string? WriteGraph(string path)
+    {
         File.WriteAllText(path, (Graph ?? throw new InvalidOperationException("The graph is captured by the first forward(); call WriteGraph after it."))
             .ToDot(Plan!.Stages.Select(s => s.NodeIds).ToList()));
+        string? svg = GraphvizRenderer.TryRenderSvg(path, Environment.GetEnvironmentVariable("PATH"), out string? note);
+        if (note is not null) Log($"Rannc: {note}");
+        return svg;
+    }
 
     /// <summary>
     /// Runs the pipeline on the whole batch (every rank passes the same tensors; the first dimension is the batch)
@@ -111,9 +122,12 @@ public sealed class RanncModule : IDisposable
                 $"The plan was made for batch size {_deployed.Plan.GlobalBatchSize}, but this batch has {batch} samples. " +
                 "Use the same batch size every step (drop or pad the last batch).");
         }
+        long trainingStep = training ? ++_trainingSteps : 0;
+        StepRecorder? recorder = training ? _tracing?.Begin(trainingStep, _deployed.Executor) : null;
         if (_deployed.OutputIsScalar)
         {
             Tensor loss = Loss(_deployed.Executor.Run(inputs, training), training, step, inputs);
+            if (recorder is not null) _tracing!.Finish(recorder, _deployed.Executor, _deployed.Plan, trainingStep);
             if (training)
             {
                 _awaitingBackward = step;
@@ -128,6 +142,7 @@ public sealed class RanncModule : IDisposable
         AverageReplicaBuffers();
         using Tensor output = GatherOutput(pending.OutputSlices);
         var owned = _deployed.OwnedParameters;
+        Deployed deployed = _deployed;
         _awaitingBackward = step;
         return PipelineResultFunction.apply(_anchor, output, (Action<Tensor>)(gradOutput =>
         {
@@ -136,6 +151,7 @@ public sealed class RanncModule : IDisposable
             try
             {
                 ConsumeGradients(owned, pending.Backward(gradOutput), scale: null);
+                if (recorder is not null) _tracing!.Finish(recorder, deployed.Executor, deployed.Plan, trainingStep);
             }
             catch (Exception e)
             {
@@ -382,6 +398,7 @@ public sealed class RanncModule : IDisposable
 
     public void Dispose()
     {
+        _tracing?.ReportIfNotWritten(_trainingSteps);
         _deployed?.Replicas?.Dispose();
         foreach (var (_, communicator) in _deployed?.SharedGroups ?? []) communicator.Dispose();
         _anchor.Dispose();
@@ -494,7 +511,7 @@ public sealed class RanncModule : IDisposable
 
     /// <summary>The options every rank must share (they decide the plan and which collectives run each step).</summary>
     private sealed record SharedSettings(string Plan, string Schedule, int? MicroBatches, double MemoryMargin, int MinSamplesPerSlice,
-        int? CheckInputSteps, int VerifySteps, double OptimizerStateFactor, string? LoadDeployment, int MemoryReportSteps);
+        int? CheckInputSteps, int VerifySteps, double OptimizerStateFactor, string? LoadDeployment, int MemoryReportSteps, string Trace);
 
     /// <summary>Fails, naming the ranks and the options, when ranks were started with different settings.</summary>
     private void CheckSharedSettings()
@@ -502,7 +519,7 @@ public sealed class RanncModule : IDisposable
         var mine = new SharedSettings(
             _options.ForcedReplicasPerStage is { } replicas ? string.Join(",", replicas) : "auto", _options.Schedule?.ToString() ?? "auto",
             _options.MicroBatches, _options.MemoryMargin, _options.MinSamplesPerSlice, _options.CheckInputSteps, _options.VerifySteps,
-            _options.OptimizerStateFactor, _options.LoadDeploymentPath, _options.MemoryReportSteps);
+            _options.OptimizerStateFactor, _options.LoadDeploymentPath, _options.MemoryReportSteps, _options.TracePath is null ? "off" : $"step {_options.TraceStep}");
         SharedSettings[] all = _world.AllGather(mine);
         var differences = typeof(SharedSettings).GetProperties()
             .Where(p => all.Select(a => Convert.ToString(p.GetValue(a), CultureInfo.InvariantCulture)).Distinct().Count() > 1)
@@ -557,6 +574,7 @@ public sealed class RanncModule : IDisposable
         string? storedJson = _world.Rank == 0 ? LoadStoredPlan(key, planningGraph, cluster, planning) : null;
         storedJson = _world.AllGather(storedJson)[0];
         PartitionPlan plan;
+        CostTable? costs = null;
         bool loaded = storedJson is not null;
         if (storedJson is not null)
         {
@@ -566,19 +584,14 @@ public sealed class RanncModule : IDisposable
         else
         {
             if (PlanFailure.TooFewNodes(graph, planning.ForcedReplicasPerStage) is { } tooFew) throw new InvalidOperationException(tooFew);
-            var profileClock = Stopwatch.StartNew();
-            // Two sizes around the slices a replica will run: a few samples, and the batch shared out among the ranks.
-            int largeSamples = Math.Max(1, batch / Math.Max(1, _world.Size));
-            int smallSamples = Math.Max(1, largeSamples / 4);
-            CostTable costs = NodeProfiler.Profile(graph, SampleInputs, smallSamples, largeSamples, _world, _options.ProfileRepeats);
-            LogOnce($"Rannc: profiled {graph.Nodes.Count} nodes on {_world.Size} rank(s) in {profileClock.Elapsed.TotalSeconds:0.0} s.");
+            costs = ProfileNodes(graph, SampleInputs, batch);
             // Rank 0 plans and every rank takes its plan (or its reason for having none), so ranks cannot disagree.
             PlanOutcome? outcome = null;
             if (_world.Rank == 0)
             {
                 try
                 {
-                    outcome = new PlanOutcome(PlanJson.Serialize(Planner.Plan(planningGraph, costs, cluster, planning)), null);
+                    outcome = new PlanOutcome(PlanJson.Serialize(Planner.Plan(planningGraph, costs!, cluster, planning)), null);
                 }
                 catch (NoFeasiblePlanException e)
                 {
@@ -603,6 +616,13 @@ public sealed class RanncModule : IDisposable
             }
         }
 
+        if (_tracing is not null)
+        {
+            // The trace sets the simulator's prediction beside the measurement; a loaded plan has no profile to predict from.
+            if (costs is null) LogOnce("Rannc: profiling the nodes for the trace's predicted timeline (the plan itself was loaded).");
+            costs ??= ProfileNodes(graph, SampleInputs, batch);
+            _tracing.Prediction = new PredictionInputs(planningGraph, costs, cluster, planning);
+        }
         var layout = new StageLayout(graph, planningGraph, plan, batchDerived, small, large, measureSamples);
         CheckBoundaries(graph, layout);
         PipelineSchedule schedule = ScheduleBuilder.Build(plan.Schedule, PipelineTopology.FromPlan(plan));
@@ -625,13 +645,30 @@ public sealed class RanncModule : IDisposable
         _residency.Release(released);
         // The user's optimizer keeps no state for them either (Adam allocated its moments when it was constructed).
         _optimizerResidency.Release(Optimizer, released.Select(p => p.Item2));
-        LogOnce(Summary(plan, graph, planningGraph, loaded, clock.Elapsed) + Environment.NewLine + DescribeExtras(lossCombination, placement));
+        if (_world.Rank == 0)
+        {
+            SimulationResult? simulated = costs is null ? null : PipelineSimulator.Simulate(plan, planningGraph, costs, cluster, planning);
+            Log(Summary(plan, graph, planningGraph, loaded, clock.Elapsed, simulated) + Environment.NewLine + DescribeExtras(lossCombination, placement));
+        }
         var buffers = role is { } mine
             ? _model.named_buffers().Where(b => b.buffer.is_floating_point() && graph.CanonicalName(b.name) == b.name && placement.IsHeldBy(b.name, mine.Stage))
                 .Select(b => b.buffer).ToList()
             : [];
         return new Deployed(graph, plan, executor, replicas, shared, owned, Owners(placement, plan), output.Shape!.Length == 0, outputDType, loaded,
             lossCombination, buffers, placement, inputs.Select(t => (t.dtype, (int)t.dim())).ToArray());
+    }
+
+    /// <summary>Every node's forward and backward cost on this machine, the profiling shared out among the ranks.</summary>
+    private CostTable ProfileNodes(CapturedGraph graph, Func<int, object?[]> sampleInputs, int batch)
+    {
+        var profileClock = Stopwatch.StartNew();
+        // Two sizes around the slices a replica will run: a few samples, and the batch shared out among the ranks.
+        int largeSamples = Math.Max(1, batch / Math.Max(1, _world.Size));
+        int smallSamples = Math.Max(1, largeSamples / 4);
+        CostTable costs = NodeProfiler.Profile(graph, n => sampleInputs(n), smallSamples, largeSamples, _world, _options.ProfileRepeats,
+            _world.Rank == 0 ? Log : null);
+        LogOnce($"Rannc: profiled {graph.Nodes.Count} nodes on {_world.Size} rank(s) in {profileClock.Elapsed.TotalSeconds:0.0} s.");
+        return costs;
     }
 
     /// <summary>How slice losses combine, from one run of the graph on a sample of the batch.</summary>
@@ -727,43 +764,7 @@ public sealed class RanncModule : IDisposable
     /// </summary>
     internal const double ExecutorGradientCopies = 2;
 
-    private PlanningOptions PlanningOptionsFor(int batch)
-    {
-        var planning = new PlanningOptions(batch)
-        {
-            OptimizerStateFactor = _options.OptimizerStateFactor + ExecutorGradientCopies,
-            MemoryMargin = _options.MemoryMargin,
-            MaxMicroBatches = Math.Min(batch, 64),
-            MinSamplesPerSlice = _options.MinSamplesPerSlice,
-        };
-        if (_options.Schedule is { } schedule) planning = planning with { Schedules = [schedule] };
-        if (_options.MicroBatches is { } micro) planning = planning with { MinMicroBatches = micro, MaxMicroBatches = micro };
-        if (_options.MicroBatches is int forcedMicro && forcedMicro > batch)
-        {
-            throw new ArgumentException(
-                $"RANNC_MICRO_BATCHES / MicroBatches asks for {forcedMicro} micro-batches, but the batch has only {batch} samples: " +
-                "use at most as many micro-batches as samples.");
-        }
-        if (_options.ForcedReplicasPerStage is { } replicas)
-        {
-            if (replicas.Max() > batch)
-            {
-                throw new ArgumentException(
-                    $"The forced plan [{string.Join(", ", replicas)}] has a stage with {replicas.Max()} replicas, but the batch has only {batch} samples: " +
-                    "every replica needs at least one sample. Use a larger batch or fewer replicas.");
-            }
-            if (_options.MicroBatches is int forced && forced * replicas.Max() > batch)
-            {
-                throw new ArgumentException(
-                    $"{forced} micro-batches on a stage of {replicas.Max()} replicas need at least {forced * replicas.Max()} samples, but the batch has {batch}: " +
-                    "use fewer micro-batches or replicas, or a larger batch.");
-            }
-            if (replicas.Sum() > _world.Size)
-                throw new ArgumentException($"The forced plan [{string.Join(", ", replicas)}] needs {replicas.Sum()} ranks but there are {_world.Size}.");
-            planning = planning with { ForcedReplicasPerStage = replicas, MinStages = replicas.Count, MaxStages = replicas.Count };
-        }
-        return planning;
-    }
+    private PlanningOptions PlanningOptionsFor(int batch) => PlanningSettings.For(_options, batch, _world.Size);
 
     private string? LoadStoredPlan(string key, PlanningGraph graph, Cluster cluster, PlanningOptions planning)
     {
@@ -820,27 +821,13 @@ public sealed class RanncModule : IDisposable
             .ToList();
     }
 
-    private string Summary(PartitionPlan plan, CapturedGraph graph, PlanningGraph planningGraph, bool loaded, TimeSpan elapsed)
-    {
-        var text = new StringBuilder();
-        text.AppendLine(CultureInfo.InvariantCulture,
-            $"Rannc plan ({(loaded ? "loaded" : "new")}, ready in {elapsed.TotalSeconds:0.0} s): {plan.Stages.Count} stage(s) on {_world.Size} rank(s), " +
-            $"{plan.MicroBatchCount} micro-batch(es), {plan.Schedule}, predicted step {plan.PredictedStepSeconds * 1e3:0.0} ms");
-        foreach (StagePlan stage in plan.Stages)
-        {
-            long parameterBytes = stage.NodeIds.SelectMany(n => planningGraph.Nodes[n].Parameters).Distinct()
-                .Sum(p => planningGraph.Parameters[p].Bytes);
-            text.AppendLine(CultureInfo.InvariantCulture,
-                $"  stage {stage.Index}: nodes {graph.Nodes[stage.NodeIds[0]].Name} … {graph.Nodes[stage.NodeIds[^1]].Name} " +
-                $"({stage.NodeIds.Count}), parameters {FormatBytes(parameterBytes)}, peak {FormatBytes(stage.PeakMemoryBytes)}, " +
-                $"replicas {stage.ReplicaRanks.Count} on ranks [{string.Join(", ", stage.ReplicaRanks)}]{(stage.Recompute ? ", recompute" : "")}");
-        }
-        if (OpaqueModules.Summary(graph) is { } opaque) text.AppendLine("  " + opaque);
-        return text.ToString().TrimEnd();
-    }
+    private string Summary(PartitionPlan plan, CapturedGraph graph, PlanningGraph planningGraph, bool loaded, TimeSpan elapsed, SimulationResult? simulated) =>
+        PlanSummaryTable.Format(
+            string.Create(CultureInfo.InvariantCulture,
+                $"Rannc plan ({(loaded ? "loaded" : "new")}, ready in {elapsed.TotalSeconds:0.0} s): {plan.Stages.Count} stage(s) on {_world.Size} rank(s)"),
+            plan, graph, planningGraph, simulated);
 
-    private static string FormatBytes(long bytes) =>
-        bytes >= 1L << 30 ? $"{bytes / (double)(1L << 30):0.00} GiB" : bytes >= 1L << 20 ? $"{bytes / (double)(1L << 20):0.0} MiB" : $"{bytes / 1024.0:0.0} KiB";
+    private static string FormatBytes(long bytes) => PlanSummaryTable.FormatBytes(bytes);
 
     private void Log(string line) => (_options.Log ?? (l => Console.Error.WriteLine(l)))(line);
 
@@ -867,7 +854,7 @@ public sealed class RanncModule : IDisposable
         ParameterPlacement Placement, (ScalarType DType, int Dims)[] FirstInputs);
 
     /// <summary>Saves the model's buffers and the random state, and puts them back on dispose.</summary>
-    private sealed class PreservedState : IDisposable
+    internal sealed class PreservedState : IDisposable
     {
         private readonly List<(Tensor Buffer, Tensor Saved)> _buffers;
         private readonly Tensor _randomState;

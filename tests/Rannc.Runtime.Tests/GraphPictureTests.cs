@@ -16,9 +16,11 @@ public sealed partial class GraphPictureTests
         SampleTask task = SampleTasks.Mlp(inputSize: 6, hiddenSize: 10, hiddenLayers: 4, classes: 3);
         Tensor[] batch = task.CreateBatch(8, 0).Select(t => t.is_floating_point() ? t.to_type(ScalarType.Float64) : t).ToArray();
         string path = Path.Combine(Path.GetTempPath(), $"rannc-graph-{Guid.NewGuid():N}.dot");
-        var options = new RanncOptions { ForcedShape = (2, 1), PlanCacheDirectory = "", ProfileRepeats = 1, Log = _ => { } };
+        var logged = new List<string>();
+        var options = new RanncOptions { ForcedShape = (2, 1), PlanCacheDirectory = "", ProfileRepeats = 1, Log = l => { lock (logged) logged.Add(l); } };
         IReadOnlyList<IReadOnlyList<int>>? stages = null;
         int nodeCount = 0;
+        string? svg = null;
         try
         {
             RankLauncher.Run(2, comm =>
@@ -28,7 +30,7 @@ public sealed partial class GraphPictureTests
                 using var rannc = new RanncModule(model, optimizer, options);
                 rannc.forward(batch).backward();
                 if (comm.Rank != 0) return;
-                rannc.WriteGraph(path);
+                svg = rannc.WriteGraph(path);
                 stages = rannc.Plan!.Stages.Select(s => s.NodeIds).ToList();
                 nodeCount = rannc.Graph!.Nodes.Count;
             }, new InProcessOptions(Timeout: TimeSpan.FromMinutes(2)));
@@ -80,12 +82,75 @@ public sealed partial class GraphPictureTests
             Assert.All(edges, e => Assert.True(defined.Contains(e.To) || e.To.StartsWith("out", StringComparison.Ordinal), $"edge to undefined {e.To}"));
             Assert.All(edges, e => Assert.True(defined.Contains(e.From) || e.From.StartsWith("in", StringComparison.Ordinal), $"edge from undefined {e.From}"));
             Assert.Contains(edges, e => stages[0].Contains(Id(e.From)) && stages[1].Contains(Id(e.To)));
+
+            // With Graphviz installed the picture is rendered beside the DOT file; without it, one line says so.
+            if (DotOnPath())
+            {
+                Assert.Equal(path + ".svg", svg);
+                string picture = File.ReadAllText(path + ".svg");
+                Assert.Contains("<svg", picture);
+                Assert.Contains("cluster_stage_1", picture);
+            }
+            else
+            {
+                Assert.Null(svg);
+                Assert.Contains(logged, l => l.Contains("Graphviz 'dot' is not on PATH", StringComparison.Ordinal));
+            }
         }
         finally
         {
             File.Delete(path);
+            File.Delete(path + ".svg");
         }
     }
+
+    [Fact]
+    public void Svg_WithoutDotOnPath_IsSkippedWithTheReason()
+    {
+        string empty = Directory.CreateTempSubdirectory("rannc-nodot-").FullName;
+        try
+        {
+            string? svg = Capture.GraphvizRenderer.TryRenderSvg(Path.Combine(empty, "g.dot"), empty, out string? note);
+
+            Assert.Null(svg);
+            Assert.Contains("Graphviz 'dot' is not on PATH", note);
+            Assert.Contains("g.dot.svg", note);
+        }
+        finally
+        {
+            Directory.Delete(empty, recursive: true);
+        }
+    }
+
+    [Fact]
+    [System.Runtime.Versioning.SupportedOSPlatform("linux")]
+    public void Svg_WithDotOnPath_RunsDotTsvgIntoFileDotSvg()
+    {
+        // A stand-in 'dot' records its arguments and writes the output it is asked for, so this runs without Graphviz too.
+        string folder = Directory.CreateTempSubdirectory("rannc-fakedot-").FullName;
+        try
+        {
+            string fake = Path.Combine(folder, "dot");
+            File.WriteAllText(fake, "#!/bin/sh\necho \"$@\" > \"$(dirname \"$0\")/args\"\necho '<svg/>' > \"$4\"\n");
+            File.SetUnixFileMode(fake, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+            string dotFile = Path.Combine(folder, "g.dot");
+            File.WriteAllText(dotFile, "digraph g { a -> b; }\n");
+
+            string? svg = Capture.GraphvizRenderer.TryRenderSvg(dotFile, folder, out string? note);
+
+            Assert.Null(note);
+            Assert.Equal(dotFile + ".svg", svg);
+            Assert.Equal($"-Tsvg {dotFile} -o {dotFile}.svg", File.ReadAllText(Path.Combine(folder, "args")).Trim());
+            Assert.Equal("<svg/>", File.ReadAllText(dotFile + ".svg").Trim());
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
+
+    private static bool DotOnPath() =>
+        (Environment.GetEnvironmentVariable("PATH") ?? "").Split(':').Any(folder => File.Exists(Path.Combine(folder, "dot")));
 
     private static int Id(string dotNode) => dotNode.StartsWith('n') ? int.Parse(dotNode[1..]) : -1;
 

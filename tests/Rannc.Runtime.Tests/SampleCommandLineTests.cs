@@ -10,7 +10,7 @@ public sealed class SampleCommandLineTests
     private static readonly string[] Options =
     [
         "--model", "--ranks", "--steps", "--batch", "--layers", "--hidden", "--seq", "--seed", "--dtype", "--plan", "--schedule",
-        "--micro-batches", "--memory", "--lr", "--plan-cache", "--reference", "--json", "--dot", "--help",
+        "--micro-batches", "--memory", "--lr", "--plan-cache", "--reference", "--json", "--dot", "--trace", "--trace-step", "--dry-run", "--devices", "--devices-per-node", "--render-trace", "--help",
     ];
 
     [Fact]

@@ -19,15 +19,20 @@ namespace Rannc.Execution;
 internal static class NodeProfiler
 {
     /// <summary>Costs from timings at <paramref name="smallSamples"/> and <paramref name="largeSamples"/> samples.</summary>
+    /// <param name="log">Where progress lines go (rank 0 passes its log; the others null).</param>
     public static CostTable Profile(CapturedGraph graph, Func<int, IReadOnlyList<object?>> sampleInputs, int smallSamples, int largeSamples,
-        ICommunicator comm, int repeats)
+        ICommunicator comm, int repeats, Action<string>? log = null)
     {
-        (double[] smallForward, double[] smallBackward) = Measure(graph, sampleInputs(smallSamples), comm, repeats);
+        int passes = largeSamples <= smallSamples ? 1 : 2;
+        var progress = log is null ? null : new ProfilingProgress(graph.Nodes.Count * passes, log);
+        (double[] smallForward, double[] smallBackward) = Measure(graph, sampleInputs(smallSamples), comm, repeats, progress);
         if (largeSamples <= smallSamples)
         {
+            progress?.Finish();
             return CostTable.FromMeasurements(smallSamples, smallForward, smallBackward);
         }
-        (double[] largeForward, double[] largeBackward) = Measure(graph, sampleInputs(largeSamples), comm, repeats);
+        (double[] largeForward, double[] largeBackward) = Measure(graph, sampleInputs(largeSamples), comm, repeats, progress);
+        progress?.Finish();
         var nodes = new NodeCost[graph.Nodes.Count];
         for (int n = 0; n < nodes.Length; n++)
         {
@@ -48,7 +53,8 @@ internal static class NodeProfiler
     }
 
     /// <summary>Every node's forward and backward seconds on <paramref name="sampleInputs"/>, gathered from all ranks.</summary>
-    private static (double[] Forward, double[] Backward) Measure(CapturedGraph graph, IReadOnlyList<object?> sampleInputs, ICommunicator comm, int repeats)
+    private static (double[] Forward, double[] Backward) Measure(CapturedGraph graph, IReadOnlyList<object?> sampleInputs, ICommunicator comm, int repeats,
+        ProfilingProgress? progress)
     {
         var parameters = graph.Model.named_parameters().ToDictionary(p => p.name, p => (Tensor)p.parameter);
         var forward = new double[graph.Nodes.Count];
@@ -73,6 +79,7 @@ internal static class NodeProfiler
                         }
                     }
                     node.Execute(values); // the real values, for the nodes after it
+                    progress?.NodeDone();
                 }
             }
         }

@@ -1,5 +1,6 @@
 using Rannc.Capture;
 using Rannc.Communication;
+using Rannc.Execution.Tracing;
 using Rannc.Partitioner;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -60,6 +61,9 @@ internal sealed class PipelineExecutor
 
     public bool IsIdle => _stage < 0;
 
+    /// <summary>Records the actions of the step being traced (<see cref="StepTracing"/>); null otherwise.</summary>
+    public StepRecorder? Recorder { get; set; }
+
     private bool IsLastStage => _stage == _plan.Stages.Count - 1;
 
     /// <summary>Runs one step on <paramref name="inputs"/> (forward()'s arguments, whole batch, on every rank).</summary>
@@ -70,7 +74,7 @@ internal sealed class PipelineExecutor
         try
         {
             Execute(step, _actions.Where(a => computeGradients || IsForwardAction(a)));
-            if (computeGradients) step.AllReduceSharedGradients();
+            if (computeGradients) AllReduceSharedGradients(step);
         }
         finally
         {
@@ -116,7 +120,7 @@ internal sealed class PipelineExecutor
             {
                 step.SetOutputGradient(outputGradient);
                 owner.Execute(step, owner._actions.Where(a => !IsForwardAction(a)));
-                step.AllReduceSharedGradients();
+                owner.AllReduceSharedGradients(step);
             }
             finally
             {
@@ -124,6 +128,13 @@ internal sealed class PipelineExecutor
             }
             return step.Result().Gradients!;
         }
+    }
+
+    private void AllReduceSharedGradients(Step step)
+    {
+        long started = Recorder is null || _sharedGroups.Count == 0 ? 0 : StepRecorder.Now();
+        step.AllReduceSharedGradients();
+        if (started != 0) Recorder?.Extra("all-reduce shared gradients", "all-reduce", _stage, started);
     }
 
     private static bool IsForwardAction(PipelineAction action) =>
@@ -137,6 +148,8 @@ internal sealed class PipelineExecutor
         {
             foreach (PipelineAction action in actions)
             {
+                long started = Recorder is null ? 0 : StepRecorder.Now();
+                step.TransferredBytes = 0;
                 switch (action.Kind)
                 {
                     case ActionKind.Forward:
@@ -164,8 +177,11 @@ internal sealed class PipelineExecutor
                     default:
                         throw new InvalidOperationException($"Unknown action {action}.");
                 }
+                Recorder?.Action(action, started, step.TransferredBytes);
             }
+            long waitStarted = Recorder is null || pending.Count == 0 ? 0 : StepRecorder.Now();
             CommRequests.WaitAll(pending);
+            if (waitStarted != 0) Recorder?.Extra("wait for sends", "wait", _stage, waitStarted);
         }
         catch (Exception e) when (e is not JobAbortedException)
         {
@@ -201,6 +217,14 @@ internal sealed class PipelineExecutor
         private readonly HashSet<int> _backwardDone = [];
         private double _lossNumerator;
         private double _lossDenominator;
+
+        /// <summary>Bytes the current send or receive action moved; counted only while a step is traced.</summary>
+        public long TransferredBytes { get; set; }
+
+        private void CountBytes(object? value)
+        {
+            if (owner.Recorder is not null) TransferredBytes += ValueTransfer.PayloadBytes(value);
+        }
 
         private StageLayout Layout => owner._layout;
 
@@ -284,6 +308,7 @@ internal sealed class PipelineExecutor
                 object? value = _values[m][v];
                 if (value is Tensor t && Layout.BatchDependent[v] && samples != mine) value = Layout.SliceSamples(v, t, samples.Start - mine.Start, samples.Count);
                 requests.AddRange(ValueTransfer.StartSend(owner._world, value, peer, Tag(false, m, i)));
+                CountBytes(value);
             }
             return requests;
         }
@@ -293,7 +318,11 @@ internal sealed class PipelineExecutor
             SampleRange samples = SharedSamples(m, owner._stage - 1, peer);
             IReadOnlyList<int> incoming = Layout.Incoming(owner._stage);
             var values = new Dictionary<int, object?>();
-            for (int i = 0; i < incoming.Count; i++) values[incoming[i]] = ValueTransfer.Receive(owner._world, peer, Tag(false, m, i));
+            for (int i = 0; i < incoming.Count; i++)
+            {
+                values[incoming[i]] = ValueTransfer.Receive(owner._world, peer, Tag(false, m, i));
+                CountBytes(values[incoming[i]]);
+            }
             ListFor(_activationPieces, m).Add((samples, values));
         }
 
@@ -375,6 +404,7 @@ internal sealed class PipelineExecutor
                 if (!_inputGradients[m].TryGetValue(v, out Tensor? g)) continue;
                 if (Layout.BatchDependent[v] && samples != mine) g = Layout.SliceSamples(v, g, samples.Start - mine.Start, samples.Count);
                 requests.AddRange(ValueTransfer.StartSend(owner._world, g, peer, Tag(true, m, i)));
+                CountBytes(g);
             }
             return requests;
         }
@@ -389,6 +419,7 @@ internal sealed class PipelineExecutor
                 int v = outgoing[i];
                 if (!GradientCrosses(v)) continue;
                 gradients[v] = (Tensor)ValueTransfer.Receive(owner._world, peer, Tag(true, m, i));
+                CountBytes(gradients[v]);
             }
             ListFor(_gradientPieces, m).Add((samples, gradients));
         }

@@ -96,6 +96,16 @@ public sealed record RanncOptions
     /// </summary>
     public int MemoryReportSteps { get; init; }
 
+    /// <summary>
+    /// Write a Chrome trace-event JSON of one training step here (<c>RANNC_TRACE</c>): one track per rank with its
+    /// forwards, backwards, sends and receives (peer, bytes), all-reduces and idle time, beside the simulator's prediction
+    /// of the same plan. Open it in Perfetto or chrome://tracing. Null: no trace.
+    /// </summary>
+    public string? TracePath { get; init; }
+
+    /// <summary>Which training step (1-based) <see cref="TracePath"/> traces (<c>RANNC_TRACE_STEP</c>); the default 2 leaves out the first step's warm-up.</summary>
+    public int TraceStep { get; init; } = 2;
+
     /// <summary>Where Rannc's log lines go (rank 0 prints the plan summary); null: standard error.</summary>
     public Action<string>? Log { get; init; }
 
@@ -122,6 +132,8 @@ public sealed record RanncOptions
         if (lookup("RANNC_INTRA_HOST_LINK") is { Length: > 0 } intra) result = result with { IntraHostLink = Named("RANNC_INTRA_HOST_LINK", intra, LinkSpeed.Parse) };
         if (lookup("RANNC_INTER_HOST_LINK") is { Length: > 0 } inter) result = result with { InterHostLink = Named("RANNC_INTER_HOST_LINK", inter, LinkSpeed.Parse) };
         if (lookup("RANNC_MEMORY_REPORT") is { Length: > 0 } report) result = result with { MemoryReportSteps = ParseNonNegative("RANNC_MEMORY_REPORT", report) };
+        if (lookup("RANNC_TRACE") is { Length: > 0 } trace) result = result with { TracePath = trace };
+        if (lookup("RANNC_TRACE_STEP") is { Length: > 0 } traceStep) result = result with { TraceStep = ParsePositive("RANNC_TRACE_STEP", traceStep) };
         if (lookup("RANNC_PROFILE_REPEATS") is { Length: > 0 } repeats) result = result with { ProfileRepeats = ParsePositive("RANNC_PROFILE_REPEATS", repeats) };
         return result;
     }

@@ -55,6 +55,16 @@ internal static class ValueTransfer
         return Decode(kind, data);
     }
 
+    /// <summary>Bytes of a value's data on the wire (the fixed header not counted), for the trace.</summary>
+    public static long PayloadBytes(object? value) => value switch
+    {
+        Tensor t => t.numel() * t.element_size(),
+        long[] shape => shape.Length * sizeof(long),
+        Device => 2 * sizeof(long),
+        null => 0,
+        _ => sizeof(long),
+    };
+
     /// <summary>
     /// Whether a graph value of this kind can be sent between stages: tensors, numbers, booleans, shapes, devices and
     /// dtypes. Arrays or tuples of tensors (the result of <c>chunk</c>) and other objects cannot.
