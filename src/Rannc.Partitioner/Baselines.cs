@@ -55,7 +55,7 @@ public static class Baselines
                     continue; // beyond 64, the even counts a person would pick (keeps large batches cheap)
                 }
 
-                foreach (PipelineScheduleKind schedule in options.Schedules.Distinct())
+                foreach (PipelineScheduleKind schedule in StageSearch.SearchedSchedules(options))
                 {
                     PlanShape? shape = Fit(table, parts, replicas, m, schedule, graph, costs, cluster, options, out double objective);
                     if (shape is not null && objective < best)
@@ -120,7 +120,7 @@ public static class Baselines
             int inFlight = CostModel.InFlightMicroBatches(schedule, microBatches, stageCount - s);
             if (CostModel.PeakBytes(profile, slice, inFlight, recompute: false, options.OptimizerStateFactor) > usable)
             {
-                if (!options.AllowRecompute || CostModel.PeakBytes(profile, slice, inFlight, recompute: true, options.OptimizerStateFactor) > usable)
+                if (!options.AllowRecompute || schedule == PipelineScheduleKind.ZeroBubble || CostModel.PeakBytes(profile, slice, inFlight, recompute: true, options.OptimizerStateFactor) > usable)
                 {
                     return null;
                 }
