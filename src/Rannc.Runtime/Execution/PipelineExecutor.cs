@@ -150,7 +150,14 @@ internal sealed class PipelineExecutor
                         break;
                     case ActionKind.Backward:
                         step.ReleaseFinishedMicroBatches(action.MicroBatch);
-                        step.Capture(action.MicroBatch, () => step.Backward(action.MicroBatch));
+                        step.Capture(action.MicroBatch, () => step.Backward(action.MicroBatch, BackwardPart.Whole));
+                        break;
+                    case ActionKind.BackwardInput:
+                        step.ReleaseFinishedMicroBatches(action.MicroBatch);
+                        step.Capture(action.MicroBatch, () => step.Backward(action.MicroBatch, BackwardPart.InputGradients));
+                        break;
+                    case ActionKind.BackwardWeight:
+                        step.Capture(action.MicroBatch, () => step.Backward(action.MicroBatch, BackwardPart.WeightGradients));
                         break;
                     case ActionKind.SendGradient:
                         pending.AddRange(step.CaptureUntilStepEnd(() => step.SendGradients(action.MicroBatch, action.Peer)));
@@ -181,6 +188,19 @@ internal sealed class PipelineExecutor
     private static int Tag(bool gradient, int microBatch, int valueIndex) =>
         ((gradient ? 1 : 0) * MaxMicroBatches + microBatch) * StageLayout.MaxBoundaryValues + valueIndex;
 
+    /// <summary>What a backward action computes: everything at once, or one zero-bubble half (see <see cref="PipelineScheduleKind.ZeroBubble"/>).</summary>
+    internal enum BackwardPart
+    {
+        /// <summary>The gradients of the stage's inputs and parameters in one pass, freeing the graph.</summary>
+        Whole,
+
+        /// <summary>Only the stage inputs' gradients (what the previous stage waits for); the graph is kept for the weight pass.</summary>
+        InputGradients,
+
+        /// <summary>Only the parameters' gradients, accumulated as a whole backward's are; frees the graph.</summary>
+        WeightGradients,
+    }
+
     /// <summary>The state of one step: values per micro-batch, received pieces, accumulated gradients.</summary>
     internal sealed class Step(PipelineExecutor owner, IReadOnlyList<object?> inputs, bool computeGradients)
     {
@@ -190,6 +210,7 @@ internal sealed class PipelineExecutor
         private readonly Dictionary<int, List<(SampleRange Samples, Dictionary<int, object?> Values)>> _activationPieces = [];
         private readonly Dictionary<int, List<(SampleRange Samples, Dictionary<int, Tensor> Gradients)>> _gradientPieces = [];
         private readonly Dictionary<int, Dictionary<int, Tensor>> _inputGradients = [];
+        private readonly Dictionary<int, (List<Tensor> Outputs, List<Tensor> Gradients)> _awaitingWeightPass = [];
         private readonly Dictionary<int, Tensor> _losses = [];
         private readonly Dictionary<int, double> _lossWeights = [];
         private readonly Dictionary<int, Tensor> _outputs = [];
@@ -297,8 +318,23 @@ internal sealed class PipelineExecutor
             ListFor(_activationPieces, m).Add((samples, values));
         }
 
-        public void Backward(int m)
+        /// <summary>
+        /// Backward of micro-batch <paramref name="m"/> with <c>torch.autograd.grad</c>: the whole of it, or one zero-bubble
+        /// half. The input half differentiates the stage's outputs with respect to its received inputs only and keeps the
+        /// graph (<c>retain_graph</c>) and the outputs' gradients for the weight half, which differentiates the same outputs
+        /// with respect to the parameters and frees the graph; the parameters' gradients add up exactly as a whole backward's.
+        /// </summary>
+        public void Backward(int m, BackwardPart part)
         {
+            if (part == BackwardPart.WeightGradients)
+            {
+                (List<Tensor> heldOutputs, List<Tensor> heldGradients) = _awaitingWeightPass[m];
+                _awaitingWeightPass.Remove(m);
+                AccumulateParameterGradients(heldOutputs, heldGradients);
+                _backwardDone.Add(m);
+                return;
+            }
+
             var outputs = new List<Tensor>();
             var outputGradients = new List<Tensor>();
             Dictionary<int, Tensor> received = owner.IsLastStage ? [] : AssembleGradients(m);
@@ -336,19 +372,14 @@ internal sealed class PipelineExecutor
             }
 
             Dictionary<int, Tensor> leaves = _leaves[m];
-            var parameters = owner._ownedParameters.Where(p => p.Parameter.requires_grad).ToList();
+            bool whole = part == BackwardPart.Whole;
+            var parameters = whole ? TrainableParameters() : [];
             var wrt = parameters.Select(p => p.Parameter).Concat(leaves.Values).ToList();
             IList<Tensor?> gradients = outputs.Count > 0 && wrt.Count > 0
-                ? torch.autograd.grad(outputs, wrt, outputGradients, retain_graph: false, create_graph: false, allow_unused: true)!
+                ? torch.autograd.grad(outputs, wrt, outputGradients, retain_graph: !whole, create_graph: false, allow_unused: true)!
                 : Enumerable.Repeat<Tensor?>(null, wrt.Count).ToList();
 
-            for (int i = 0; i < parameters.Count; i++)
-            {
-                if (Defined(gradients[i]) is not Tensor g) continue;
-                string name = parameters[i].Name;
-                if (_gradients.TryGetValue(name, out Tensor? sum)) sum.add_(g);
-                else _gradients[name] = g.detach().clone();
-            }
+            AddParameterGradients(parameters, gradients);
             var inputGradients = new Dictionary<int, Tensor>();
             int k = parameters.Count;
             foreach ((int v, Tensor leaf) in leaves)
@@ -358,7 +389,32 @@ internal sealed class PipelineExecutor
                 inputGradients[v] = g;
             }
             _inputGradients[m] = inputGradients;
-            _backwardDone.Add(m);
+            if (whole) _backwardDone.Add(m);
+            else _awaitingWeightPass[m] = (outputs, outputGradients);
+        }
+
+        private List<(string Name, Tensor Parameter)> TrainableParameters() =>
+            owner._ownedParameters.Where(p => p.Parameter.requires_grad).ToList();
+
+        /// <summary>The weight half: the parameters' gradients of the kept graph, which is freed.</summary>
+        private void AccumulateParameterGradients(List<Tensor> outputs, List<Tensor> outputGradients)
+        {
+            var parameters = TrainableParameters();
+            if (outputs.Count == 0 || parameters.Count == 0) return;
+            IList<Tensor?> gradients = torch.autograd.grad(
+                outputs, parameters.Select(p => p.Parameter).ToList(), outputGradients, retain_graph: false, create_graph: false, allow_unused: true)!;
+            AddParameterGradients(parameters, gradients);
+        }
+
+        private void AddParameterGradients(List<(string Name, Tensor Parameter)> parameters, IList<Tensor?> gradients)
+        {
+            for (int i = 0; i < parameters.Count; i++)
+            {
+                if (Defined(gradients[i]) is not Tensor g) continue;
+                string name = parameters[i].Name;
+                if (_gradients.TryGetValue(name, out Tensor? sum)) sum.add_(g);
+                else _gradients[name] = g.detach().clone();
+            }
         }
 
         public IEnumerable<ICommRequest> SendGradients(int m, int peer)
@@ -575,6 +631,7 @@ internal sealed class PipelineExecutor
             _lossWeights.Remove(m);
             _outputs.Remove(m);
             _inputGradients.Remove(m);
+            _awaitingWeightPass.Remove(m);
             if (_microBatchTensors.Remove(m, out var tensors))
             {
                 foreach (IDisposable tensor in tensors) tensor.Dispose();
