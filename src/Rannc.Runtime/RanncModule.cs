@@ -698,7 +698,8 @@ public sealed class RanncModule : IDisposable
         {
             OptimizerStateFactor = _options.OptimizerStateFactor,
             MemoryMargin = _options.MemoryMargin,
-            MaxMicroBatches = Math.Min(batch, 64),
+            // What every plan's message tags allow (PipelineExecutor.GuaranteedMicroBatches); a forced count may go beyond.
+            MaxMicroBatches = Math.Min(batch, PipelineExecutor.GuaranteedMicroBatches),
             MinSamplesPerSlice = _options.MinSamplesPerSlice,
         };
         if (_options.Schedule is { } schedule) planning = planning with { Schedules = [schedule] };

@@ -24,7 +24,16 @@ internal sealed record StepResult(double LossNumerator, double LossDenominator, 
 /// </summary>
 internal sealed class PipelineExecutor
 {
-    private const int MaxMicroBatches = 128;
+    /// <summary>
+    /// Micro-batches every plan can run whatever its boundaries carry: a message tag numbers the direction, the
+    /// micro-batch and the value on the widest boundary (at most <see cref="StageLayout.MaxBoundaryValues"/>) within
+    /// <see cref="TensorBuffers.MaxTag"/>. The planner is capped at this; a forced count above it runs when the plan's
+    /// widest boundary leaves room (see the constructor).
+    /// </summary>
+    internal const int GuaranteedMicroBatches = (TensorBuffers.MaxTag + 1) / (2 * StageLayout.MaxBoundaryValues);
+
+    /// <summary>Values on the plan's widest stage boundary (at least 1): the stride of the value index in a tag.</summary>
+    private readonly int _tagValues;
 
     private readonly CapturedGraph _graph;
     private readonly StageLayout _layout;
@@ -43,8 +52,11 @@ internal sealed class PipelineExecutor
         ICommunicator world, ICommunicator? replicas, IReadOnlyList<(string Name, Tensor Parameter)> ownedParameters,
         IReadOnlyList<(SharedParameterGroup Group, ICommunicator Communicator)>? sharedGroups = null, LossCombination? lossCombination = null)
     {
-        if (plan.MicroBatchCount > MaxMicroBatches)
-            throw new NotSupportedException($"The plan has {plan.MicroBatchCount} micro-batches; at most {MaxMicroBatches} are supported.");
+        _tagValues = Math.Max(1, layout.Boundaries.Select(b => b.Length).DefaultIfEmpty(0).Max());
+        int maxMicroBatches = (TensorBuffers.MaxTag + 1) / (2 * _tagValues);
+        if (plan.MicroBatchCount > maxMicroBatches)
+            throw new NotSupportedException($"The plan has {plan.MicroBatchCount} micro-batches, but with {_tagValues} values on its widest " +
+                $"stage boundary the message tags allow at most {maxMicroBatches}; use fewer micro-batches (RANNC_MICRO_BATCHES).");
         _graph = graph;
         _layout = layout;
         _plan = plan;
@@ -185,8 +197,8 @@ internal sealed class PipelineExecutor
     private IReadOnlyList<IReadOnlyList<PipelineAction>> RankActionsForMessage() =>
         Enumerable.Range(0, _world.Size).Select(r => r == _world.Rank ? _actions : (IReadOnlyList<PipelineAction>)[]).ToList();
 
-    private static int Tag(bool gradient, int microBatch, int valueIndex) =>
-        ((gradient ? 1 : 0) * MaxMicroBatches + microBatch) * StageLayout.MaxBoundaryValues + valueIndex;
+    private int Tag(bool gradient, int microBatch, int valueIndex) =>
+        ((gradient ? _plan.MicroBatchCount : 0) + microBatch) * _tagValues + valueIndex;
 
     /// <summary>What a backward action computes: everything at once, or one zero-bubble half (see <see cref="PipelineScheduleKind.ZeroBubble"/>).</summary>
     internal enum BackwardPart
@@ -304,7 +316,7 @@ internal sealed class PipelineExecutor
                 int v = outgoing[i];
                 object? value = _values[m][v];
                 if (value is Tensor t && Layout.BatchDependent[v] && samples != mine) value = Layout.SliceSamples(v, t, samples.Start - mine.Start, samples.Count);
-                requests.AddRange(ValueTransfer.StartSend(owner._world, value, peer, Tag(false, m, i)));
+                requests.AddRange(ValueTransfer.StartSend(owner._world, value, peer, owner.Tag(false, m, i)));
             }
             return requests;
         }
@@ -314,7 +326,7 @@ internal sealed class PipelineExecutor
             SampleRange samples = SharedSamples(m, owner._stage - 1, peer);
             IReadOnlyList<int> incoming = Layout.Incoming(owner._stage);
             var values = new Dictionary<int, object?>();
-            for (int i = 0; i < incoming.Count; i++) values[incoming[i]] = ValueTransfer.Receive(owner._world, peer, Tag(false, m, i));
+            for (int i = 0; i < incoming.Count; i++) values[incoming[i]] = ValueTransfer.Receive(owner._world, peer, owner.Tag(false, m, i));
             ListFor(_activationPieces, m).Add((samples, values));
         }
 
@@ -428,7 +440,7 @@ internal sealed class PipelineExecutor
                 int v = incoming[i];
                 if (!_inputGradients[m].TryGetValue(v, out Tensor? g)) continue;
                 if (Layout.BatchDependent[v] && samples != mine) g = Layout.SliceSamples(v, g, samples.Start - mine.Start, samples.Count);
-                requests.AddRange(ValueTransfer.StartSend(owner._world, g, peer, Tag(true, m, i)));
+                requests.AddRange(ValueTransfer.StartSend(owner._world, g, peer, owner.Tag(true, m, i)));
             }
             return requests;
         }
@@ -442,7 +454,7 @@ internal sealed class PipelineExecutor
             {
                 int v = outgoing[i];
                 if (!GradientCrosses(v)) continue;
-                gradients[v] = (Tensor)ValueTransfer.Receive(owner._world, peer, Tag(true, m, i));
+                gradients[v] = (Tensor)ValueTransfer.Receive(owner._world, peer, owner.Tag(true, m, i));
             }
             ListFor(_gradientPieces, m).Add((samples, gradients));
         }

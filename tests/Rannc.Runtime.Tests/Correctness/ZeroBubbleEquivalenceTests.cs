@@ -46,3 +46,26 @@ public sealed class ZeroBubbleEquivalenceTests
         Equivalence.AssertEqual(reference, ranks);
     }
 }
+
+/// <summary>
+/// Micro-batch counts above the former caps (64 in the planner, 128 in the executor): message tags now number the
+/// values of the plan's widest boundary only, so a narrow pipeline runs hundreds of micro-batches, equal to plain TorchSharp.
+/// </summary>
+public sealed class ManyMicroBatchTests
+{
+    [Theory]
+    [InlineData("1f1b")]
+    [InlineData("zb")]
+    public void ManyMicroBatches_TrainLikePlainTorchSharp(string schedule)
+    {
+        SampleTask task = SampleTasks.Mlp(inputSize: 6, hiddenSize: 10, hiddenLayers: 2, classes: 3);
+        Tensor[][] batches = Enumerable.Range(0, 2)
+            .Select(step => task.CreateBatch(300, step).Select(t => t.is_floating_point() ? t.to_type(ScalarType.Float64) : t).ToArray())
+            .ToArray();
+
+        var reference = Equivalence.Reference(task.CreateModel, 5, batches, OptimizerKind.Adam);
+        var ranks = Equivalence.Rannc(task.CreateModel, _ => 5, batches, OptimizerKind.Adam, [1, 1], schedule, microBatches: 300);
+
+        Equivalence.AssertEqual(reference, ranks);
+    }
+}
