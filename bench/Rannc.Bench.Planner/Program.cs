@@ -7,6 +7,7 @@ using Rannc.Bench.Planning;
 //   dotnet run -c Release --project bench/Rannc.Bench.Planner -- tables   planning-time and plan-quality tables (Stopwatch)
 //   dotnet run -c Release --project bench/Rannc.Bench.Planner -- plan 96 1024 80   one planning run with its plan
 //   dotnet run -c Release --project bench/Rannc.Bench.Planner -- quality  the plan-quality table alone
+//   dotnet run -c Release --project bench/Rannc.Bench.Planner -- zb       zero bubble vs 1F1B, simulated (issue #12)
 //   dotnet run -c Release --project bench/Rannc.Bench.Planner -- bdn      BenchmarkDotNet short run of the headline case
 CultureInfo.DefaultThreadCurrentCulture = CultureInfo.InvariantCulture;
 CultureInfo.CurrentCulture = CultureInfo.InvariantCulture;
@@ -64,6 +65,18 @@ if (mode == "scale")
         ScaleTables.PrintGrowth(Console.Out);
     }
 
+    return 0;
+}
+
+if (mode == "zb")
+{
+    // Issue #12: simulated gain of the zero-bubble schedule over 1F1B, and the planner's choice with it allowed
+    if (OperatingSystem.IsLinux() || OperatingSystem.IsWindows())
+    {
+        Process.GetCurrentProcess().ProcessorAffinity = 1;
+    }
+
+    ZeroBubbleTable.Print(Console.Out);
     return 0;
 }
 

@@ -78,7 +78,7 @@ Tensor[] Batch(int step) =>
         Console.WriteLine($"wrote {dotFile} and {svg}");
     var plan = rannc.Plan!;
     return (losses, stepMs, new PlanSummary(plan.Stages.Count, plan.Stages.Select(s => s.ReplicaRanks.Count).ToArray(),
-        plan.MicroBatchCount, plan.Schedule == Rannc.Partitioner.PipelineScheduleKind.GPipe ? "gpipe" : "1f1b", rannc.PlanLoaded ? "hit" : "miss"));
+        plan.MicroBatchCount, plan.Schedule switch { Rannc.Partitioner.PipelineScheduleKind.GPipe => "gpipe", Rannc.Partitioner.PipelineScheduleKind.ZeroBubble => "zb", _ => "1f1b" }, rannc.PlanLoaded ? "hit" : "miss"));
 }
 
 (double[] Losses, double StepMs) TrainReference()

@@ -55,10 +55,21 @@ public static class Baselines
                     continue; // beyond 64, the even counts a person would pick (keeps large batches cheap)
                 }
 
-                foreach (PipelineScheduleKind schedule in options.Schedules.Distinct())
+                // J depends on the stages that recompute, not on the schedule (which sets memory only): a schedule that
+                // recomputes the same stages as an earlier one has the same J, so it cannot beat it (ties keep the earlier).
+                var evaluated = new List<bool[]>();
+                foreach (PipelineScheduleKind schedule in StageSearch.SearchedSchedules(options))
                 {
-                    PlanShape? shape = Fit(table, parts, replicas, m, schedule, graph, costs, cluster, options, out double objective);
-                    if (shape is not null && objective < best)
+                    bool[]? recompute = Recomputation(table, parts.Count, replicas, m, schedule, cluster, options);
+                    if (recompute is null || evaluated.Any(r => r.AsSpan().SequenceEqual(recompute)))
+                    {
+                        continue;
+                    }
+
+                    evaluated.Add(recompute);
+                    var shape = new PlanShape(parts, Enumerable.Repeat(replicas, parts.Count).ToList(), recompute, m, schedule);
+                    double objective = PlanObjective.Evaluate(table, cluster, options, shape).ObjectiveSeconds;
+                    if (objective < best)
                     {
                         best = objective;
                         bestShape = shape;
@@ -97,17 +108,14 @@ public static class Baselines
         }
     }
 
-    /// <summary>The shape with recomputation only where a stage would not fit, or null when it still does not fit or
-    /// breaks a slice floor; <paramref name="objective"/> is its J.</summary>
-    private static PlanShape? Fit(
-        RangeTable table, List<IReadOnlyList<int>> parts, int replicas, int microBatches, PipelineScheduleKind schedule,
-        Graph graph, CostTable costs, Cluster cluster, PlanningOptions options, out double objective)
+    /// <summary>Which stages recompute: only those that would not fit otherwise; null when one still does not fit or a
+    /// slice breaks a floor.</summary>
+    private static bool[]? Recomputation(
+        RangeTable table, int stageCount, int replicas, int microBatches, PipelineScheduleKind schedule, Cluster cluster, PlanningOptions options)
     {
-        objective = double.PositiveInfinity;
         var layout = new MicroBatchLayout(options.GlobalBatchSize, microBatches);
         int slice = layout.LargestSlice(replicas);
         long usable = CostModel.UsableBytes(cluster, options);
-        int stageCount = parts.Count;
         var recompute = new bool[stageCount];
         for (int s = 0; s < stageCount; s++)
         {
@@ -120,7 +128,8 @@ public static class Baselines
             int inFlight = CostModel.InFlightMicroBatches(schedule, microBatches, stageCount - s);
             if (CostModel.PeakBytes(profile, slice, inFlight, recompute: false, options.OptimizerStateFactor) > usable)
             {
-                if (!options.AllowRecompute || CostModel.PeakBytes(profile, slice, inFlight, recompute: true, options.OptimizerStateFactor) > usable)
+                if (!options.AllowRecompute || schedule == PipelineScheduleKind.ZeroBubble
+                    || CostModel.PeakBytes(profile, slice, inFlight, recompute: true, options.OptimizerStateFactor) > usable)
                 {
                     return null;
                 }
@@ -129,9 +138,7 @@ public static class Baselines
             }
         }
 
-        var shape = new PlanShape(parts, Enumerable.Repeat(replicas, stageCount).ToList(), recompute, microBatches, schedule);
-        objective = PlanObjective.Evaluate(table, cluster, options, shape).ObjectiveSeconds;
-        return shape;
+        return recompute;
     }
 
     private static List<IReadOnlyList<int>> UniformParts(IReadOnlyList<IReadOnlyList<int>> units, int stages)

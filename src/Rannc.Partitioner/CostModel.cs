@@ -8,10 +8,18 @@ public static class CostModel
 {
     /// <summary>
     /// Micro-batches whose activations a stage holds at once: GPipe keeps all <paramref name="microBatches"/>;
-    /// 1F1B keeps at most the number of stages from this one to the last (<paramref name="stagesFromHere"/>).
+    /// 1F1B keeps at most the number of stages from this one to the last (<paramref name="stagesFromHere"/>), and so does
+    /// the zero-bubble schedule, which holds a micro-batch until its weight-gradient pass (its builder keeps to that).
     /// </summary>
     public static int InFlightMicroBatches(PipelineScheduleKind schedule, int microBatches, int stagesFromHere) =>
         schedule == PipelineScheduleKind.GPipe ? microBatches : Math.Min(microBatches, stagesFromHere);
+
+    /// <summary>
+    /// Share of a node's backward time that its weight-gradient pass takes in the zero-bubble schedule, for nodes with
+    /// trainable parameters (for a dense layer the input and the weight gradient are one matrix product each); nodes
+    /// without trainable parameters have no weight pass.
+    /// </summary>
+    public const double WeightGradientShareOfBackward = 0.5;
 
     /// <summary>Bytes held by parameters, their gradients and optimizer state, and buffers.</summary>
     public static long StaticBytes(StageProfile stage, double optimizerStateFactor) =>

@@ -343,6 +343,12 @@ public sealed record PartitionPlan(
             problems.Add("A stage recomputes activations but recomputation is not allowed.");
         }
 
+        if (Schedule == PipelineScheduleKind.ZeroBubble && Stages.Any(s => s.Recompute))
+        {
+            problems.Add("A stage recomputes activations under the zero-bubble schedule, which does not support recomputation "
+                + "(its weight-gradient pass needs the graph the input-gradient pass built).");
+        }
+
         if (Stages.Count < options.MinStages || Stages.Count > options.MaxStages)
         {
             problems.Add($"{Stages.Count} stages is outside the allowed {options.MinStages}…{options.MaxStages}.");

@@ -12,6 +12,14 @@ public enum ActionKind
     /// <summary>Backward pass of one micro-batch, including recomputation when the stage recomputes (text <c>B</c>).</summary>
     Backward,
 
+    /// <summary>Zero-bubble first half of a backward: only the gradient of the micro-batch's stage inputs, which the
+    /// previous stage waits for; the graph is kept for the weight pass (text <c>I</c>).</summary>
+    BackwardInput,
+
+    /// <summary>Zero-bubble second half of a backward: the gradient of the stage's parameters, accumulated like a full
+    /// backward's; frees the micro-batch (text <c>W</c>).</summary>
+    BackwardWeight,
+
     /// <summary>Send this replica's share of a micro-batch's activations to a rank of the next stage (text <c>SA</c>).</summary>
     SendActivation,
 
@@ -31,7 +39,7 @@ public enum ActionKind
 /// <summary>
 /// One action of one rank. Text form: stage, kind, micro-batch, and for transfers the peer rank:
 /// <c>1F0</c>, <c>1B0</c>, <c>1SA0&gt;3</c> (send to rank 3), <c>1RA0&lt;2</c> (receive from rank 2), <c>1SG0&gt;2</c>,
-/// <c>1RG0&lt;3</c>, <c>1AR</c>. Sends are asynchronous (the sender goes on); receives and all-reduces wait.
+/// <c>1RG0&lt;3</c>, <c>1AR</c>; the zero-bubble halves of a backward are <c>1I0</c> and <c>1W0</c>. Sends are asynchronous (the sender goes on); receives and all-reduces wait.
 /// </summary>
 /// <param name="Stage">The stage this rank runs.</param>
 /// <param name="Kind">What to do.</param>
@@ -49,6 +57,8 @@ public readonly record struct PipelineAction(int Stage, ActionKind Kind, int Mic
         {
             ActionKind.Forward => $"{stage}F{mb}",
             ActionKind.Backward => $"{stage}B{mb}",
+            ActionKind.BackwardInput => $"{stage}I{mb}",
+            ActionKind.BackwardWeight => $"{stage}W{mb}",
             ActionKind.SendActivation => $"{stage}SA{mb}>{peer}",
             ActionKind.RecvActivation => $"{stage}RA{mb}<{peer}",
             ActionKind.SendGradient => $"{stage}SG{mb}>{peer}",
@@ -87,6 +97,8 @@ public readonly record struct PipelineAction(int Stage, ActionKind Kind, int Mic
             _ when rest.StartsWith("RG", StringComparison.Ordinal) => (ActionKind.RecvGradient, 2, '<'),
             _ when rest.StartsWith('F') => (ActionKind.Forward, 1, (char?)null),
             _ when rest.StartsWith('B') => (ActionKind.Backward, 1, (char?)null),
+            _ when rest.StartsWith('I') => (ActionKind.BackwardInput, 1, (char?)null),
+            _ when rest.StartsWith('W') => (ActionKind.BackwardWeight, 1, (char?)null),
             _ => throw new FormatException($"Action '{text}' has an unknown kind."),
         };
         string body = rest[codeLength..];
@@ -105,6 +117,14 @@ public readonly record struct PipelineAction(int Stage, ActionKind Kind, int Mic
 
         return new PipelineAction(stage, kind, int.Parse(body, CultureInfo.InvariantCulture), peer);
     }
+}
+
+/// <summary>Helpers on <see cref="ActionKind"/>.</summary>
+public static class ActionKinds
+{
+    /// <summary>Whether the action computes (a forward, a backward or one of the zero-bubble halves of a backward).</summary>
+    public static bool IsCompute(this ActionKind kind) =>
+        kind is ActionKind.Forward or ActionKind.Backward or ActionKind.BackwardInput or ActionKind.BackwardWeight;
 }
 
 /// <summary>The actions of every rank, in order; ranks without a role have an empty list.</summary>
@@ -151,7 +171,7 @@ public sealed record PipelineSchedule(IReadOnlyList<IReadOnlyList<PipelineAction
     {
         var rows = Ranks
             .Select(actions => actions
-                .Where(a => !computeOnly || a.Kind is ActionKind.Forward or ActionKind.Backward or ActionKind.AllReduce)
+                .Where(a => !computeOnly || a.Kind.IsCompute() || a.Kind == ActionKind.AllReduce)
                 .Select(a => a.ToString()).ToList())
             .ToList();
         int columns = rows.Count == 0 ? 0 : rows.Max(r => r.Count);
@@ -199,6 +219,7 @@ public static class ScheduleBuilder
     {
         PipelineScheduleKind.GPipe => GPipe(topology),
         PipelineScheduleKind.OneFOneB => OneFOneB(topology),
+        PipelineScheduleKind.ZeroBubble => ZeroBubble(topology),
         _ => throw new ArgumentOutOfRangeException(nameof(kind), kind, "Unknown schedule."),
     };
 
@@ -206,37 +227,131 @@ public static class ScheduleBuilder
     /// then the all-reduce of its stage.</summary>
     public static PipelineSchedule GPipe(PipelineTopology topology) =>
         Assemble(topology, (stage, stageCount, microBatches) =>
-            Enumerable.Range(0, microBatches).Select(m => (true, m))
-                .Concat(Enumerable.Range(0, microBatches).Select(m => (false, m))));
+            Enumerable.Range(0, microBatches).Select(m => (ActionKind.Forward, m))
+                .Concat(Enumerable.Range(0, microBatches).Select(m => (ActionKind.Backward, m))));
 
     /// <summary>1F1B (PipeDream-flush): stage <c>s</c> of <c>S</c> runs <c>min(M, S−s−1)</c> warm-up forwards,
     /// then alternates one forward and one backward, then drains the remaining backwards.</summary>
     public static PipelineSchedule OneFOneB(PipelineTopology topology) =>
         Assemble(topology, (stage, stageCount, microBatches) => OneFOneBOrder(stage, stageCount, microBatches));
 
-    private static IEnumerable<(bool Forward, int MicroBatch)> OneFOneBOrder(int stage, int stageCount, int microBatches)
+    /// <summary>
+    /// Zero bubble (ZB-H1 style): each backward is split into its input-gradient pass (<c>I</c>, what the previous
+    /// stage waits for) and its weight-gradient pass (<c>W</c>), and the <c>W</c> passes fill the idle time that 1F1B
+    /// spends waiting for gradients. Memory is 1F1B's: stage <c>s</c> holds at most <c>min(M, S−s)</c> micro-batches
+    /// from their forward to their <c>W</c> (see <see cref="ZeroBubbleOrder"/>).
+    /// </summary>
+    public static PipelineSchedule ZeroBubble(PipelineTopology topology)
+    {
+        int stageCount = topology.StageRanks.Count;
+        IReadOnlyList<IReadOnlyList<(ActionKind, int)>> orders = ZeroBubbleOrder(stageCount, topology.Layout.MicroBatchCount);
+        return Assemble(topology, (stage, _, _) => orders[stage]);
+    }
+
+    /// <summary>
+    /// The compute order of every stage of the zero-bubble schedule, made by list scheduling on unit times (a forward,
+    /// an input-gradient and a weight-gradient pass take one unit each; transfers none): whenever a stage is free it
+    /// starts the action that can start earliest; on a tie, first an input-gradient pass (it is on the critical path),
+    /// then a forward (only while the stage holds fewer than <c>min(M, S−s)</c> micro-batches, 1F1B's in-flight count,
+    /// counted from a forward to its weight pass), then a weight-gradient pass; on a tie between stages, the lower stage
+    /// first. An order taken from a run that respected every dependency cannot deadlock whatever the real durations are:
+    /// each receive waits for a send that its peer runs earlier in its own order. Deterministic; O(3·M·S²).
+    /// </summary>
+    public static IReadOnlyList<IReadOnlyList<(ActionKind Kind, int MicroBatch)>> ZeroBubbleOrder(int stageCount, int microBatches)
+    {
+        var orders = Enumerable.Range(0, stageCount).Select(_ => new List<(ActionKind, int)>()).ToList();
+        var forwardEnd = new double[stageCount, microBatches];
+        var inputEnd = new double[stageCount, microBatches];
+        int[] nextForward = new int[stageCount], nextInput = new int[stageCount], nextWeight = new int[stageCount];
+        double[] free = new double[stageCount];
+        for (int done = 0; done < 3 * stageCount * microBatches; done++)
+        {
+            (double Start, int Priority, int Stage, ActionKind Kind) best = (double.PositiveInfinity, int.MaxValue, -1, ActionKind.Forward);
+            for (int s = 0; s < stageCount; s++)
+            {
+                int limit = CostModel.InFlightMicroBatches(PipelineScheduleKind.ZeroBubble, microBatches, stageCount - s);
+                var candidates = new List<(double Start, int Priority, ActionKind Kind)>();
+                int m = nextInput[s];
+                if (m < nextForward[s] && (s == stageCount - 1 || m < nextInput[s + 1]))
+                {
+                    double ready = s == stageCount - 1 ? forwardEnd[s, m] : inputEnd[s + 1, m];
+                    candidates.Add((Math.Max(free[s], ready), 0, ActionKind.BackwardInput));
+                }
+
+                m = nextForward[s];
+                if (m < microBatches && m - nextWeight[s] < limit && (s == 0 || m < nextForward[s - 1]))
+                {
+                    candidates.Add((Math.Max(free[s], s == 0 ? 0 : forwardEnd[s - 1, m]), 1, ActionKind.Forward));
+                }
+
+                if (nextWeight[s] < nextInput[s])
+                {
+                    candidates.Add((free[s], 2, ActionKind.BackwardWeight));
+                }
+
+                foreach ((double start, int priority, ActionKind kind) in candidates)
+                {
+                    if (start < best.Start || (start == best.Start && s == best.Stage && priority < best.Priority))
+                    {
+                        best = (start, priority, s, kind);
+                    }
+                }
+            }
+
+            if (best.Stage < 0)
+            {
+                throw new InvalidOperationException($"The zero-bubble order of {stageCount} stages and {microBatches} micro-batches got stuck.");
+            }
+
+            int stage = best.Stage;
+            double end = best.Start + 1;
+            free[stage] = end;
+            int microBatch = best.Kind switch
+            {
+                ActionKind.Forward => nextForward[stage]++,
+                ActionKind.BackwardInput => nextInput[stage]++,
+                _ => nextWeight[stage]++,
+            };
+            if (best.Kind == ActionKind.Forward)
+            {
+                forwardEnd[stage, microBatch] = end;
+            }
+            else if (best.Kind == ActionKind.BackwardInput)
+            {
+                inputEnd[stage, microBatch] = end;
+            }
+
+            orders[stage].Add((best.Kind, microBatch));
+        }
+
+        return orders;
+    }
+
+    private static IEnumerable<(ActionKind Kind, int MicroBatch)> OneFOneBOrder(int stage, int stageCount, int microBatches)
     {
         int warmup = Math.Min(microBatches, stageCount - stage - 1);
         for (int m = 0; m < warmup; m++)
         {
-            yield return (true, m);
+            yield return (ActionKind.Forward, m);
         }
 
         for (int m = 0; m + warmup < microBatches; m++)
         {
-            yield return (true, m + warmup);
-            yield return (false, m);
+            yield return (ActionKind.Forward, m + warmup);
+            yield return (ActionKind.Backward, m);
         }
 
         for (int m = microBatches - warmup; m < microBatches; m++)
         {
-            yield return (false, m);
+            yield return (ActionKind.Backward, m);
         }
     }
 
-    /// <summary>Expands an order of compute steps into actions with their transfers.</summary>
+    /// <summary>Expands an order of compute steps into actions with their transfers: a forward receives activations
+    /// before and sends them after; a backward (or its input-gradient half) receives gradients before and sends the
+    /// inputs' gradients after; a weight-gradient pass exchanges nothing.</summary>
     private static PipelineSchedule Assemble(
-        PipelineTopology topology, Func<int, int, int, IEnumerable<(bool Forward, int MicroBatch)>> order)
+        PipelineTopology topology, Func<int, int, int, IEnumerable<(ActionKind Kind, int MicroBatch)>> order)
     {
         var ranks = Enumerable.Range(0, topology.WorldSize).Select(_ => new List<PipelineAction>()).ToList();
         int stageCount = topology.StageRanks.Count;
@@ -247,22 +362,27 @@ public static class ScheduleBuilder
             int replicas = ranksOfStage.Count;
             List<int>[,] upstream = PeersPerReplica(topology, s - 1, s, microBatches, receiving: true);
             List<int>[,] downstream = PeersPerReplica(topology, s, s + 1, microBatches, receiving: false);
+            var stageOrder = order(s, stageCount, microBatches).ToList();
             for (int j = 0; j < replicas; j++)
             {
                 List<PipelineAction> actions = ranks[ranksOfStage[j]];
-                foreach ((bool forward, int m) in order(s, stageCount, microBatches))
+                foreach ((ActionKind kind, int m) in stageOrder)
                 {
-                    if (forward)
+                    if (kind == ActionKind.Forward)
                     {
                         actions.AddRange(upstream[j, m].Select(p => new PipelineAction(s, ActionKind.RecvActivation, m, p)));
-                        actions.Add(new PipelineAction(s, ActionKind.Forward, m));
+                        actions.Add(new PipelineAction(s, kind, m));
                         actions.AddRange(downstream[j, m].Select(p => new PipelineAction(s, ActionKind.SendActivation, m, p)));
+                    }
+                    else if (kind is ActionKind.Backward or ActionKind.BackwardInput)
+                    {
+                        actions.AddRange(downstream[j, m].Select(p => new PipelineAction(s, ActionKind.RecvGradient, m, p)));
+                        actions.Add(new PipelineAction(s, kind, m));
+                        actions.AddRange(upstream[j, m].Select(p => new PipelineAction(s, ActionKind.SendGradient, m, p)));
                     }
                     else
                     {
-                        actions.AddRange(downstream[j, m].Select(p => new PipelineAction(s, ActionKind.RecvGradient, m, p)));
-                        actions.Add(new PipelineAction(s, ActionKind.Backward, m));
-                        actions.AddRange(upstream[j, m].Select(p => new PipelineAction(s, ActionKind.SendGradient, m, p)));
+                        actions.Add(new PipelineAction(s, kind, m));
                     }
                 }
 

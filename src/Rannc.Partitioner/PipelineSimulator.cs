@@ -100,9 +100,14 @@ public static class PipelineSimulator
                 live += CostModel.StashBytes(profile, samples, stagePlan.Recompute);
                 peakLive = Math.Max(peakLive, live);
             }
-            else if (action.Kind == ActionKind.Backward)
+            else if (action.Kind is ActionKind.Backward or ActionKind.BackwardInput)
             {
                 peakLive = Math.Max(peakLive, live + CostModel.BackwardWorkingBytes(profile, samples, stagePlan.Recompute));
+            }
+
+            // A micro-batch's activations go when its gradients are complete: after the backward, or the weight pass.
+            if (action.Kind is ActionKind.Backward or ActionKind.BackwardWeight)
+            {
                 live -= CostModel.StashBytes(profile, samples, stagePlan.Recompute);
             }
         }
@@ -121,9 +126,15 @@ public static class PipelineSimulator
             (int stage, int replica) = Role(rank);
             StageProfile profile = table.Get(stage, stage + 1);
             int samples = plan.ReplicaSlice(stage, replica, action.MicroBatch).Count;
-            return action.Kind == ActionKind.Forward
-                ? profile.ForwardSeconds(samples)
-                : profile.BackwardSeconds(samples, plan.Stages[stage].Recompute);
+            bool recompute = plan.Stages[stage].Recompute;
+            return action.Kind switch
+            {
+                ActionKind.Forward => profile.ForwardSeconds(samples),
+                ActionKind.Backward => profile.BackwardSeconds(samples, recompute),
+                ActionKind.BackwardInput => profile.InputGradientSeconds(samples) + (recompute ? profile.ForwardSeconds(samples) : 0),
+                ActionKind.BackwardWeight => profile.WeightGradientSeconds(samples),
+                _ => throw new InvalidOperationException($"{action} does not compute."),
+            };
         }
 
         public double TransferSeconds(int fromRank, PipelineAction send) =>

@@ -45,6 +45,39 @@ public static class Planner
     /// exhaustive or fell back to the memory-optimal plan); see <see cref="Plan"/>.</summary>
     internal static IReadOnlyList<PartitionPlan> Candidates(Graph graph, CostTable costs, Cluster cluster, PlanningOptions options)
     {
+        IReadOnlyList<PartitionPlan> candidates = SearchAndBaselineCandidates(graph, costs, cluster, options);
+        if (!options.Schedules.Contains(PipelineScheduleKind.ZeroBubble) || options.Schedules.All(s => s == PipelineScheduleKind.ZeroBubble))
+        {
+            return candidates;
+        }
+
+        // The zero-bubble schedule keeps 1F1B's memory (at most GPipe's) and 1F1B's objective, so the search finds no
+        // shapes of its own for it (StageSearch.SearchedSchedules): each pipelined candidate without recomputation is
+        // also simulated with it, once per distinct shape.
+        var withZeroBubble = candidates.ToList();
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        foreach (PartitionPlan plan in candidates.Where(p => p.Stages.Count > 1 && p.Schedule != PipelineScheduleKind.ZeroBubble
+            && !p.Stages.Any(s => s.Recompute)))
+        {
+            var shape = new PlanShape(
+                plan.Stages.Select(s => s.NodeIds).ToList(),
+                plan.Stages.Select(s => s.ReplicaRanks.Count).ToList(),
+                plan.Stages.Select(s => s.Recompute).ToList(),
+                plan.MicroBatchCount,
+                PipelineScheduleKind.ZeroBubble);
+            string key = string.Join("|", shape.Stages.Select(st => string.Join(",", st))) + ";"
+                + string.Join(",", shape.Replicas) + ";" + shape.MicroBatchCount;
+            if (seen.Add(key))
+            {
+                withZeroBubble.Add(BuildPlan(graph, costs, cluster, options, plan.Fingerprint, shape, exhaustive: false));
+            }
+        }
+
+        return withZeroBubble;
+    }
+
+    private static IReadOnlyList<PartitionPlan> SearchAndBaselineCandidates(Graph graph, CostTable costs, Cluster cluster, PlanningOptions options)
+    {
         GraphChecks.EnsureValid(graph);
         costs.EnsureMatches(graph);
         cluster.EnsureValid();

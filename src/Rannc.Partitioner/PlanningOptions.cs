@@ -9,6 +9,12 @@ public enum PipelineScheduleKind
     /// <summary>One forward, one backward: after a warm-up, each stage alternates; keeps at most as many
     /// micro-batches as there are stages from it to the last.</summary>
     OneFOneB,
+
+    /// <summary>Zero bubble (ZB-H1 style): 1F1B with each backward split into an input-gradient pass and a later
+    /// weight-gradient pass that fills the pipeline's idle time; 1F1B's memory (a micro-batch is held until its
+    /// weight pass). Stages that recompute are not supported with it (the weight pass needs the graph the input pass
+    /// built). Opt-in: not in <see cref="PlanningOptions.Schedules"/> by default.</summary>
+    ZeroBubble,
 }
 
 /// <summary>What the planner may choose and the training setup it plans for.</summary>
@@ -21,7 +27,8 @@ public sealed record PlanningOptions(int GlobalBatchSize)
     /// <summary>Share of device memory kept free (0.1 = plan for 90 % of the memory).</summary>
     public double MemoryMargin { get; init; } = 0.1;
 
-    /// <summary>Schedules the search may choose from.</summary>
+    /// <summary>Schedules the search may choose from. <see cref="PipelineScheduleKind.ZeroBubble"/> is opt-in: add it to
+    /// let the planner also try every 1F1B candidate with the zero-bubble schedule.</summary>
     public IReadOnlyList<PipelineScheduleKind> Schedules { get; init; } = [PipelineScheduleKind.GPipe, PipelineScheduleKind.OneFOneB];
 
     /// <summary>Whether stages may recompute their activations in the backward pass to save memory.</summary>

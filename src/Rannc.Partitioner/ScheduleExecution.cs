@@ -56,7 +56,7 @@ internal static class ScheduleEngine
                     PipelineAction action = actions[next[r]];
                     bool done = action.Kind switch
                     {
-                        ActionKind.Forward or ActionKind.Backward => Compute(r, action),
+                        ActionKind.Forward or ActionKind.Backward or ActionKind.BackwardInput or ActionKind.BackwardWeight => Compute(r, action),
                         ActionKind.SendActivation or ActionKind.SendGradient => Send(r, action),
                         ActionKind.RecvActivation or ActionKind.RecvGradient => Receive(r, action),
                         ActionKind.AllReduce => AllReduce(r, action),
@@ -99,8 +99,9 @@ internal static class ScheduleEngine
 
         bool Compute(int r, PipelineAction action)
         {
-            if (action.Kind == ActionKind.Backward)
+            if (action.Kind is ActionKind.Backward or ActionKind.BackwardWeight)
             {
+                // The passes that produce parameter gradients (the all-reduce's buckets fill during the last one).
                 lastBackwardStart[r] = clock[r];
             }
 
@@ -164,8 +165,9 @@ internal static class ScheduleEngine
     }
 }
 
-/// <summary>Checks a schedule before anyone runs it: each micro-batch runs forward once and then backward once
-/// on every rank with a role, every send has its receive, and nothing deadlocks.</summary>
+/// <summary>Checks a schedule before anyone runs it: each micro-batch runs forward once and then backward once (or,
+/// zero bubble, its input-gradient pass once and then its weight-gradient pass once) on every rank with a role, every
+/// send has its receive, and nothing deadlocks.</summary>
 public static class ScheduleChecker
 {
     private sealed class ZeroTimer : IActionTimer
@@ -199,13 +201,23 @@ public static class ScheduleChecker
             {
                 int forward = IndexOfOnly(actions, ActionKind.Forward, m, out int forwardCount);
                 int backward = IndexOfOnly(actions, ActionKind.Backward, m, out int backwardCount);
-                if (forwardCount != 1 || backwardCount != 1)
+                int input = IndexOfOnly(actions, ActionKind.BackwardInput, m, out int inputCount);
+                int weight = IndexOfOnly(actions, ActionKind.BackwardWeight, m, out int weightCount);
+                bool whole = backwardCount == 1 && inputCount == 0 && weightCount == 0;
+                bool split = backwardCount == 0 && inputCount == 1 && weightCount == 1;
+                if (forwardCount != 1 || !(whole || split))
                 {
-                    problems.Add($"Rank {r} runs micro-batch {m} forward {forwardCount} and backward {backwardCount} times (expected once each).");
+                    problems.Add($"Rank {r} runs micro-batch {m} forward {forwardCount}, backward {backwardCount}, input-gradient "
+                        + $"{inputCount} and weight-gradient {weightCount} times (expected forward once and either backward once "
+                        + "or each zero-bubble half once).");
                 }
-                else if (backward < forward)
+                else if (whole && backward < forward)
                 {
                     problems.Add($"Rank {r} runs the backward of micro-batch {m} before its forward.");
+                }
+                else if (split && !(forward < input && input < weight))
+                {
+                    problems.Add($"Rank {r} does not run micro-batch {m} in the order forward, input gradient, weight gradient.");
                 }
             }
         }

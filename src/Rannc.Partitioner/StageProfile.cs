@@ -43,12 +43,25 @@ public sealed record StageProfile(
     /// <summary>Fewest samples a slice of this stage may hold: the largest <see cref="GraphNode.MinSamplesPerSlice"/> of its nodes.</summary>
     public int MinSamplesPerSlice { get; init; } = 1;
 
+    /// <summary>Batch-independent part of the zero-bubble weight-gradient pass (see
+    /// <see cref="CostModel.WeightGradientShareOfBackward"/>); part of <see cref="BackwardFixedSeconds"/>.</summary>
+    public double WeightGradientFixedSeconds { get; init; }
+
+    /// <summary>Per-sample part of the zero-bubble weight-gradient pass; part of <see cref="BackwardSecondsPerSample"/>.</summary>
+    public double WeightGradientSecondsPerSample { get; init; }
+
     /// <summary>Forward time for a replica slice of <paramref name="samples"/> samples.</summary>
     public double ForwardSeconds(int samples) => ForwardFixedSeconds + ForwardSecondsPerSample * samples;
 
     /// <summary>Backward time for <paramref name="samples"/> samples; with recomputation the forward runs again first.</summary>
     public double BackwardSeconds(int samples, bool recompute) =>
         BackwardFixedSeconds + BackwardSecondsPerSample * samples + (recompute ? ForwardSeconds(samples) : 0);
+
+    /// <summary>Zero-bubble weight-gradient pass for <paramref name="samples"/> samples.</summary>
+    public double WeightGradientSeconds(int samples) => WeightGradientFixedSeconds + WeightGradientSecondsPerSample * samples;
+
+    /// <summary>Zero-bubble input-gradient pass for <paramref name="samples"/> samples: the backward without its weight pass.</summary>
+    public double InputGradientSeconds(int samples) => BackwardSeconds(samples, recompute: false) - WeightGradientSeconds(samples);
 }
 
 /// <summary>
@@ -150,6 +163,7 @@ internal sealed class RangeTable
         }
 
         var graphInputs = new HashSet<int>(graph.Inputs);
+        bool[] hasWeightPass = graph.Nodes.Select(n => n.Parameters.Any(p => graph.Parameters[p].Trainable)).ToArray();
         var profiles = new StageProfile[stagesOnly ? blockCount : (blockCount + 1) * (blockCount + 1)];
         bool[] parameterSeen = new bool[graph.Parameters.Count];
         bool[] inputSeen = new bool[valueCount];
@@ -177,7 +191,7 @@ internal sealed class RangeTable
                 Array.Clear(inputSeen);
             }
 
-            double ff = 0, fs = 0, bf = 0, bs = 0;
+            double ff = 0, fs = 0, bf = 0, bs = 0, wf = 0, ws = 0;
             int minSlice = 1;
             long trainable = 0, frozen = 0;
             ScaledBytes produced = default, graphInputBytes = default;
@@ -192,6 +206,12 @@ internal sealed class RangeTable
                     fs += cost.ForwardSecondsPerSample;
                     bf += cost.BackwardFixedSeconds;
                     bs += cost.BackwardSecondsPerSample;
+                    if (hasWeightPass[nodeId])
+                    {
+                        wf += cost.BackwardFixedSeconds * CostModel.WeightGradientShareOfBackward;
+                        ws += cost.BackwardSecondsPerSample * CostModel.WeightGradientShareOfBackward;
+                    }
+
                     produced += new ScaledBytes(cost.SavedBytesPerSample, 0);
                     foreach (int v in node.Outputs)
                     {
@@ -232,7 +252,12 @@ internal sealed class RangeTable
                     ActivationsIn: cut[first],
                     GradientsIn: gradCut[first],
                     ActivationsOut: cut[end],
-                    GradientsOut: gradCut[end]) { MinSamplesPerSlice = minSlice };
+                    GradientsOut: gradCut[end])
+                {
+                    MinSamplesPerSlice = minSlice,
+                    WeightGradientFixedSeconds = wf,
+                    WeightGradientSecondsPerSample = ws,
+                };
             }
         }
 

@@ -62,6 +62,16 @@ internal sealed class StageSearch(RangeTable table, Cluster cluster, PlanningOpt
         return counts;
     }
 
+    /// <summary>
+    /// The schedules the search (and the baselines) run for: the allowed ones, except the zero-bubble schedule when 1F1B
+    /// is allowed too. Its memory and objective are 1F1B's (without recomputation), so its search would find 1F1B's
+    /// shapes again; the planner simulates every pipelined candidate with it instead (<see cref="Planner"/>).
+    /// </summary>
+    internal static IReadOnlyList<PipelineScheduleKind> SearchedSchedules(PlanningOptions options) =>
+        options.Schedules.Distinct()
+            .Where(s => s != PipelineScheduleKind.ZeroBubble || !options.Schedules.Contains(PipelineScheduleKind.OneFOneB))
+            .ToList();
+
     /// <summary>A divisor of the batch or a power of two: always on the micro-batch and replica grids.</summary>
     internal static bool IsEvenCount(int count, int globalBatch) => globalBatch % count == 0 || (count & (count - 1)) == 0;
 
@@ -71,7 +81,7 @@ internal sealed class StageSearch(RangeTable table, Cluster cluster, PlanningOpt
     public SearchOutcome? FindBest(double upperBound = double.PositiveInfinity)
     {
         var configurations = MicroBatchCandidates()
-            .SelectMany(m => options.Schedules.Distinct().Select((schedule, order) => (m, schedule, order)))
+            .SelectMany(m => SearchedSchedules(options).Select((schedule, order) => (m, schedule, order)))
             .Select(c => (c.m, c.schedule, c.order, bound: ConfigurationLowerBound(c.m)))
             .OrderBy(c => c.bound).ThenBy(c => c.m).ThenBy(c => c.order)
             .ToList();
@@ -116,7 +126,7 @@ internal sealed class StageSearch(RangeTable table, Cluster cluster, PlanningOpt
         SearchOutcome? best = null;
         foreach (int microBatches in MicroBatchCandidates())
         {
-            foreach (PipelineScheduleKind schedule in options.Schedules.Distinct())
+            foreach (PipelineScheduleKind schedule in SearchedSchedules(options))
             {
                 SearchOutcome? outcome = Run(microBatches, schedule, minimizeMemory: true, best?.Value ?? double.PositiveInfinity);
                 if (outcome is not null && (best is null || outcome.Value < best.Value))
@@ -187,7 +197,7 @@ internal sealed class StageSearch(RangeTable table, Cluster cluster, PlanningOpt
         // (fewer stages after a stage means fewer 1F1B micro-batches in flight there), or irrelevant for GPipe.
         bool countInState = forced is not null || options.MinStages > 1 || maxStages < _blockCount;
         int countStates = countInState ? maxStages + 1 : 1;
-        bool countInFront = !countInState && schedule == PipelineScheduleKind.OneFOneB && !minimizeMemory;
+        bool countInFront = !countInState && schedule != PipelineScheduleKind.GPipe && !minimizeMemory;
         List<int> candidates = ReplicaCandidates(layout.LargestMicroBatch, replicaLimit, options.DenseReplicaLimit);
         if (candidates.Count < ReplicaCandidates(layout.LargestMicroBatch, replicaLimit, int.MaxValue).Count)
         {
@@ -200,7 +210,8 @@ internal sealed class StageSearch(RangeTable table, Cluster cluster, PlanningOpt
             .Distinct().Order().ToList();
 
         var bounds = new PrefixBounds(table, layout, candidates[^1]);
-        bool[] recomputeChoices = options.AllowRecompute ? [false, true] : [false];
+        // The zero-bubble schedule does not support recomputation (its weight pass needs the input pass's graph).
+        bool[] recomputeChoices = options.AllowRecompute && schedule != PipelineScheduleKind.ZeroBubble ? [false, true] : [false];
 
         _arena.Clear();
         var fronts = new List<int>?[(_blockCount + 1) * countStates];

@@ -25,7 +25,16 @@ internal sealed record StepResult(double LossNumerator, double LossDenominator, 
 /// </summary>
 internal sealed class PipelineExecutor
 {
-    private const int MaxMicroBatches = 128;
+    /// <summary>
+    /// Micro-batches every plan can run whatever its boundaries carry: a message tag numbers the direction, the
+    /// micro-batch and the value on the widest boundary (at most <see cref="StageLayout.MaxBoundaryValues"/>) within
+    /// <see cref="TensorBuffers.MaxTag"/>. The planner is capped at this; a forced count above it runs when the plan's
+    /// widest boundary leaves room (see the constructor).
+    /// </summary>
+    internal const int GuaranteedMicroBatches = (TensorBuffers.MaxTag + 1) / (2 * StageLayout.MaxBoundaryValues);
+
+    /// <summary>Values on the plan's widest stage boundary (at least 1): the stride of the value index in a tag.</summary>
+    private readonly int _tagValues;
 
     private readonly CapturedGraph _graph;
     private readonly StageLayout _layout;
@@ -44,8 +53,11 @@ internal sealed class PipelineExecutor
         ICommunicator world, ICommunicator? replicas, IReadOnlyList<(string Name, Tensor Parameter)> ownedParameters,
         IReadOnlyList<(SharedParameterGroup Group, ICommunicator Communicator)>? sharedGroups = null, LossCombination? lossCombination = null)
     {
-        if (plan.MicroBatchCount > MaxMicroBatches)
-            throw new NotSupportedException($"The plan has {plan.MicroBatchCount} micro-batches; at most {MaxMicroBatches} are supported.");
+        _tagValues = Math.Max(1, layout.Boundaries.Select(b => b.Length).DefaultIfEmpty(0).Max());
+        int maxMicroBatches = (TensorBuffers.MaxTag + 1) / (2 * _tagValues);
+        if (plan.MicroBatchCount > maxMicroBatches)
+            throw new NotSupportedException($"The plan has {plan.MicroBatchCount} micro-batches, but with {_tagValues} values on its widest " +
+                $"stage boundary the message tags allow at most {maxMicroBatches}; use fewer micro-batches (RANNC_MICRO_BATCHES).");
         _graph = graph;
         _layout = layout;
         _plan = plan;
@@ -163,7 +175,14 @@ internal sealed class PipelineExecutor
                         break;
                     case ActionKind.Backward:
                         step.ReleaseFinishedMicroBatches(action.MicroBatch);
-                        step.Capture(action.MicroBatch, () => step.Backward(action.MicroBatch));
+                        step.Capture(action.MicroBatch, () => step.Backward(action.MicroBatch, BackwardPart.Whole));
+                        break;
+                    case ActionKind.BackwardInput:
+                        step.ReleaseFinishedMicroBatches(action.MicroBatch);
+                        step.Capture(action.MicroBatch, () => step.Backward(action.MicroBatch, BackwardPart.InputGradients));
+                        break;
+                    case ActionKind.BackwardWeight:
+                        step.Capture(action.MicroBatch, () => step.Backward(action.MicroBatch, BackwardPart.WeightGradients));
                         break;
                     case ActionKind.SendGradient:
                         pending.AddRange(step.CaptureUntilStepEnd(() => step.SendGradients(action.MicroBatch, action.Peer)));
@@ -194,8 +213,21 @@ internal sealed class PipelineExecutor
     private IReadOnlyList<IReadOnlyList<PipelineAction>> RankActionsForMessage() =>
         Enumerable.Range(0, _world.Size).Select(r => r == _world.Rank ? _actions : (IReadOnlyList<PipelineAction>)[]).ToList();
 
-    private static int Tag(bool gradient, int microBatch, int valueIndex) =>
-        ((gradient ? 1 : 0) * MaxMicroBatches + microBatch) * StageLayout.MaxBoundaryValues + valueIndex;
+    private int Tag(bool gradient, int microBatch, int valueIndex) =>
+        ((gradient ? _plan.MicroBatchCount : 0) + microBatch) * _tagValues + valueIndex;
+
+    /// <summary>What a backward action computes: everything at once, or one zero-bubble half (see <see cref="PipelineScheduleKind.ZeroBubble"/>).</summary>
+    internal enum BackwardPart
+    {
+        /// <summary>The gradients of the stage's inputs and parameters in one pass, freeing the graph.</summary>
+        Whole,
+
+        /// <summary>Only the stage inputs' gradients (what the previous stage waits for); the graph is kept for the weight pass.</summary>
+        InputGradients,
+
+        /// <summary>Only the parameters' gradients, accumulated as a whole backward's are; frees the graph.</summary>
+        WeightGradients,
+    }
 
     /// <summary>The state of one step: values per micro-batch, received pieces, accumulated gradients.</summary>
     internal sealed class Step(PipelineExecutor owner, IReadOnlyList<object?> inputs, bool computeGradients)
@@ -206,6 +238,7 @@ internal sealed class PipelineExecutor
         private readonly Dictionary<int, List<(SampleRange Samples, Dictionary<int, object?> Values)>> _activationPieces = [];
         private readonly Dictionary<int, List<(SampleRange Samples, Dictionary<int, Tensor> Gradients)>> _gradientPieces = [];
         private readonly Dictionary<int, Dictionary<int, Tensor>> _inputGradients = [];
+        private readonly Dictionary<int, (List<Tensor> Outputs, List<Tensor> Gradients)> _awaitingWeightPass = [];
         private readonly Dictionary<int, Tensor> _losses = [];
         private readonly Dictionary<int, double> _lossWeights = [];
         private readonly Dictionary<int, Tensor> _outputs = [];
@@ -307,7 +340,7 @@ internal sealed class PipelineExecutor
                 int v = outgoing[i];
                 object? value = _values[m][v];
                 if (value is Tensor t && Layout.BatchDependent[v] && samples != mine) value = Layout.SliceSamples(v, t, samples.Start - mine.Start, samples.Count);
-                requests.AddRange(ValueTransfer.StartSend(owner._world, value, peer, Tag(false, m, i)));
+                requests.AddRange(ValueTransfer.StartSend(owner._world, value, peer, owner.Tag(false, m, i)));
                 CountBytes(value);
             }
             return requests;
@@ -320,14 +353,29 @@ internal sealed class PipelineExecutor
             var values = new Dictionary<int, object?>();
             for (int i = 0; i < incoming.Count; i++)
             {
-                values[incoming[i]] = ValueTransfer.Receive(owner._world, peer, Tag(false, m, i));
+                values[incoming[i]] = ValueTransfer.Receive(owner._world, peer, owner.Tag(false, m, i));
                 CountBytes(values[incoming[i]]);
             }
             ListFor(_activationPieces, m).Add((samples, values));
         }
 
-        public void Backward(int m)
+        /// <summary>
+        /// Backward of micro-batch <paramref name="m"/> with <c>torch.autograd.grad</c>: the whole of it, or one zero-bubble
+        /// half. The input half differentiates the stage's outputs with respect to its received inputs only and keeps the
+        /// graph (<c>retain_graph</c>) and the outputs' gradients for the weight half, which differentiates the same outputs
+        /// with respect to the parameters and frees the graph; the parameters' gradients add up exactly as a whole backward's.
+        /// </summary>
+        public void Backward(int m, BackwardPart part)
         {
+            if (part == BackwardPart.WeightGradients)
+            {
+                (List<Tensor> heldOutputs, List<Tensor> heldGradients) = _awaitingWeightPass[m];
+                _awaitingWeightPass.Remove(m);
+                AccumulateParameterGradients(heldOutputs, heldGradients);
+                _backwardDone.Add(m);
+                return;
+            }
+
             var outputs = new List<Tensor>();
             var outputGradients = new List<Tensor>();
             Dictionary<int, Tensor> received = owner.IsLastStage ? [] : AssembleGradients(m);
@@ -365,21 +413,14 @@ internal sealed class PipelineExecutor
             }
 
             Dictionary<int, Tensor> leaves = _leaves[m];
-            var parameters = owner._ownedParameters.Where(p => p.Parameter.requires_grad).ToList();
+            bool whole = part == BackwardPart.Whole;
+            var parameters = whole ? TrainableParameters() : [];
             var wrt = parameters.Select(p => p.Parameter).Concat(leaves.Values).ToList();
             IList<Tensor?> gradients = outputs.Count > 0 && wrt.Count > 0
-                ? torch.autograd.grad(outputs, wrt, outputGradients, retain_graph: false, create_graph: false, allow_unused: true)!
+                ? torch.autograd.grad(outputs, wrt, outputGradients, retain_graph: !whole, create_graph: false, allow_unused: true)!
                 : Enumerable.Repeat<Tensor?>(null, wrt.Count).ToList();
 
-            for (int i = 0; i < parameters.Count; i++)
-            {
-                if (Defined(gradients[i]) is not Tensor g) continue;
-                string name = parameters[i].Name;
-                if (_gradients.TryGetValue(name, out Tensor? sum)) sum.add_(g);
-                else _gradients[name] = g.detach().clone();
-                // Summed: free this micro-batch's copy now rather than when the micro-batch is released.
-                g.Dispose();
-            }
+            AddParameterGradients(parameters, gradients);
             var inputGradients = new Dictionary<int, Tensor>();
             int k = parameters.Count;
             foreach ((int v, Tensor leaf) in leaves)
@@ -389,7 +430,34 @@ internal sealed class PipelineExecutor
                 inputGradients[v] = g;
             }
             _inputGradients[m] = inputGradients;
-            _backwardDone.Add(m);
+            if (whole) _backwardDone.Add(m);
+            else _awaitingWeightPass[m] = (outputs, outputGradients);
+        }
+
+        private List<(string Name, Tensor Parameter)> TrainableParameters() =>
+            owner._ownedParameters.Where(p => p.Parameter.requires_grad).ToList();
+
+        /// <summary>The weight half: the parameters' gradients of the kept graph, which is freed.</summary>
+        private void AccumulateParameterGradients(List<Tensor> outputs, List<Tensor> outputGradients)
+        {
+            var parameters = TrainableParameters();
+            if (outputs.Count == 0 || parameters.Count == 0) return;
+            IList<Tensor?> gradients = torch.autograd.grad(
+                outputs, parameters.Select(p => p.Parameter).ToList(), outputGradients, retain_graph: false, create_graph: false, allow_unused: true)!;
+            AddParameterGradients(parameters, gradients);
+        }
+
+        private void AddParameterGradients(List<(string Name, Tensor Parameter)> parameters, IList<Tensor?> gradients)
+        {
+            for (int i = 0; i < parameters.Count; i++)
+            {
+                if (Defined(gradients[i]) is not Tensor g) continue;
+                string name = parameters[i].Name;
+                if (_gradients.TryGetValue(name, out Tensor? sum)) sum.add_(g);
+                else _gradients[name] = g.detach().clone();
+                // Summed: free this micro-batch's copy now rather than when the micro-batch is released.
+                g.Dispose();
+            }
         }
 
         public IEnumerable<ICommRequest> SendGradients(int m, int peer)
@@ -403,7 +471,7 @@ internal sealed class PipelineExecutor
                 int v = incoming[i];
                 if (!_inputGradients[m].TryGetValue(v, out Tensor? g)) continue;
                 if (Layout.BatchDependent[v] && samples != mine) g = Layout.SliceSamples(v, g, samples.Start - mine.Start, samples.Count);
-                requests.AddRange(ValueTransfer.StartSend(owner._world, g, peer, Tag(true, m, i)));
+                requests.AddRange(ValueTransfer.StartSend(owner._world, g, peer, owner.Tag(true, m, i)));
                 CountBytes(g);
             }
             return requests;
@@ -418,7 +486,7 @@ internal sealed class PipelineExecutor
             {
                 int v = outgoing[i];
                 if (!GradientCrosses(v)) continue;
-                gradients[v] = (Tensor)ValueTransfer.Receive(owner._world, peer, Tag(true, m, i));
+                gradients[v] = (Tensor)ValueTransfer.Receive(owner._world, peer, owner.Tag(true, m, i));
                 CountBytes(gradients[v]);
             }
             ListFor(_gradientPieces, m).Add((samples, gradients));
@@ -608,6 +676,7 @@ internal sealed class PipelineExecutor
             _lossWeights.Remove(m);
             _outputs.Remove(m);
             _inputGradients.Remove(m);
+            _awaitingWeightPass.Remove(m);
             if (_microBatchTensors.Remove(m, out var tensors))
             {
                 foreach (IDisposable tensor in tensors) tensor.Dispose();

@@ -12,7 +12,8 @@ internal static class PlanningSettings
         {
             OptimizerStateFactor = options.OptimizerStateFactor + RanncModule.ExecutorGradientCopies,
             MemoryMargin = options.MemoryMargin,
-            MaxMicroBatches = Math.Min(batch, 64),
+            // What every plan's message tags allow (PipelineExecutor.GuaranteedMicroBatches); a forced count may go beyond.
+            MaxMicroBatches = Math.Min(batch, PipelineExecutor.GuaranteedMicroBatches),
             MinSamplesPerSlice = options.MinSamplesPerSlice,
             // The executor keeps every stage's activations (it does not recompute them in the backward pass yet), so a
             // plan that counts on recomputation would need more memory than it predicts.

@@ -18,7 +18,8 @@ public sealed record RanncOptions
     /// <summary>Fraction of the budget kept free (<c>RANNC_MEM_MARGIN</c>).</summary>
     public double MemoryMargin { get; init; } = 0.1;
 
-    /// <summary>Schedule to use (<c>RANNC_SCHEDULE</c>: <c>auto</c>, <c>gpipe</c>, <c>1f1b</c>); null lets the planner choose.</summary>
+    /// <summary>Schedule to use (<c>RANNC_SCHEDULE</c>: <c>auto</c>, <c>gpipe</c>, <c>1f1b</c>, <c>zb</c>); null lets the planner
+    /// choose between GPipe and 1F1B (the zero-bubble schedule is opt-in: see docs/runtime.md).</summary>
     public PipelineScheduleKind? Schedule { get; init; }
 
     /// <summary>Force <c>Stages</c> stages of <c>Replicas</c> replicas each (<c>RANNC_PLAN=SxR</c>); null: automatic.</summary>
@@ -177,13 +178,14 @@ public sealed record RanncOptions
         return bytes > 0 ? bytes : throw new FormatException($"{name}='{text}' must be a size above zero, e.g. 512MiB or 2GiB.");
     }
 
-    /// <summary>Parses <c>auto</c>, <c>gpipe</c> or <c>1f1b</c>.</summary>
+    /// <summary>Parses <c>auto</c>, <c>gpipe</c>, <c>1f1b</c> or <c>zb</c> (zero bubble).</summary>
     public static PipelineScheduleKind? ParseSchedule(string text) => text.Trim().ToLowerInvariant() switch
     {
         "auto" => null,
         "gpipe" or "fill-drain" => PipelineScheduleKind.GPipe,
         "1f1b" => PipelineScheduleKind.OneFOneB,
-        _ => throw new FormatException($"'{text}' is not a schedule; use auto, gpipe or 1f1b."),
+        "zb" or "zero-bubble" => PipelineScheduleKind.ZeroBubble,
+        _ => throw new FormatException($"'{text}' is not a schedule; use auto, gpipe, 1f1b or zb."),
     };
 
     /// <summary>

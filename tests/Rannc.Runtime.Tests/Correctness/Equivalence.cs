@@ -60,6 +60,7 @@ internal static class Equivalence
             (double[] losses, Dictionary<string, Tensor> gradients) = TrainingLoop.Run(
                 model, optimizer, step => rannc.forward(batchOfRank?.Invoke(comm.Rank, step) ?? batches[step]), batches.Length);
             Assert.Equal(replicasPerStage, rannc.Plan!.Stages.Select(s => s.ReplicaRanks.Count));
+            if (options.Schedule is { } forced) Assert.Equal(forced, rannc.Plan.Schedule);
             var held = rannc.Plan.RoleOf(comm.Rank) is { } role
                 ? rannc.Plan.Stages[role.Stage].NodeIds.SelectMany(n => rannc.Graph!.Nodes[n].Parameters).ToHashSet()
                 : [];

@@ -16,7 +16,7 @@ public sealed class MessageTests
     [InlineData("RANNC_DEVICE_MEMORY", "12XB", "RANNC_DEVICE_MEMORY='12XB': '12XB' has an unknown unit")]
     [InlineData("RANNC_DEVICE_MEMORY", "lots", "RANNC_DEVICE_MEMORY='lots': 'lots' is not a size")]
     [InlineData("RANNC_PLAN", "2y2", "RANNC_PLAN: '2y2' is not a plan shape")]
-    [InlineData("RANNC_SCHEDULE", "zigzag", "RANNC_SCHEDULE: 'zigzag' is not a schedule; use auto, gpipe or 1f1b")]
+    [InlineData("RANNC_SCHEDULE", "zigzag", "RANNC_SCHEDULE: 'zigzag' is not a schedule; use auto, gpipe, 1f1b or zb")]
     [InlineData("RANNC_MICRO_BATCHES", "-1", "RANNC_MICRO_BATCHES='-1' must be a positive integer")]
     [InlineData("RANNC_VERIFY", "yes", "RANNC_VERIFY='yes'")]
     public void BadEnvironmentVariable_NamesTheVariableAndTheForm(string name, string value, string expected)

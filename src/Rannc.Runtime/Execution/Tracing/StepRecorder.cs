@@ -52,6 +52,8 @@ internal sealed class StepRecorder
     {
         ActionKind.Forward => $"forward m{action.MicroBatch}",
         ActionKind.Backward => recompute ? $"recompute+backward m{action.MicroBatch}" : $"backward m{action.MicroBatch}",
+        ActionKind.BackwardInput => $"input gradients m{action.MicroBatch}",
+        ActionKind.BackwardWeight => $"weight gradients m{action.MicroBatch}",
         ActionKind.SendActivation => $"send activation m{action.MicroBatch} → rank {action.Peer}",
         ActionKind.RecvActivation => $"receive activation m{action.MicroBatch} ← rank {action.Peer}",
         ActionKind.SendGradient => $"send gradient m{action.MicroBatch} → rank {action.Peer}",
@@ -65,6 +67,7 @@ internal sealed class StepRecorder
     {
         ActionKind.Forward => "forward",
         ActionKind.Backward => recompute ? "recompute" : "backward",
+        ActionKind.BackwardInput or ActionKind.BackwardWeight => "backward",
         ActionKind.SendActivation or ActionKind.SendGradient => "send",
         ActionKind.RecvActivation or ActionKind.RecvGradient => "receive",
         ActionKind.AllReduce => "all-reduce",
