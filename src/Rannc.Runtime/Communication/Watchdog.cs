@@ -272,8 +272,8 @@ internal static unsafe class MpiWatchdog
     {
         int[] others = awaitedWorldRanks.Where(r => r != s_worldRank).ToArray();
         if (awaitedWorldRanks.Length == 1) return $"rank(s) {string.Join(", ", others)}";
-        // MPI's non-blocking collectives do not report who has arrived.
-        return $"whichever of rank(s) {string.Join(", ", others)} have not arrived (MPI does not tell which)";
+        // MPI's non-blocking collectives do not report which members hold them up.
+        return $"one or more of rank(s) {string.Join(", ", others)} (MPI does not tell which)";
     }
 
     private static int FirstLeft(int[] worldRanks)
