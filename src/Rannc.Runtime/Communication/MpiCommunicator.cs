@@ -60,7 +60,10 @@ public sealed class MpiCommunicator : ICommunicator
     public static MpiCommunicator InitializeWorld()
     {
         MpiEnvironment.Initialize();
-        return new MpiCommunicator(MpiNative.MPI_COMM_WORLD, isWorld: true, new MpiDeadline(Watchdog.TimeoutFromEnvironment()));
+        var deadline = new MpiDeadline(Watchdog.TimeoutFromEnvironment());
+        // Environment.Exit inside the delegate skips RankLauncher's notice; the others should still hear of it.
+        AppDomain.CurrentDomain.ProcessExit += (_, _) => MpiWatchdog.AnnounceLeaving(deadline.Timeout);
+        return new MpiCommunicator(MpiNative.MPI_COMM_WORLD, isWorld: true, deadline);
     }
 
     public int Rank { get; }
@@ -284,7 +287,7 @@ public sealed class MpiCommunicator : ICommunicator
         _disposed = true;
         if (_isWorld)
         {
-            MpiEnvironment.FinalizeMpi();
+            MpiEnvironment.FinalizeMpi(_deadline.Timeout);
         }
         else
         {

@@ -137,13 +137,14 @@ public static class MpiEnvironment
         return handle;
     }
 
-    internal static void FinalizeMpi()
+    /// <param name="leaveTimeout">How long the leave notices may take (the world's deadline).</param>
+    internal static void FinalizeMpi(TimeSpan leaveTimeout)
     {
         lock (InitLock)
         {
             Check(MpiNative.MPI_Finalized(out int finalized), "MPI_Finalized");
             if (finalized != 0) return;
-            MpiWatchdog.AnnounceLeaving(); // also withdraws the pending notice receive, which must not outlive MPI
+            MpiWatchdog.AnnounceLeaving(leaveTimeout); // also withdraws the pending notice receive, which must not outlive MPI
             MpiNative.MPI_Finalize();
         }
     }

@@ -93,8 +93,6 @@ internal static unsafe class MpiWatchdog
             *s_noticeOut = s_worldRank;
             PostNoticeReceive();
             s_started = true;
-            // Environment.Exit inside the delegate skips RankLauncher's notice; the others should still hear of it.
-            AppDomain.CurrentDomain.ProcessExit += (_, _) => AnnounceLeaving();
         }
     }
 
@@ -124,8 +122,11 @@ internal static unsafe class MpiWatchdog
         }
     }
 
-    /// <summary>Tells every other rank that this one leaves the program (once; best effort, never blocks long).</summary>
-    public static void AnnounceLeaving()
+    /// <summary>
+    /// Tells every other rank that this one leaves the program (once; best effort), waiting at most
+    /// <paramref name="timeout"/> (the job's deadline) for the notices to be exchanged.
+    /// </summary>
+    public static void AnnounceLeaving(TimeSpan timeout)
     {
         lock (NoticeLock)
         {
@@ -144,7 +145,7 @@ internal static unsafe class MpiWatchdog
             // flushes in-flight messages while the peers already sit in the launcher's exit barrier, and never returns.
             // This waits like MPI_Finalize itself (for the slowest rank), but never longer than the deadline.
             var clock = Stopwatch.StartNew();
-            while ((sends.Count > 0 || !EveryOtherRankLeft()) && clock.Elapsed < Timeout)
+            while ((sends.Count > 0 || !EveryOtherRankLeft()) && clock.Elapsed < timeout)
             {
                 for (int i = sends.Count - 1; i >= 0; i--)
                 {
