@@ -65,7 +65,7 @@ public sealed class RanncModule : IDisposable
         Optimizer = optimizer ?? throw new ArgumentNullException(nameof(optimizer));
         _world = communicator;
         _options = (options ?? new RanncOptions()).WithEnvironment();
-        if (_options.Timeout is { } timeout) Watchdog.SetTimeout(communicator, timeout);
+        if (_options.Timeout is { } timeout) communicator.WaitTimeout = timeout;
         _memory = MemoryReport.Start(_options.MemoryReportSteps, model, Optimizer, communicator);
         if (_options.TracePath is { } tracePath) _tracing = new StepTracing(tracePath, _options.TraceStep, communicator, Log);
     }
@@ -109,6 +109,7 @@ public sealed class RanncModule : IDisposable
         if (inputs.Length == 0 || inputs[0].dim() == 0) throw new ArgumentException("forward needs batch tensors (first dimension = batch).");
         bool training = _model.training && torch.is_grad_enabled();
         long step = _steps++;
+        using var position = TrainingPosition.Enter($"step {step}"); // for watchdog messages
         if (_options.CheckInputSteps is not int checkedSteps || step < checkedSteps)
             StepAgreement.Check(_world, StepAgreement.Of(inputs, training, _awaitingBackward, hashContents: true), step);
         _awaitingBackward = null;
@@ -293,14 +294,16 @@ public sealed class RanncModule : IDisposable
     public void LoadCheckpoint(string directory, bool loadOptimizerState = true)
     {
         (string folder, CheckpointManifest manifest) = CheckpointFolder.Open(directory);
-        Dictionary<string, Tensor> values = CheckpointTensors(folder, manifest, _model,
+        Dictionary<string, CheckpointEntry> entries = CheckpointEntries(folder, manifest, _model,
             (name, tensor) => _residency.IsReleased(GraphName(name)) ? _residency.ShapeOf(GraphName(name)) : tensor.shape);
         using (torch.no_grad())
         {
-            // Parameters of other stages hold no storage here: their owners load them.
+            // Only what this rank holds is read: parameters of other stages hold no storage here (their holders load them).
             foreach ((string name, Tensor local) in _model.state_dict())
             {
-                if (!_residency.IsReleased(GraphName(name))) local.copy_(values[name]);
+                if (_residency.IsReleased(GraphName(name))) continue;
+                using Tensor value = CheckpointFolder.ToTensor(entries[name], CheckpointFolder.Read(folder, entries[name]));
+                local.copy_(value);
             }
         }
         if (!loadOptimizerState) return;
@@ -317,7 +320,8 @@ public sealed class RanncModule : IDisposable
         var parameters = optimizer.parameters().ToList();
         for (int i = 0; i < parameters.Count; i++)
         {
-            if (!nameOfHandle.TryGetValue(parameters[i].Handle, out string? name)) continue;
+            // A parameter of another stage is never stepped here, so its state is not read either.
+            if (!nameOfHandle.TryGetValue(parameters[i].Handle, out string? name) || _residency.IsReleased(GraphName(name))) continue;
             if (!stored.TryGetValue(name, out CheckpointEntry? entry))
                 throw new InvalidDataException($"Checkpoint {folder} has no optimizer state for parameter '{name}'.");
             // Other stages' parameters: their owners load the state, this rank keeps none.
@@ -336,18 +340,25 @@ public sealed class RanncModule : IDisposable
     {
         ArgumentNullException.ThrowIfNull(model);
         (string folder, CheckpointManifest manifest) = CheckpointFolder.Open(checkpoint);
-        Dictionary<string, Tensor> values = CheckpointTensors(folder, manifest, model, (_, tensor) => tensor.shape);
+        Dictionary<string, CheckpointEntry> entries = CheckpointEntries(folder, manifest, model, (_, tensor) => tensor.shape);
         using (torch.no_grad())
         {
-            foreach ((string name, Tensor local) in model.state_dict()) local.copy_(values[name]);
+            foreach ((string name, Tensor local) in model.state_dict())
+            {
+                using Tensor value = CheckpointFolder.ToTensor(entries[name], CheckpointFolder.Read(folder, entries[name]));
+                local.copy_(value);
+            }
         }
         string? parent = Path.GetDirectoryName(Path.GetFullPath(modelPath));
         if (parent is not null) Directory.CreateDirectory(parent);
         model.save(modelPath);
     }
 
-    /// <summary>Every tensor of <paramref name="model"/>'s state dict from a checkpoint, checked against the model.</summary>
-    private static Dictionary<string, Tensor> CheckpointTensors(string folder, CheckpointManifest manifest, nn.Module model,
+    /// <summary>
+    /// The checkpoint's entry of every tensor of <paramref name="model"/>'s state dict, after checking names, dtypes
+    /// and shapes against the manifest (nothing is read yet: each rank reads only the entries it needs).
+    /// </summary>
+    private static Dictionary<string, CheckpointEntry> CheckpointEntries(string folder, CheckpointManifest manifest, nn.Module model,
         Func<string, Tensor, long[]> shapeOf)
     {
         var stored = manifest.Entries.Where(e => e.Kind == CheckpointEntry.TensorKind).ToDictionary(e => e.Name);
@@ -365,7 +376,7 @@ public sealed class RanncModule : IDisposable
             throw new InvalidDataException(
                 $"Checkpoint {folder} was written for a different model ({problems.Count} difference(s)):\n  " + string.Join("\n  ", problems.Take(20)));
         }
-        return local.Keys.ToDictionary(name => name, name => CheckpointFolder.ToTensor(stored[name], CheckpointFolder.Read(folder, stored[name])));
+        return local.Keys.ToDictionary(name => name, name => stored[name]);
     }
 
     /// <summary>

@@ -54,13 +54,13 @@ public sealed class InProcessWatchdogTests
     }
 
     [Fact]
-    public void SetTimeout_ReplacesTheDeadlineOfTheRunningJob()
+    public void SettingWaitTimeout_ReplacesTheDeadlineOfTheRunningJob()
     {
         // What RanncModule does with RanncOptions.Timeout: the launcher's 60 s deadline becomes 1 s.
         var clock = Stopwatch.StartNew();
         var failure = Assert.Throws<RankFailedException>(() => InProcessLauncher.Run(2, comm =>
         {
-            Watchdog.SetTimeout(comm, TimeSpan.FromSeconds(1));
+            comm.WaitTimeout = TimeSpan.FromSeconds(1);
             comm.Barrier();
             if (comm.Rank == 1) Thread.Sleep(TimeSpan.FromSeconds(30));
             comm.Barrier();
@@ -113,29 +113,55 @@ public sealed partial class MpiWatchdogTests
     }
 
     [Fact]
-    public void AStoppedRank_EndsTheJobAtTheDeadlineNamingWhatTheOthersWaitFor()
+    public void AStoppedBertRankOn2x2_EndsTheJobAtTheDeadlineNamingWhatTheOthersWaitFor()
     {
         int stoppedPid = 0;
         long stoppedAtTicks = 0;
         var clock = Stopwatch.StartNew();
-        MpiJobResult result = MpiJob.RunWorker(4, "train-until-stopped", TimeSpan.FromSeconds(180),
-            new Dictionary<string, string> { ["RANNC_TIMEOUT"] = "20" },
-            line =>
-            {
-                // Rank 3 is stopped once training is under way (step 20 printed by rank 0).
-                Match pid = PidLine().Match(line);
-                if (pid.Success && pid.Groups[1].Value == "3") Volatile.Write(ref stoppedPid, int.Parse(pid.Groups[2].Value, CultureInfo.InvariantCulture));
-                if (line.Contains("rank 0 step 20", StringComparison.Ordinal) && Volatile.Read(ref stoppedPid) is > 0 and int p && Interlocked.CompareExchange(ref stoppedAtTicks, clock.Elapsed.Ticks, 0) == 0)
-                    Signal("STOP", p);
-            });
-        if (stoppedPid > 0) Signal("KILL", stoppedPid); // never leave a stopped process behind
+        MpiJobResult result;
+        try
+        {
+            result = MpiJob.RunWorker(4, "train-until-stopped", TimeSpan.FromSeconds(180),
+                new Dictionary<string, string> { ["RANNC_TIMEOUT"] = "20" },
+                line =>
+                {
+                    // Rank 3 is stopped once training is under way (step 20 printed by rank 0).
+                    Match pid = PidLine().Match(line);
+                    if (pid.Success && pid.Groups[1].Value == "3") Volatile.Write(ref stoppedPid, int.Parse(pid.Groups[2].Value, CultureInfo.InvariantCulture));
+                    if (line.Contains("rank 0 step 20", StringComparison.Ordinal) && Volatile.Read(ref stoppedPid) is > 0 and int p && Interlocked.CompareExchange(ref stoppedAtTicks, clock.Elapsed.Ticks, 0) == 0)
+                        Signal("STOP", p);
+                });
+        }
+        finally
+        {
+            // Never leave a stopped process behind, whatever happened (SIGKILL ends a stopped process too).
+            if (Volatile.Read(ref stoppedPid) is > 0 and int p) Signal("KILL", p);
+        }
         Assert.True(stoppedAtTicks > 0, $"training never reached step 20:\n{result.Output}");
         TimeSpan afterStop = clock.Elapsed - TimeSpan.FromTicks(stoppedAtTicks);
         Assert.False(result.TimedOut, $"hung until killed:\n{result.Output}");
         Assert.NotEqual(0, result.ExitCode);
         Assert.True(afterStop < TimeSpan.FromSeconds(60), $"ended {afterStop} after the stop:\n{result.Output}");
-        Assert.Contains("watchdog: rank", result.Output);
-        Assert.Matches(@"watchdog: rank [0-2] waited 2\d(\.\d)? s \(RANNC_TIMEOUT=20\) for ", result.Output);
+        // The waiting rank names what it waits for (transfer or collective, where in training) and on whom.
+        Assert.Matches(@"watchdog: rank [0-2] waited 2\d(\.\d)? s \(RANNC_TIMEOUT=20\) for .+ during step \d+\b.*, waiting on .*rank\(s\) [\d, ]+", result.Output);
+        Assert.Contains("; last completed: ", result.Output);
+    }
+
+    [Fact]
+    public void ABertRankThatReturnsEarlyOn2x2_EndsTheJobWithin10SecondsNamingIt()
+    {
+        long leftAtTicks = 0;
+        var clock = Stopwatch.StartNew();
+        MpiJobResult result = MpiJob.RunWorker(4, "train-then-leave", TimeSpan.FromSeconds(180), onLine: line =>
+        {
+            if (line.Contains("rank 3 leaves after step", StringComparison.Ordinal)) Interlocked.CompareExchange(ref leftAtTicks, clock.Elapsed.Ticks, 0);
+        });
+        Assert.False(result.TimedOut, $"hung until killed:\n{result.Output}");
+        Assert.True(leftAtTicks > 0, $"rank 3 never left:\n{result.Output}");
+        TimeSpan afterLeaving = clock.Elapsed - TimeSpan.FromTicks(leftAtTicks);
+        Assert.NotEqual(0, result.ExitCode);
+        Assert.True(afterLeaving < TimeSpan.FromSeconds(10), $"ended {afterLeaving} after rank 3 left:\n{result.Output}");
+        Assert.Matches(@"rank 3 left the program \(its delegate returned or its process exited\) while rank [0-2] waited for .+ during step 11\b", result.Output);
     }
 
     private static void Signal(string signal, int pid)

@@ -29,7 +29,7 @@ public static class AmbientCommunicator
     {
         TorchNatives.EnsureLoadable();
         if (!MpiEnvironment.IsLaunchedByMpi) return SingleRank();
-        MpiCommunicator world = MpiCommunicator.InitializeWorld();
+        MpiCommunicator world = MpiEnvironment.InitializeWorldOrExit(); // Open MPI or no MPICH: message, exit code 1
         // mpiexec would leave libtorch at one thread per rank.
         torch.set_num_threads(Math.Max(1, Environment.ProcessorCount / MpiEnvironment.LocalRanks));
         AppDomain.CurrentDomain.ProcessExit += (_, _) => world.Dispose();

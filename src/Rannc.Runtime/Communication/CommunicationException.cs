@@ -17,3 +17,9 @@ public sealed class JobAbortedException(string message, bool isOrigin = false) :
     /// <summary>True on the rank that called Abort; false on ranks stopped because of another rank.</summary>
     public bool IsOrigin { get; } = isOrigin;
 }
+
+/// <summary>
+/// The MPI environment cannot work (Open MPI's launcher or library, no MPICH-ABI library, too low a thread level).
+/// <see cref="RankLauncher"/> and <see cref="AmbientCommunicator"/> print its message and exit with code 1.
+/// </summary>
+public sealed class MpiEnvironmentException(string message) : Exception(message);

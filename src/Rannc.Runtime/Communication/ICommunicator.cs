@@ -42,6 +42,13 @@ public interface ICommunicator : IDisposable
     /// <summary>Number of ranks in the group.</summary>
     int Size { get; }
 
+    /// <summary>
+    /// The watchdog's deadline for every blocking wait (<c>RANNC_TIMEOUT</c> seconds when the communicator was made,
+    /// else 600 s). It belongs to the job: setting it on any communicator also changes the groups split from the same
+    /// world (in-process: every rank's; under MPI: this process's).
+    /// </summary>
+    TimeSpan WaitTimeout { get; set; }
+
     /// <summary>Sends <paramref name="tensor"/> to <paramref name="destination"/>; returns when the tensor may be reused.</summary>
     void Send(Tensor tensor, int destination, int tag);
 

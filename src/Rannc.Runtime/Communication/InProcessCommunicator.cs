@@ -25,6 +25,12 @@ public sealed class InProcessCommunicator : ICommunicator
 
     public int Size => _group.WorldRanks.Length;
 
+    public TimeSpan WaitTimeout
+    {
+        get => Job.WaitTimeout;
+        set => Job.WaitTimeout = Watchdog.CheckTimeout(value);
+    }
+
     internal InProcessJob Job => _group.Job;
 
     public void Send(Tensor tensor, int destination, int tag) => StartSend(tensor, destination, tag).Wait();
@@ -36,7 +42,8 @@ public sealed class InProcessCommunicator : ICommunicator
         TensorBuffers.CheckPointToPoint(tensor, destination, Size, tag, "Send");
         ThrowIfStopped();
         Job.MailboxOf(_group.WorldRanks[destination]).Deliver(_group.Id, Rank, tag, tensor);
-        var request = new InProcessRequest(Job, _worldRank, _group.WorldRanks[destination], $"Send to rank {_group.WorldRanks[destination]} tag {tag}");
+        var request = new InProcessRequest(Job, _worldRank, _group.WorldRanks[destination],
+            TrainingPosition.Describe($"Send to rank {_group.WorldRanks[destination]} tag {tag}"));
         request.Succeed(); // buffered: the data has been copied or delivered
         return request;
     }
@@ -46,7 +53,7 @@ public sealed class InProcessCommunicator : ICommunicator
         TensorBuffers.CheckPointToPoint(into, source, Size, tag, "Receive");
         ThrowIfStopped();
         var request = new InProcessRequest(Job, _worldRank, _group.WorldRanks[source],
-            $"Receive from rank {_group.WorldRanks[source]} tag {tag} ({TensorBuffers.ByteCount(into)} bytes, group {_group.Id})");
+            TrainingPosition.Describe($"Receive from rank {_group.WorldRanks[source]} tag {tag} ({TensorBuffers.ByteCount(into)} bytes, group {_group.Id})"));
         Job.MailboxOf(_worldRank).Post(new PostedReceive(_group.Id, source, tag, into, request));
         return request;
     }

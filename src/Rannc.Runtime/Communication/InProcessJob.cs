@@ -261,6 +261,7 @@ internal sealed class Rendezvous(InProcessJob job, int[] worldRanks)
 
     public object?[] Exchange(int groupRank, int worldRank, object? value, string operation)
     {
+        string description = TrainingPosition.Describe($"{operation} (collective of world ranks {string.Join(",", worldRanks)})");
         ManualResetEventSlim released;
         long generation;
         lock (_lock)
@@ -278,12 +279,12 @@ internal sealed class Rendezvous(InProcessJob job, int[] worldRanks)
                 _generation++;
                 _released[_generation % 2].Reset(); // the next generation's event; nobody waits on it yet
                 job.NoteProgress();
-                job.NoteCompleted(worldRank, $"{operation} (collective of {size} ranks)");
+                job.NoteCompleted(worldRank, description);
                 released.Set();
                 return _lastResult;
             }
         }
-        job.Wait(worldRank, released, () => $"{operation} (collective of {size} ranks)", () => Missing(generation));
+        job.Wait(worldRank, released, () => description, () => Missing(generation));
         lock (_lock)
         {
             // Generation g's result stays readable until generation g+1 completes, which needs this rank to arrive.

@@ -21,12 +21,14 @@ public sealed class MpiCommunicator : ICommunicator
     private readonly int _comm;
     private readonly bool _isWorld;
     private readonly int[] _worldRanks; // the watchdog names and tracks peers by world rank
+    private readonly MpiDeadline _deadline;
     private bool _disposed;
 
-    private MpiCommunicator(int comm, bool isWorld)
+    private MpiCommunicator(int comm, bool isWorld, MpiDeadline deadline)
     {
         _comm = comm;
         _isWorld = isWorld;
+        _deadline = deadline;
         MpiEnvironment.Check(MpiNative.MPI_Comm_rank(comm, out int rank), "MPI_Comm_rank");
         MpiEnvironment.Check(MpiNative.MPI_Comm_size(comm, out int size), "MPI_Comm_size");
         Rank = rank;
@@ -58,12 +60,21 @@ public sealed class MpiCommunicator : ICommunicator
     public static MpiCommunicator InitializeWorld()
     {
         MpiEnvironment.Initialize();
-        return new MpiCommunicator(MpiNative.MPI_COMM_WORLD, isWorld: true);
+        var deadline = new MpiDeadline(Watchdog.TimeoutFromEnvironment());
+        // Environment.Exit inside the delegate skips RankLauncher's notice; the others should still hear of it.
+        AppDomain.CurrentDomain.ProcessExit += (_, _) => MpiWatchdog.AnnounceLeaving(deadline.Timeout);
+        return new MpiCommunicator(MpiNative.MPI_COMM_WORLD, isWorld: true, deadline);
     }
 
     public int Rank { get; }
 
     public int Size { get; }
+
+    public TimeSpan WaitTimeout
+    {
+        get => _deadline.Timeout;
+        set => _deadline.Timeout = Watchdog.CheckTimeout(value);
+    }
 
     public void Send(Tensor tensor, int destination, int tag) => StartSend(tensor, destination, tag).Wait();
 
@@ -172,8 +183,11 @@ public sealed class MpiCommunicator : ICommunicator
     }
 
     /// <summary>Waits for one collective request under the watchdog; every member of this group is awaited.</summary>
-    private void WaitCollective(int request, string what, long bytes = 0) =>
-        MpiWatchdog.WaitAll([request], () => $"{what} (collective of world ranks {string.Join(",", _worldRanks)})", _worldRanks, bytes);
+    private void WaitCollective(int request, string what, long bytes = 0)
+    {
+        string description = TrainingPosition.Describe($"{what} (collective of world ranks {string.Join(",", _worldRanks)})");
+        MpiWatchdog.WaitAll([request], () => description, _worldRanks, bytes, _deadline.Timeout);
+    }
 
     public T[] AllGather<T>(T value)
     {
@@ -214,7 +228,7 @@ public sealed class MpiCommunicator : ICommunicator
         // MPI_Comm_split has no non-blocking form: a barrier under the watchdog first, so the split itself cannot hang.
         BarrierNamed($"Split (color {color})");
         MpiEnvironment.Check(MpiNative.MPI_Comm_split(_comm, color, key, out int newComm), "MPI_Comm_split");
-        return new MpiCommunicator(newComm, isWorld: false);
+        return new MpiCommunicator(newComm, isWorld: false, _deadline);
     }
 
     /// <summary>
@@ -273,7 +287,7 @@ public sealed class MpiCommunicator : ICommunicator
         _disposed = true;
         if (_isWorld)
         {
-            MpiEnvironment.FinalizeMpi();
+            MpiEnvironment.FinalizeMpi(_deadline.Timeout);
         }
         else
         {
@@ -384,7 +398,8 @@ public sealed class MpiCommunicator : ICommunicator
             _owner = owner;
             _tensor = tensor;
             _peerWorldRank = owner._worldRanks[peer];
-            _description = $"{description} ({TensorBuffers.ByteCount(tensor)} bytes, {(owner._isWorld ? "world" : "sub-group")} communicator)";
+            _description = TrainingPosition.Describe(
+                $"{description} ({TensorBuffers.ByteCount(tensor)} bytes, {(owner._isWorld ? "world" : "sub-group")} communicator)");
             Header = Marshal.AllocHGlobal(MessageHeader.Bytes);
         }
 
@@ -409,7 +424,7 @@ public sealed class MpiCommunicator : ICommunicator
             if (_completed) return;
             try
             {
-                MpiWatchdog.WaitAll(_requests, () => _description, [_peerWorldRank], TensorBuffers.ByteCount(_tensor),
+                MpiWatchdog.WaitAll(_requests, () => _description, [_peerWorldRank], TensorBuffers.ByteCount(_tensor), _owner.WaitTimeout,
                     _expectHeaderFrom is { } from ? () => CheckHeader(from.Source, from.Tag) : null);
             }
             finally

@@ -11,6 +11,9 @@ namespace Rannc.Communication;
 /// </summary>
 public static class MpiEnvironment
 {
+    /// <summary>Names or paths an MPICH-ABI library to load instead of searching the usual names (a non-standard install).</summary>
+    public const string LibraryVariable = "RANNC_MPI_LIBRARY";
+
     private static readonly string[] MpichAbiLibraries = ["libmpich.so.12", "libmpi.so.12", "libmpich.so"];
     private static readonly object InitLock = new();
     private static bool s_resolverInstalled;
@@ -32,17 +35,40 @@ public static class MpiEnvironment
 
     private static bool Has(string name) => !string.IsNullOrEmpty(Environment.GetEnvironmentVariable(name));
 
+    /// <summary>
+    /// The MPI world for a program (<see cref="RankLauncher"/>, <see cref="AmbientCommunicator"/>). An MPI environment
+    /// that cannot work ends the process with its explanation and exit code 1: no caller can do better, and a stack
+    /// trace would bury the explanation.
+    /// </summary>
+    internal static MpiCommunicator InitializeWorldOrExit()
+    {
+        try
+        {
+            return MpiCommunicator.InitializeWorld();
+        }
+        catch (MpiEnvironmentException e)
+        {
+            Console.Out.Flush();
+            Console.Error.WriteLine($"Rannc: {e.Message}");
+            Console.Error.Flush();
+            Environment.Exit(1);
+            throw; // Environment.Exit does not return
+        }
+    }
+
     /// <summary>Initialises MPI with MPI_THREAD_MULTIPLE (once per process) and makes errors return codes.</summary>
+    /// <exception cref="MpiEnvironmentException">Open MPI's launcher, no MPICH-ABI library, or too low a thread level.</exception>
     internal static void Initialize()
     {
         lock (InitLock)
         {
             if (Has("OMPI_COMM_WORLD_SIZE"))
             {
-                throw new PlatformNotSupportedException(
+                throw new MpiEnvironmentException(
                     "This process was started by Open MPI's mpiexec, but Rannc's MPI layer needs an MPICH-ABI library " +
                     "(MPI.NET uses MPICH handles). Install MPICH and launch with mpiexec.mpich (or mpiexec.hydra).");
             }
+            if (s_library == IntPtr.Zero) s_library = LoadMpichAbiLibrary();
             InstallResolver();
             Check(MpiNative.MPI_Initialized(out int initialized), "MPI_Initialized");
             if (initialized != 0) return;
@@ -53,7 +79,7 @@ public static class MpiEnvironment
                 Check(MpiNative.MPI_Init_thread(ref argc, ref argv, MpiNative.MPI_THREAD_MULTIPLE, out int provided), "MPI_Init_thread");
                 if (provided < MpiNative.MPI_THREAD_MULTIPLE)
                 {
-                    throw new CommunicationException(
+                    throw new MpiEnvironmentException(
                         $"The MPI library provides thread level {provided}, but Rannc needs MPI_THREAD_MULTIPLE (3).");
                 }
             }
@@ -63,13 +89,62 @@ public static class MpiEnvironment
         }
     }
 
-    internal static void FinalizeMpi()
+    /// <summary>
+    /// Loads the library named by <c>RANNC_MPI_LIBRARY</c>, or the first of the usual MPICH-ABI names, and checks
+    /// that it is an MPI library and not Open MPI's (whose handles differ, so every call would be wrong).
+    /// </summary>
+    private static IntPtr LoadMpichAbiLibrary()
+    {
+        const string Install = "Install MPICH (Debian/Ubuntu: apt-get install mpich)";
+        string? chosen = Environment.GetEnvironmentVariable(LibraryVariable);
+        IntPtr handle;
+        string name;
+        if (!string.IsNullOrEmpty(chosen))
+        {
+            name = chosen;
+            if (!NativeLibrary.TryLoad(chosen, out handle))
+            {
+                throw new MpiEnvironmentException(
+                    $"No MPICH-ABI MPI library found: {LibraryVariable}='{chosen}' could not be loaded. " +
+                    $"{Install}, or set {LibraryVariable} to the path of its libmpich.so.12.");
+            }
+        }
+        else
+        {
+            name = "";
+            handle = IntPtr.Zero;
+            foreach (string candidate in MpichAbiLibraries)
+            {
+                if (!NativeLibrary.TryLoad(candidate, out handle)) continue;
+                name = candidate;
+                break;
+            }
+            if (handle == IntPtr.Zero)
+            {
+                throw new MpiEnvironmentException(
+                    $"No MPICH-ABI MPI library found (tried {string.Join(", ", MpichAbiLibraries)}). " +
+                    $"{Install}, or set {LibraryVariable} to the path of its libmpich.so.12.");
+            }
+        }
+        if (!NativeLibrary.TryGetExport(handle, "MPI_Init_thread", out _))
+            throw new MpiEnvironmentException($"'{name}' is not an MPI library (it has no MPI_Init_thread). {Install}.");
+        if (NativeLibrary.TryGetExport(handle, "ompi_mpi_comm_world", out _))
+        {
+            throw new MpiEnvironmentException(
+                $"'{name}' is Open MPI's library, but Rannc's MPI layer needs an MPICH-ABI library (MPI.NET uses MPICH " +
+                $"handles). {Install} and launch with mpiexec.mpich (or mpiexec.hydra).");
+        }
+        return handle;
+    }
+
+    /// <param name="leaveTimeout">How long the leave notices may take (the world's deadline).</param>
+    internal static void FinalizeMpi(TimeSpan leaveTimeout)
     {
         lock (InitLock)
         {
             Check(MpiNative.MPI_Finalized(out int finalized), "MPI_Finalized");
             if (finalized != 0) return;
-            MpiWatchdog.AnnounceLeaving(); // also withdraws the pending notice receive, which must not outlive MPI
+            MpiWatchdog.AnnounceLeaving(leaveTimeout); // also withdraws the pending notice receive, which must not outlive MPI
             MpiNative.MPI_Finalize();
         }
     }
@@ -81,21 +156,9 @@ public static class MpiEnvironment
         s_resolverInstalled = true;
     }
 
-    private static IntPtr ResolveMpiLibrary(string name, Assembly assembly, DllImportSearchPath? searchPath)
-    {
-        if (!name.StartsWith("msmpi", StringComparison.OrdinalIgnoreCase)) return IntPtr.Zero;
-        foreach (string candidate in MpichAbiLibraries)
-        {
-            if (NativeLibrary.TryLoad(candidate, out IntPtr handle))
-            {
-                s_library = handle;
-                return handle;
-            }
-        }
-        throw new DllNotFoundException(
-            $"No MPICH-ABI MPI library found (tried {string.Join(", ", MpichAbiLibraries)}). " +
-            "Install MPICH (Debian/Ubuntu: apt-get install mpich).");
-    }
+    /// <summary>MPI.NET's DllImports of <c>msmpi</c> go to the library <see cref="Initialize"/> loaded and checked.</summary>
+    private static IntPtr ResolveMpiLibrary(string name, Assembly assembly, DllImportSearchPath? searchPath) =>
+        name.StartsWith("msmpi", StringComparison.OrdinalIgnoreCase) ? s_library : IntPtr.Zero;
 
     /// <summary>
     /// MPI_Request_get_status: tests a request without freeing it (MPI.NET does not bind it). Returns true when done.

@@ -17,13 +17,14 @@ public static class RankLauncher
     /// <summary>
     /// Runs <paramref name="body"/> as this process's MPI rank (also <see cref="AmbientCommunicator.Current"/> while it
     /// runs). If it throws, the rank prints its exception (with its rank) to stderr and aborts the whole MPI job, so the
-    /// launcher exits non-zero within seconds instead of leaving the other ranks blocked. Sets libtorch's thread count to the cores per local rank (mpiexec would make it 1).
+    /// launcher exits non-zero within seconds instead of leaving the other ranks blocked. An MPI environment that
+    /// cannot work (Open MPI, no MPICH) ends the process with its explanation and exit code 1. Sets libtorch's thread count to the cores per local rank (mpiexec would make it 1).
     /// </summary>
     public static void RunMpi(Action<ICommunicator> body, int? torchThreads = null)
     {
         ArgumentNullException.ThrowIfNull(body);
         TorchNatives.EnsureLoadable();
-        MpiCommunicator world = MpiCommunicator.InitializeWorld();
+        MpiCommunicator world = MpiEnvironment.InitializeWorldOrExit();
         torch.set_num_threads(torchThreads ?? Math.Max(1, Environment.ProcessorCount / MpiEnvironment.LocalRanks));
         try
         {

@@ -7,7 +7,8 @@ namespace Rannc.Communication;
 
 /// <summary>
 /// The deadline of every blocking wait of a communicator (<c>RANNC_TIMEOUT</c>, seconds; default 600 like PyTorch's
-/// NCCL watchdog). Communicators exist before <c>RanncOptions</c> do, so they read the variable where they are made.
+/// NCCL watchdog). Communicators exist before <c>RanncOptions</c> do, so they read the variable where they are made;
+/// the deadline itself lives in each job (<see cref="ICommunicator.WaitTimeout"/>).
 /// </summary>
 public static class Watchdog
 {
@@ -19,16 +20,11 @@ public static class Watchdog
     public static TimeSpan TimeoutFromEnvironment() =>
         Environment.GetEnvironmentVariable(Variable) is { Length: > 0 } text ? ParseTimeout(text) : DefaultTimeout;
 
-    /// <summary>Replaces the deadline of <paramref name="communicator"/>'s job (MPI: this process; in-process: every rank).</summary>
-    public static void SetTimeout(ICommunicator communicator, TimeSpan timeout)
+    /// <summary>Returns <paramref name="timeout"/> when it can be a deadline (above zero).</summary>
+    internal static TimeSpan CheckTimeout(TimeSpan timeout)
     {
         ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(timeout, TimeSpan.Zero);
-        switch (communicator)
-        {
-            case MpiCommunicator: MpiWatchdog.Timeout = timeout; break;
-            case InProcessCommunicator inProcess: inProcess.Job.WaitTimeout = timeout; break;
-            default: throw new ArgumentException($"{communicator.GetType().Name} has no watchdog.", nameof(communicator));
-        }
+        return timeout;
     }
 
     /// <summary>Parses a positive number of seconds; the error names the variable and the accepted form.</summary>
@@ -71,14 +67,12 @@ internal static unsafe class MpiWatchdog
     private static string s_lastCompleted = "nothing yet";
     private static long s_lastCompletedAt;
 
-    public static TimeSpan Timeout { get; set; } = Watchdog.DefaultTimeout;
-
     private static delegate* unmanaged<int*, int*, MpiNative.MPI_Status*, int> s_test;
     private static delegate* unmanaged<int*, int> s_cancel;
     private static delegate* unmanaged<int*, int> s_requestFree;
     private static delegate* unmanaged<int, int*, int> s_commDup;
 
-    /// <summary>Called once after MPI_Init: binds the calls MPI.NET lacks, reads the deadline, posts the notice receive.</summary>
+    /// <summary>Called once after MPI_Init: binds the calls MPI.NET lacks, posts the notice receive.</summary>
     public static void Start(IntPtr library)
     {
         lock (NoticeLock)
@@ -88,7 +82,6 @@ internal static unsafe class MpiWatchdog
             s_cancel = (delegate* unmanaged<int*, int>)NativeLibrary.GetExport(library, "MPI_Cancel");
             s_requestFree = (delegate* unmanaged<int*, int>)NativeLibrary.GetExport(library, "MPI_Request_free");
             s_commDup = (delegate* unmanaged<int, int*, int>)NativeLibrary.GetExport(library, "MPI_Comm_dup");
-            Timeout = Watchdog.TimeoutFromEnvironment();
             MpiEnvironment.Check(MpiNative.MPI_Comm_rank(MpiNative.MPI_COMM_WORLD, out s_worldRank), "MPI_Comm_rank");
             MpiEnvironment.Check(MpiNative.MPI_Comm_size(MpiNative.MPI_COMM_WORLD, out int size), "MPI_Comm_size");
             int dup;
@@ -100,8 +93,6 @@ internal static unsafe class MpiWatchdog
             *s_noticeOut = s_worldRank;
             PostNoticeReceive();
             s_started = true;
-            // Environment.Exit inside the delegate skips RankLauncher's notice; the others should still hear of it.
-            AppDomain.CurrentDomain.ProcessExit += (_, _) => AnnounceLeaving();
         }
     }
 
@@ -131,8 +122,11 @@ internal static unsafe class MpiWatchdog
         }
     }
 
-    /// <summary>Tells every other rank that this one leaves the program (once; best effort, never blocks long).</summary>
-    public static void AnnounceLeaving()
+    /// <summary>
+    /// Tells every other rank that this one leaves the program (once; best effort), waiting at most
+    /// <paramref name="timeout"/> (the job's deadline) for the notices to be exchanged.
+    /// </summary>
+    public static void AnnounceLeaving(TimeSpan timeout)
     {
         lock (NoticeLock)
         {
@@ -151,7 +145,7 @@ internal static unsafe class MpiWatchdog
             // flushes in-flight messages while the peers already sit in the launcher's exit barrier, and never returns.
             // This waits like MPI_Finalize itself (for the slowest rank), but never longer than the deadline.
             var clock = Stopwatch.StartNew();
-            while ((sends.Count > 0 || !EveryOtherRankLeft()) && clock.Elapsed < Timeout)
+            while ((sends.Count > 0 || !EveryOtherRankLeft()) && clock.Elapsed < timeout)
             {
                 for (int i = sends.Count - 1; i >= 0; i--)
                 {
@@ -208,10 +202,11 @@ internal static unsafe class MpiWatchdog
     }
 
     /// <summary>
-    /// Waits for every request (freeing each as it completes). Aborts the job when the deadline passes or a rank in
+    /// Waits for every request (freeing each as it completes). Aborts the job when <paramref name="timeout"/> passes or a rank in
     /// <paramref name="awaitedWorldRanks"/> announced it left. <paramref name="onFirstComplete"/> runs when request 0 is done.
     /// </summary>
-    public static void WaitAll(List<int> requests, Func<string> describe, int[] awaitedWorldRanks, long bytes, Action? onFirstComplete = null)
+    public static void WaitAll(List<int> requests, Func<string> describe, int[] awaitedWorldRanks, long bytes, TimeSpan timeout,
+        Action? onFirstComplete = null)
     {
         // A large transfer keeps needing MPI calls to progress: spin at least as long as it takes at 1 GB/s.
         TimeSpan spinPhase = SpinPhase + TimeSpan.FromSeconds(bytes / 1e9);
@@ -247,7 +242,11 @@ internal static unsafe class MpiWatchdog
                 phaseStart = now;
                 sleepMs = 1;
             }
-            if (now > Timeout) Expire($"waited {now.TotalSeconds:0.#} s ({Watchdog.Variable}={Timeout.TotalSeconds:0.#}) for {describe()}");
+            if (now > timeout)
+            {
+                Expire($"waited {now.TotalSeconds:0.#} s ({Watchdog.Variable}={timeout.TotalSeconds:0.#}) for {describe()}, " +
+                    $"waiting on {WaitingOn(awaitedWorldRanks)}");
+            }
             PollNotices();
             int left = FirstLeft(awaitedWorldRanks);
             if (left >= 0)
@@ -269,6 +268,15 @@ internal static unsafe class MpiWatchdog
         }
     }
 
+    /// <summary>The ranks a wait depends on, in words: the peer of a transfer, or a collective's group.</summary>
+    private static string WaitingOn(int[] awaitedWorldRanks)
+    {
+        int[] others = awaitedWorldRanks.Where(r => r != s_worldRank).ToArray();
+        if (awaitedWorldRanks.Length == 1) return $"rank(s) {string.Join(", ", others)}";
+        // MPI's non-blocking collectives do not report which members hold them up.
+        return $"one or more of rank(s) {string.Join(", ", others)} (MPI does not tell which)";
+    }
+
     private static int FirstLeft(int[] worldRanks)
     {
         lock (NoticeLock)
@@ -286,4 +294,10 @@ internal static unsafe class MpiWatchdog
         string last = s_lastCompletedAt == 0 ? s_lastCompleted : $"{s_lastCompleted} ({ago:0.#} s ago)";
         MpiCommunicator.AbortJob($"watchdog: rank {s_worldRank} {what}; last completed: {last}");
     }
+}
+
+/// <summary>The deadline one MPI world and the groups split from it share (what <see cref="ICommunicator.WaitTimeout"/> sets).</summary>
+internal sealed class MpiDeadline(TimeSpan timeout)
+{
+    public TimeSpan Timeout { get; set; } = timeout;
 }

@@ -122,12 +122,16 @@ internal sealed class PipelineExecutor
     /// <summary>A step whose forward actions have run and whose backward actions wait for the output's gradient.</summary>
     internal sealed class DeferredStep(PipelineExecutor owner, Step step)
     {
+        // The backward pass runs later, from autograd: it continues the step the forward belonged to.
+        private readonly string? _position = TrainingPosition.Current;
+
         public IReadOnlyList<(SampleRange Samples, Tensor Value)> OutputSlices => owner.IsIdle ? [] : step.Result().OutputSlices;
 
         /// <summary>Runs the backward actions with the gradient of the whole (gathered) output; returns this rank's gradients.</summary>
         public IReadOnlyDictionary<string, Tensor> Backward(Tensor outputGradient)
         {
             if (owner.IsIdle) return new Dictionary<string, Tensor>();
+            using var position = TrainingPosition.Resume(_position);
             try
             {
                 step.SetOutputGradient(outputGradient);
@@ -160,6 +164,7 @@ internal sealed class PipelineExecutor
         {
             foreach (PipelineAction action in actions)
             {
+                using var position = TrainingPosition.Enter(DescribeAction(action));
                 long started = Recorder is null ? 0 : StepRecorder.Now();
                 step.TransferredBytes = 0;
                 switch (action.Kind)
@@ -199,7 +204,8 @@ internal sealed class PipelineExecutor
                 Recorder?.Action(action, started, step.TransferredBytes);
             }
             long waitStarted = Recorder is null || pending.Count == 0 ? 0 : StepRecorder.Now();
-            CommRequests.WaitAll(pending);
+            using (TrainingPosition.Enter($"stage {_stage} replica {_replica}, waiting for its sends to complete"))
+                CommRequests.WaitAll(pending);
             if (waitStarted != 0) Recorder?.Extra("wait for sends", "wait", _stage, waitStarted);
         }
         catch (Exception e) when (e is not JobAbortedException)
@@ -208,6 +214,23 @@ internal sealed class PipelineExecutor
                 $"Rank {_world.Rank} (stage {_stage}, replica {_replica}) failed while running its schedule: {e.Message}\n" +
                 $"Schedule (rank × step):\n{new PipelineSchedule(RankActionsForMessage()).FormatGrid(computeOnly: true)}", e);
         }
+    }
+
+    /// <summary>The action in words for watchdog messages ("stage 0 replica 1, receiving gradients of micro-batch 2 from rank 3").</summary>
+    private string DescribeAction(PipelineAction action)
+    {
+        string what = action.Kind switch
+        {
+            ActionKind.Forward => $"forward of micro-batch {action.MicroBatch}",
+            ActionKind.Backward => $"backward of micro-batch {action.MicroBatch}",
+            ActionKind.SendActivation => $"sending activations of micro-batch {action.MicroBatch} to rank {action.Peer}",
+            ActionKind.RecvActivation => $"receiving activations of micro-batch {action.MicroBatch} from rank {action.Peer}",
+            ActionKind.SendGradient => $"sending gradients of micro-batch {action.MicroBatch} to rank {action.Peer}",
+            ActionKind.RecvGradient => $"receiving gradients of micro-batch {action.MicroBatch} from rank {action.Peer}",
+            ActionKind.AllReduce => "all-reducing the stage's gradients among its replicas",
+            _ => action.ToString(),
+        };
+        return $"stage {_stage} replica {_replica}, {what}";
     }
 
     private IReadOnlyList<IReadOnlyList<PipelineAction>> RankActionsForMessage() =>
@@ -512,6 +535,7 @@ internal sealed class PipelineExecutor
             foreach ((SharedParameterGroup group, ICommunicator communicator) in owner._sharedGroups)
             {
                 var tensors = group.Names.Where(n => parameters[n].requires_grad).Select(n => GradientOf(n, parameters[n])).ToList();
+                using var position = TrainingPosition.Enter($"all-reducing the gradients of parameters shared between stages ({string.Join(", ", group.Names.Take(3))})");
                 communicator.AllReduce(tensors, ReduceOp.Sum);
             }
         }

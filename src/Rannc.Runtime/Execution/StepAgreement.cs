@@ -37,7 +37,8 @@ internal sealed record StepAgreement(string[] Inputs, bool Training, long? Misse
     /// <summary>Gathers every rank's agreement and throws, naming the ranks and inputs, when they differ.</summary>
     public static void Check(ICommunicator world, StepAgreement mine, long step)
     {
-        StepAgreement[] all = world.AllGather(mine);
+        StepAgreement[] all;
+        using (TrainingPosition.Enter("checking that every rank passes the same inputs")) all = world.AllGather(mine);
         StepAgreement first = all[0];
         var problems = new List<string>();
         if (all.Any(a => a.Inputs.Length != first.Inputs.Length))

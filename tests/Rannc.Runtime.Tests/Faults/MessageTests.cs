@@ -19,6 +19,10 @@ public sealed class MessageTests
     [InlineData("RANNC_SCHEDULE", "zigzag", "RANNC_SCHEDULE: 'zigzag' is not a schedule; use auto, gpipe, 1f1b or zb")]
     [InlineData("RANNC_MICRO_BATCHES", "-1", "RANNC_MICRO_BATCHES='-1' must be a positive integer")]
     [InlineData("RANNC_VERIFY", "yes", "RANNC_VERIFY='yes'")]
+    [InlineData("RANNC_MEM_MARGIN", "1.5", "RANNC_MEM_MARGIN='1.5' must be a number in [0, 1)")]
+    [InlineData("RANNC_CHECK_INPUTS", "some", "RANNC_CHECK_INPUTS='some' must be 'all' or a number of steps (0 or more)")]
+    [InlineData("RANNC_MIN_SLICE_SAMPLES", "0", "RANNC_MIN_SLICE_SAMPLES='0' must be a positive integer")]
+    [InlineData("RANNC_PROFILE_REPEATS", "x", "RANNC_PROFILE_REPEATS='x' must be a positive integer")]
     public void BadEnvironmentVariable_NamesTheVariableAndTheForm(string name, string value, string expected)
     {
         var failure = Assert.Throws<FormatException>(() => new RanncOptions().WithVariables(n => n == name ? value : null));
