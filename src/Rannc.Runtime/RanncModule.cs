@@ -92,15 +92,15 @@ public sealed class RanncModule : IDisposable
         ArgumentNullException.ThrowIfNull(inputs);
         if (_failedBackward is { } failure)
             throw new InvalidOperationException($"The previous backward pass through the pipeline failed: {failure.Message}", failure);
-        if (inputs.Length == 0 || inputs[0].dim() == 0) throw new ArgumentException("forward needs batch tensors (first dimension = batch).");
+        if (inputs.Length == 0) throw new ArgumentException("forward needs the batch: forward()'s arguments.");
         bool training = _model.training && torch.is_grad_enabled();
         long step = _steps++;
         if (_options.CheckInputSteps is not int checkedSteps || step < checkedSteps)
             StepAgreement.Check(_world, StepAgreement.Of(inputs, training, _awaitingBackward, hashContents: true), step);
         _awaitingBackward = null;
-        int batch = (int)inputs[0].shape[0];
-        _deployed ??= Deploy(inputs, batch);
+        _deployed ??= Deploy(inputs);
         CheckInputsMatchFirstStep(inputs);
+        int batch = _deployed.Slicer.BatchSize(inputs);
         if (batch != _deployed.Plan.GlobalBatchSize)
         {
             throw new ArgumentException(
@@ -431,7 +431,7 @@ public sealed class RanncModule : IDisposable
                 _residency.ReleaseAgain();
             };
         }
-        if (new StepVerifier(deployed.Graph, deployed.Plan, deployed.Placement, deployed.Loss, _world)
+        if (new StepVerifier(deployed.Graph, deployed.Plan, deployed.Placement, deployed.Loss, _world, deployed.Slicer)
             .Verify(step, inputs, loss, normalised, ValueOf, Restore, _options.DeviceMemoryBytes ?? DefaultMemoryBudget(), Log))
         {
             LogOnce($"Rannc verify: step {step} matches the unpartitioned step.");
@@ -453,11 +453,16 @@ public sealed class RanncModule : IDisposable
     /// <summary>Every rank gets the whole output: the last stage's replicas fill their slices, a sum joins them.</summary>
     private Tensor GatherOutput(IReadOnlyList<(SampleRange Samples, Tensor Value)> slices)
     {
-        long[]?[] shapes = _world.AllGather(slices.Count > 0 ? slices[0].Value.shape : null);
-        long[] sliceShape = shapes.First(s => s is not null)!;
-        long[] shape = [_deployed!.Plan.GlobalBatchSize, .. sliceShape.Skip(1)];
+        // The first slice's sample count, then its shape.
+        long[]?[] shapes = _world.AllGather<long[]?>(slices.Count > 0 ? [slices[0].Samples.Count, .. slices[0].Value.shape] : null);
+        long[] first = shapes.First(s => s is not null)!;
+        int sliceSamples = (int)first[0];
+        long[] sliceShape = first[1..];
+        int outputValue = _deployed!.Graph.Outputs[0];
+        long[] shape = _deployed.Layout.ShapeForSamples(outputValue, sliceShape, sliceSamples, _deployed.Plan.GlobalBatchSize);
         Tensor output = torch.zeros(shape, _deployed.OutputDType);
-        foreach ((SampleRange samples, Tensor value) in slices) output.narrow(0, samples.Start, samples.Count).copy_(value);
+        foreach ((SampleRange samples, Tensor value) in slices)
+            _deployed.Layout.SliceSamples(outputValue, output, samples.Start, samples.Count).copy_(value);
         _world.AllReduce(output, ReduceOp.Sum);
         return output;
     }
@@ -489,7 +494,7 @@ public sealed class RanncModule : IDisposable
         }
     }
 
-    private Deployed Deploy(Tensor[] inputs, int batch)
+    private Deployed Deploy(Tensor[] inputs)
     {
         var clock = Stopwatch.StartNew();
         CheckSharedSettings();
@@ -503,9 +508,11 @@ public sealed class RanncModule : IDisposable
             throw new ArgumentException($"The model's forward() takes {graph.Inputs.Count} argument(s) but {inputs.Length} were given.");
         if (graph.Outputs.Count != 1)
             throw new NotSupportedException($"forward() returns {graph.Outputs.Count} values; Rannc supports one tensor (the loss) for now.");
+        var slicer = new InputSlicer(graph, _options.InputBatching);
+        int batch = slicer.BatchSize(inputs);
 
         int measureSamples = Math.Max(1, batch / 2);
-        object?[] SampleInputs(int n) => inputs.Select(t => (object?)t.narrow(0, 0, Math.Min(n, batch))).ToArray();
+        object?[] SampleInputs(int n) => slicer.Slice(inputs, 0, Math.Min(n, batch));
         IReadOnlyList<ValueMeasurement> small = graph.Measure(SampleInputs(measureSamples));
         IReadOnlyList<ValueMeasurement> large = batch >= 2 * measureSamples ? graph.Measure(SampleInputs(2 * measureSamples)) : small;
         PlanningGraph planningGraph = graph.ToPlanningGraph(small, large, measureSamples);
@@ -588,7 +595,7 @@ public sealed class RanncModule : IDisposable
         ICommunicator replicas = _world.Split(role?.Stage ?? plan.Stages.Count, _world.Rank);
         var owned = OwnedParameters(graph, placement, role?.Stage);
         var shared = SharedGroupCommunicators(placement, role?.Stage);
-        var executor = new PipelineExecutor(graph, layout, plan, schedule, _world, replicas, owned, shared, lossCombination);
+        var executor = new PipelineExecutor(graph, layout, plan, schedule, _world, replicas, owned, shared, lossCombination, slicer);
         // Only the parameters of this rank's stage stay in memory; the others are owned by other ranks.
         var usedElsewhere = graph.Nodes.SelectMany(n => n.Parameters).ToHashSet();
         usedElsewhere.ExceptWith(owned.Select(o => o.Name));
@@ -599,7 +606,7 @@ public sealed class RanncModule : IDisposable
                 .Select(b => b.buffer).ToList()
             : [];
         return new Deployed(graph, plan, executor, replicas, shared, owned, Owners(placement, plan), output.Shape!.Length == 0, outputDType, loaded,
-            lossCombination, buffers, placement, inputs.Select(t => (t.dtype, (int)t.dim())).ToArray());
+            lossCombination, buffers, placement, inputs.Select(t => (t.dtype, (int)t.dim())).ToArray(), slicer, layout);
     }
 
     /// <summary>How slice losses combine, from one run of the graph on a sample of the batch.</summary>
@@ -829,7 +836,7 @@ public sealed class RanncModule : IDisposable
         IReadOnlyList<(SharedParameterGroup Group, ICommunicator Communicator)> SharedGroups,
         IReadOnlyList<(string Name, Tensor Parameter)> OwnedParameters, IReadOnlyDictionary<string, int> Owners,
         bool OutputIsScalar, ScalarType OutputDType, bool Loaded, LossCombination Loss, IReadOnlyList<Tensor> ReplicaBuffers,
-        ParameterPlacement Placement, (ScalarType DType, int Dims)[] FirstInputs);
+        ParameterPlacement Placement, (ScalarType DType, int Dims)[] FirstInputs, InputSlicer Slicer, StageLayout Layout);
 
     /// <summary>Saves the model's buffers and the random state, and puts them back on dispose.</summary>
     private sealed class PreservedState : IDisposable

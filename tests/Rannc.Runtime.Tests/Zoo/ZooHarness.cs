@@ -15,8 +15,10 @@ namespace Rannc.Tests.Zoo;
 /// <param name="Classes">Number of classes of the labels.</param>
 /// <param name="BatchNorm">True when the model normalises over the batch: the reference then runs the plan's slices.</param>
 /// <param name="Target">The second argument of a step, from (batch, step); null: class labels.</param>
+/// <param name="Arguments">For a model whose forward() takes other arguments: all of them for a step, from (batch, step).</param>
+/// <param name="Forward">How plain TorchSharp calls the model with those arguments (null: forward(input, labels)).</param>
 public sealed record ZooModel(string Name, Func<nn.Module> Create, Func<int, int, Tensor> Input, int Classes, bool BatchNorm,
-    Func<int, int, Tensor>? Target = null);
+    Func<int, int, Tensor>? Target = null, Func<int, int, Tensor[]>? Arguments = null, Func<nn.Module, Tensor[], Tensor>? Forward = null);
 
 /// <summary>
 /// How a zoo test places its stages: by the planner under a forced shape, or by cutting before named nodes
@@ -48,7 +50,7 @@ internal static class ZooHarness
     public static nn.Module CreateSeeded(ZooModel model) => SeededModels.Create(() => ZooData.Seeded(model.Create), 4321);
 
     public static Tensor[] BatchOf(ZooModel model, int step) =>
-        [model.Input(Batch, step), model.Target?.Invoke(Batch, step) ?? ZooData.Labels(Batch, model.Classes, step)];
+        model.Arguments?.Invoke(Batch, step) ?? [model.Input(Batch, step), model.Target?.Invoke(Batch, step) ?? ZooData.Labels(Batch, model.Classes, step)];
 
     /// <summary>Leaf layers (modules without children) that forward() calls: every one must be a node of its own.</summary>
     public static void AssertOneNodePerLeafLayer(nn.Module model, CapturedGraph graph)
@@ -185,7 +187,8 @@ internal static class ZooHarness
             kind, stages, 0, 0, false);
         // A loaded plan must record the peaks the memory model gives (as RanncModule plans: half and whole batch measured).
         Tensor[] sample = BatchOf(zoo, 0);
-        object?[] Inputs(int n) => sample.Select(t => (object?)t.narrow(0, 0, n)).ToArray();
+        var slicer = new InputSlicer(graph);
+        object?[] Inputs(int n) => slicer.Slice(sample, 0, n);
         Graph planning = graph.ToPlanningGraph(graph.Measure(Inputs(Batch / 2)), graph.Measure(Inputs(Batch)), Batch / 2);
         var cluster = new Cluster(1, replicas.Sum(), DeviceMemory, 4e9, 5e-6, 4e9, 5e-6);
         var options = new PlanningOptions(Batch)
@@ -211,7 +214,8 @@ internal static class ZooHarness
     internal static (double[] Losses, Dictionary<string, Tensor> LastGradients, Dictionary<string, Tensor> Parameters) TrainReference(
         ZooModel zoo, Tensor[][] batches, SampleRange[] slices, string optimizerName)
     {
-        var model = (nn.Module<Tensor, Tensor, Tensor>)CreateSeeded(zoo);
+        nn.Module model = CreateSeeded(zoo);
+        Func<nn.Module, Tensor[], Tensor> forward = zoo.Forward ?? ((m, b) => ((nn.Module<Tensor, Tensor, Tensor>)m).forward(b[0], b[1]));
         optim.Optimizer optimizer = CreateOptimizer(model, optimizerName);
         var losses = new double[Steps];
         var gradients = new Dictionary<string, Tensor>();
@@ -221,8 +225,10 @@ internal static class ZooHarness
             foreach (SampleRange slice in slices)
             {
                 // The model may write into its input in place: give it a copy, as Rannc keeps the caller's batch unchanged.
-                Tensor input = batches[step][0].narrow(0, slice.Start, slice.Count).clone();
-                Tensor loss = model.forward(input, batches[step][1].narrow(0, slice.Start, slice.Count)) * ((double)slice.Count / Batch);
+                Tensor[] inputs = slice.Count == Batch
+                    ? batches[step].Select(t => t.clone()).ToArray()
+                    : batches[step].Select(t => t.narrow(0, slice.Start, slice.Count).clone()).ToArray();
+                Tensor loss = forward(model, inputs) * ((double)slice.Count / Batch);
                 loss.backward();
                 losses[step] += loss.item<double>();
             }

@@ -19,6 +19,8 @@ public sealed class ZooTests
         ["inplace"] = ZooCatalog.InPlace,
         ["alias"] = ZooCatalog.Alias,
         ["unet"] = ZooCatalog.UNet,
+        ["transformer"] = ZooCatalog.Transformer,
+        ["text"] = ZooCatalog.TextClassifier,
     };
 
     /// <summary>Per model: the planner's cut, and hand-made cuts inside Sequentials (before in-place layers where possible).</summary>
@@ -37,6 +39,9 @@ public sealed class ZooTests
         Add("mobilenet", "features.4.conv.2", "features.3.conv.2;features.4.conv.3;features.5.conv.5", "features.5.conv.2");
         Add("inplace", "relu_", "relu_;mul_;act_1", "mul_");
         Add("unet", "down1.1.3", "inc.2;down2.1.0;conv1.3", "down1.1.2");
+        // Sequence-first inputs ([Batch(1)]) with a shared [NotBatched] mask, and a ragged batch cut by its offsets.
+        Add("transformer", "decoder.0.feedForward.1", "encoder.0.feedForward.1;encoder.1.feedForward.2;decoder.1.feedForward.1", "encoder.1.feedForward.1");
+        Add("text", "classifier.3", "classifier.1;classifier.3;classifier.5", "classifier.1");
         // The middle stage writes into a received value that the last stage reads too: its gradient flows back through the ReLU.
         data.Add("alias", "act;addition 1,1,1", "1f1b", "sgd");
         data.Add("alias", "act;addition 1,1,1", "gpipe", "adam");
@@ -61,6 +66,8 @@ public sealed class ZooTests
     [InlineData("mobilenet")]
     [InlineData("inplace")]
     [InlineData("unet")]
+    [InlineData("transformer")]
+    [InlineData("text")]
     public void Zoo_CapturesOneNodePerLeafLayer(string model)
     {
         nn.Module module = ZooHarness.CreateSeeded(Models[model]);
