@@ -28,6 +28,11 @@ internal static class ZooCatalog
     public static readonly ZooModel TextClassifier = new("text", () => new ZooTextClassifier(), Images, Classes: 4, BatchNorm: false,
         Arguments: (batch, step) => ZooData.Bags(batch, step, classes: 4), Forward: (m, b) => ((ZooTextClassifier)m).forward(b[0], b[1], b[2]));
 
+    /// <summary>Sequence-first vectors [7, batch, 5] and class labels, with no batch declaration on the model.</summary>
+    public static readonly ZooModel SequenceFirst = new("sequence-first", () => new ZooSequenceFirst(), Images, Classes: 3, BatchNorm: false,
+        Arguments: (batch, step) => [ZooData.Vectors(7 * batch, 5, step).reshape(7, batch, 5), ZooData.Labels(batch, 3, step)],
+        Forward: (m, b) => ((ZooSequenceFirst)m).forward(b[0], b[1]));
+
     private static Tensor Images(int batch, int step) => ZooData.Images(batch, step);
 
     /// <summary>A class per pixel of the 8×8 images.</summary>

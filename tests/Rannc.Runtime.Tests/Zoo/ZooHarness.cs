@@ -62,7 +62,9 @@ internal static class ZooHarness
         Assert.DoesNotContain(graph.Nodes, n => n.OpaqueReason is not null);
     }
 
-    public static void AssertMatchesReference(ZooModel zoo, ZooPlan zooPlan, string schedule, string optimizerName)
+    /// <param name="inputBatching">Passed as <see cref="RanncOptions.InputBatching"/> (planned plans only).</param>
+    public static void AssertMatchesReference(ZooModel zoo, ZooPlan zooPlan, string schedule, string optimizerName,
+        IReadOnlyDictionary<string, InputBatch>? inputBatching = null)
     {
         IReadOnlyList<int> replicas = zooPlan.Replicas;
         Tensor[][] batches = Enumerable.Range(0, Steps).Select(step => BatchOf(zoo, step)).ToArray();
@@ -87,6 +89,7 @@ internal static class ZooHarness
             MicroBatches = MicroBatches,
             LoadDeploymentPath = deployment,
             DeviceMemoryBytes = DeviceMemory,
+            InputBatching = inputBatching,
             Log = log.Enqueue,
         };
         try
