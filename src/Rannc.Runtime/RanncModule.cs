@@ -582,7 +582,7 @@ public sealed class RanncModule : IDisposable
         }
 
         var layout = new StageLayout(graph, planningGraph, plan, batchDerived, small, large, measureSamples);
-        CheckBoundaries(graph, layout);
+        CheckBoundaries(graph, layout, small);
         PipelineSchedule schedule = ScheduleBuilder.Build(plan.Schedule, PipelineTopology.FromPlan(plan));
         (int Stage, int Replica)? role = plan.RoleOf(_world.Rank);
         var placement = new ParameterPlacement(graph, plan);
@@ -602,7 +602,8 @@ public sealed class RanncModule : IDisposable
         _residency.Release(_model.named_parameters().Where(p => usedElsewhere.Contains(p.name)).Select(p => (p.name, (Tensor)p.parameter)));
         LogOnce(Summary(plan, graph, planningGraph, loaded, clock.Elapsed) + Environment.NewLine + DescribeExtras(lossCombination, placement));
         var buffers = role is { } mine
-            ? _model.named_buffers().Where(b => b.buffer.is_floating_point() && graph.CanonicalName(b.name) == b.name && placement.IsHeldBy(b.name, mine.Stage))
+            ? _model.named_buffers().Where(b => b.buffer.is_floating_point() && graph.CanonicalName(b.name) == b.name && placement.IsHeldBy(b.name, mine.Stage)
+                && !placement.ReadOnlyBuffers.Contains(b.name))
                 .Select(b => b.buffer).ToList()
             : [];
         return new Deployed(graph, plan, executor, replicas, shared, owned, Owners(placement, plan), output.Shape!.Length == 0, outputDType, loaded,
@@ -633,18 +634,22 @@ public sealed class RanncModule : IDisposable
     }
 
     /// <summary>Refuses a plan whose cut carries a value that cannot travel, before anything runs.</summary>
-    private static void CheckBoundaries(CapturedGraph graph, StageLayout layout)
+    private static void CheckBoundaries(CapturedGraph graph, StageLayout layout, IReadOnlyList<ValueMeasurement> measured)
     {
         for (int s = 0; s < layout.Boundaries.Length; s++)
         {
             foreach (int v in layout.Boundaries[s])
             {
                 CapturedValue value = graph.Values[v];
-                if (ValueTransfer.CanCross(value)) continue;
+                bool complex = PlanningGraphConverter.IsComplex(measured[v].DType);
+                if (ValueTransfer.CanCross(value) && !complex) continue;
                 string producer = value.Producer >= 0 ? $"{graph.Nodes[value.Producer].Name} ({graph.Nodes[value.Producer].Location})" : "an input";
+                string type = complex ? $"a {measured[v].DType} tensor" : value.TypeName;
                 throw new NotSupportedException(
-                    $"The plan cuts between stage {s} and {s + 1} where value '{value.Name}' ({value.TypeName}, made by {producer}) would cross; " +
-                    "values of that type cannot travel between stages. Let the planner choose the cut, or force a plan whose cuts avoid it.");
+                    $"The plan cuts between stage {s} and {s + 1} where value '{value.Name}' ({type}, made by {producer}) would cross; " +
+                    (complex ? "complex tensors cannot travel between stages yet (write rotary embeddings with real cos/sin tables, or keep the complex values inside one stage). "
+                        : "values of that type cannot travel between stages. ") +
+                    "Let the planner choose the cut, or force a plan whose cuts avoid it.");
             }
         }
     }

@@ -33,6 +33,15 @@ internal static class ZooCatalog
         Arguments: (batch, step) => [ZooData.Vectors(7 * batch, 5, step).reshape(7, batch, 5), ZooData.Labels(batch, 3, step)],
         Forward: (m, b) => ((ZooSequenceFirst)m).forward(b[0], b[1]));
 
+    /// <summary>Token ids [batch, 5] and the next tokens as labels [batch, 5].</summary>
+    public static readonly ZooModel Llama = new("llama", () => new ZooLlama(), Tokens, Classes: 13, BatchNorm: false, Target: Tokens);
+
+    private static Tensor Tokens(int batch, int step)
+    {
+        using var generator = new Generator((ulong)(9700 + step));
+        return torch.randint(0, 13, [batch, 5], ScalarType.Int64, generator: generator);
+    }
+
     private static Tensor Images(int batch, int step) => ZooData.Images(batch, step);
 
     /// <summary>A class per pixel of the 8×8 images.</summary>
