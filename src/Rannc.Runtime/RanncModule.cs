@@ -90,6 +90,16 @@ public sealed class RanncModule : IDisposable
     public Tensor forward(params Tensor[] inputs)
     {
         ArgumentNullException.ThrowIfNull(inputs);
+        return forward(Array.ConvertAll<Tensor, object?>(inputs, t => t));
+    }
+
+    /// <summary>
+    /// Runs the pipeline on forward()'s arguments: tensors (the batch), null for an optional <c>Tensor?</c>, and values
+    /// (<c>int startPos</c>, flags, enums) that every rank passes the same and that stay the same every step.
+    /// </summary>
+    public Tensor forward(params object?[] inputs)
+    {
+        ArgumentNullException.ThrowIfNull(inputs);
         if (_failedBackward is { } failure)
             throw new InvalidOperationException($"The previous backward pass through the pipeline failed: {failure.Message}", failure);
         if (inputs.Length == 0) throw new ArgumentException("forward needs the batch: forward()'s arguments.");
@@ -141,8 +151,11 @@ public sealed class RanncModule : IDisposable
         }));
     }
 
-    /// <summary>Every call passes as many inputs as forward() takes, with the dtypes and ranks of the first call.</summary>
-    private void CheckInputsMatchFirstStep(Tensor[] inputs)
+    /// <summary>
+    /// Every call passes as many inputs as forward() takes: tensors with the dtypes and ranks of the first call, null
+    /// where the first call passed null (the graph was built for it), other values equal to the first call's.
+    /// </summary>
+    private void CheckInputsMatchFirstStep(object?[] inputs)
     {
         Deployed deployed = _deployed!;
         if (inputs.Length != deployed.Graph.Inputs.Count)
@@ -152,13 +165,14 @@ public sealed class RanncModule : IDisposable
         }
         for (int i = 0; i < inputs.Length; i++)
         {
-            (ScalarType dtype, int dims) = deployed.FirstInputs[i];
-            if (inputs[i].dtype != dtype || inputs[i].dim() != dims)
-            {
-                throw new ArgumentException(
-                    $"Input {i} is {inputs[i].dtype} with {inputs[i].dim()} dimension(s), but the plan was made for {dtype} with {dims}: " +
-                    "pass inputs of the same kind every step.", nameof(inputs));
-            }
+            string name = deployed.Graph.Values[deployed.Graph.Inputs[i]].Name;
+            string first = deployed.FirstInputs[i], now = InputKind(inputs[i]);
+            if (first == now) continue;
+            string rule = inputs[i] is Tensor && first.StartsWith("tensor", StringComparison.Ordinal)
+                ? "pass tensors of the same dtype and number of dimensions every step"
+                : "the graph was built for the first call's null arguments and values (int, bool, enum arguments): pass the same every step";
+            throw new ArgumentException(
+                $"Argument {i} ('{name}') of forward() is {now}, but the plan was made for {first}: {rule}.", nameof(inputs));
         }
     }
 
@@ -379,7 +393,15 @@ public sealed class RanncModule : IDisposable
         _anchor.Dispose();
     }
 
-    private Tensor Loss(StepResult step, bool training, long stepNumber, Tensor[] inputs)
+    /// <summary>What must stay the same about an argument from step to step: a tensor's dtype and rank, null, or a value.</summary>
+    private static string InputKind(object? input) => input switch
+    {
+        Tensor t => $"tensor {t.dtype} with {t.dim()} dimension(s)",
+        null => "null",
+        _ => $"{input.GetType().Name} {Convert.ToString(input, CultureInfo.InvariantCulture)}",
+    };
+
+    private Tensor Loss(StepResult step, bool training, long stepNumber, object?[] inputs)
     {
         // Σ weight × slice loss and Σ weight over every slice of every rank (LossCombination).
         using var totals = torch.tensor(new[] { step.LossNumerator, step.LossDenominator }, ScalarType.Float64);
@@ -406,7 +428,7 @@ public sealed class RanncModule : IDisposable
     }
 
     /// <summary>Runs the verify mode's comparison for this step (every rank).</summary>
-    private void VerifyStep(long step, Tensor[] inputs, double loss, IReadOnlyDictionary<string, Tensor> gradients, double inverse)
+    private void VerifyStep(long step, object?[] inputs, double loss, IReadOnlyDictionary<string, Tensor> gradients, double inverse)
     {
         Deployed deployed = _deployed!;
         using var scope = torch.NewDisposeScope();
@@ -494,7 +516,7 @@ public sealed class RanncModule : IDisposable
         }
     }
 
-    private Deployed Deploy(Tensor[] inputs)
+    private Deployed Deploy(object?[] inputs)
     {
         var clock = Stopwatch.StartNew();
         CheckSharedSettings();
@@ -503,7 +525,7 @@ public sealed class RanncModule : IDisposable
         // Profiling (and resolving branches on shapes while building) runs the model: keep buffers (batch-norm
         // statistics) and the random state as they were.
         using var preserved = new PreservedState(_model);
-        CapturedGraph graph = CapturedGraph.Build(_model, inputs.Cast<object?>().ToArray());
+        CapturedGraph graph = CapturedGraph.Build(_model, inputs);
         if (graph.Inputs.Count != inputs.Length)
             throw new ArgumentException($"The model's forward() takes {graph.Inputs.Count} argument(s) but {inputs.Length} were given.");
         if (graph.Outputs.Count != 1)
@@ -607,7 +629,7 @@ public sealed class RanncModule : IDisposable
                 .Select(b => b.buffer).ToList()
             : [];
         return new Deployed(graph, plan, executor, replicas, shared, owned, Owners(placement, plan), output.Shape!.Length == 0, outputDType, loaded,
-            lossCombination, buffers, placement, inputs.Select(t => (t.dtype, (int)t.dim())).ToArray(), slicer, layout);
+            lossCombination, buffers, placement, inputs.Select(InputKind).ToArray(), slicer, layout);
     }
 
     /// <summary>How slice losses combine, from one run of the graph on a sample of the batch.</summary>
@@ -841,7 +863,7 @@ public sealed class RanncModule : IDisposable
         IReadOnlyList<(SharedParameterGroup Group, ICommunicator Communicator)> SharedGroups,
         IReadOnlyList<(string Name, Tensor Parameter)> OwnedParameters, IReadOnlyDictionary<string, int> Owners,
         bool OutputIsScalar, ScalarType OutputDType, bool Loaded, LossCombination Loss, IReadOnlyList<Tensor> ReplicaBuffers,
-        ParameterPlacement Placement, (ScalarType DType, int Dims)[] FirstInputs, InputSlicer Slicer, StageLayout Layout);
+        ParameterPlacement Placement, string[] FirstInputs, InputSlicer Slicer, StageLayout Layout);
 
     /// <summary>Saves the model's buffers and the random state, and puts them back on dispose.</summary>
     private sealed class PreservedState : IDisposable
