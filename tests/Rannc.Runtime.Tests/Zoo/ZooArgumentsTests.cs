@@ -20,7 +20,7 @@ public sealed class ZooArgumentsTests
         object?[] Arguments(int step) =>
             [ZooData.Vectors(Batch, 7, step), 2L, withScale ? torch.linspace(0.5, 1.5, 10, ScalarType.Float64) : null, ZooData.Labels(Batch, 3, step)];
 
-        var reference = (ZooArgumentsNet)ZooData.Seeded(() => new ZooArgumentsNet());
+        var reference = (ZooArgumentsNet)SeededModels.Create(() => new ZooArgumentsNet(), 4321);
         optim.Optimizer referenceOptimizer = CreateOptimizer(reference, optimizerName);
         (double[] referenceLosses, _) = TrainingLoop.Run(reference, referenceOptimizer, step =>
         {
@@ -37,7 +37,7 @@ public sealed class ZooArgumentsTests
         };
         var results = InProcessLauncher.Run(replicas.Sum(), comm =>
         {
-            var model = (ZooArgumentsNet)ZooData.Seeded(() => new ZooArgumentsNet());
+            var model = (ZooArgumentsNet)SeededModels.Create(() => new ZooArgumentsNet(), 4321);
             optim.Optimizer optimizer = CreateOptimizer(model, optimizerName);
             using var rannc = new RanncModule(model, optimizer, comm, options);
             (double[] losses, _) = TrainingLoop.Run(model, optimizer, step => rannc.forward(Arguments(step)), ZooHarness.Steps);
@@ -68,7 +68,7 @@ public sealed class ZooArgumentsTests
         var options = new RanncOptions { ForcedReplicas = [1, 1], PlanCacheDirectory = "", ProfileRepeats = 1, Log = _ => { } };
         var error = Assert.Throws<RankFailedException>(() => InProcessLauncher.Run(2, comm =>
         {
-            var model = (ZooArgumentsNet)ZooData.Seeded(() => new ZooArgumentsNet());
+            var model = (ZooArgumentsNet)SeededModels.Create(() => new ZooArgumentsNet(), 4321);
             var optimizer = torch.optim.SGD(model.parameters(), learningRate: 0.1);
             using var rannc = new RanncModule(model, optimizer, comm, options);
             TrainingLoop.Run(model, optimizer, step => rannc.forward(Arguments(step)), 2);

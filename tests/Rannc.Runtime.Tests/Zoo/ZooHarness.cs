@@ -66,7 +66,7 @@ internal static class ZooHarness
         Assert.DoesNotContain(graph.Nodes, n => n.OpaqueReason is not null);
     }
 
-    /// <param name="inputBatching">Passed as <see cref="RanncOptions.InputBatching"/> (planned plans only).</param>
+    /// <param name="inputBatching">Passed as <see cref="RanncOptions.InputBatching"/>.</param>
     public static void AssertMatchesReference(ZooModel zoo, ZooPlan zooPlan, string schedule, string optimizerName,
         IReadOnlyDictionary<string, InputBatch>? inputBatching = null)
     {
@@ -83,7 +83,7 @@ internal static class ZooHarness
             TrainReference(zoo, batches, slices, optimizerName);
 
         var log = new System.Collections.Concurrent.ConcurrentQueue<string>();
-        string? deployment = zooPlan.CutsBefore is { } cuts ? WriteDeployment(zoo, replicas, cuts, schedule, zooPlan.InsideSequential) : null;
+        string? deployment = zooPlan.CutsBefore is { } cuts ? WriteDeployment(zoo, replicas, cuts, schedule, zooPlan.InsideSequential, inputBatching) : null;
         var options = new RanncOptions
         {
             ForcedReplicas = replicas,
@@ -165,7 +165,8 @@ internal static class ZooHarness
     /// A plan with stages starting at the named nodes, written as a deployment file for <see cref="RanncOptions.LoadDeploymentPath"/>.
     /// Each cut must fall inside a <c>Sequential</c> (the nodes on both sides belong to one).
     /// </summary>
-    private static string WriteDeployment(ZooModel zoo, IReadOnlyList<int> replicas, IReadOnlyList<string> cuts, string schedule, bool insideSequential)
+    private static string WriteDeployment(ZooModel zoo, IReadOnlyList<int> replicas, IReadOnlyList<string> cuts, string schedule, bool insideSequential,
+        IReadOnlyDictionary<string, InputBatch>? inputBatching)
     {
         PipelineScheduleKind kind = RanncOptions.ParseSchedule(schedule)!.Value;
         nn.Module model = CreateSeeded(zoo);
@@ -195,7 +196,7 @@ internal static class ZooHarness
             kind, stages, 0, 0, false);
         // A loaded plan must record the peaks the memory model gives (as RanncModule plans: half and whole batch measured).
         object?[] sample = BatchOf(zoo, 0);
-        var slicer = new InputSlicer(graph);
+        var slicer = new InputSlicer(graph, inputBatching);
         object?[] Inputs(int n) => slicer.Slice(sample, 0, n);
         Graph planning = graph.ToPlanningGraph(graph.Measure(Inputs(Batch / 2)), graph.Measure(Inputs(Batch)), Batch / 2);
         var cluster = new Cluster(1, replicas.Sum(), DeviceMemory, 4e9, 5e-6, 4e9, 5e-6);
