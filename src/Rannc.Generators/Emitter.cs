@@ -99,7 +99,15 @@ internal static class Emitter
         writer.WriteLine(Ints(template.Inputs) + ",");
         writer.WriteLine(Ints(template.Outputs) + ",");
         WriteSteps(writer, template.Body, ",");
-        writer.WriteLine("global::System.Array.Empty<string>());");
+        if (template.InputBatching.Count == 0)
+        {
+            writer.WriteLine("global::System.Array.Empty<string>());");
+        }
+        else
+        {
+            writer.WriteLine("global::System.Array.Empty<string>(),");
+            writer.WriteLine("new " + Capture + "InputBatch?[] { " + string.Join(", ", template.InputBatching) + " });");
+        }
         writer.Unindent();
         writer.WriteLine();
         writer.WriteLine(Capture + "CaptureTemplate " + Interface + ".CaptureTemplate => __RanncCaptureTemplate;");

@@ -104,19 +104,29 @@ public sealed class RanncModule : IDisposable
     public Tensor forward(params Tensor[] inputs)
     {
         ArgumentNullException.ThrowIfNull(inputs);
+        return forward(Array.ConvertAll<Tensor, object?>(inputs, t => t));
+    }
+
+    /// <summary>
+    /// Runs the pipeline on forward()'s arguments: tensors (the batch), null for an optional <c>Tensor?</c>, and values
+    /// (<c>int startPos</c>, flags, enums) that every rank passes the same and that stay the same every step.
+    /// </summary>
+    public Tensor forward(params object?[] inputs)
+    {
+        ArgumentNullException.ThrowIfNull(inputs);
         if (_failedBackward is { } failure)
             throw new InvalidOperationException($"The previous backward pass through the pipeline failed: {failure.Message}", failure);
-        if (inputs.Length == 0 || inputs[0].dim() == 0) throw new ArgumentException("forward needs batch tensors (first dimension = batch).");
+        if (inputs.Length == 0) throw new ArgumentException("forward needs the batch: forward()'s arguments.");
         bool training = _model.training && torch.is_grad_enabled();
         long step = _steps++;
         using var position = TrainingPosition.Enter($"step {step}"); // for watchdog messages
         if (_options.CheckInputSteps is not int checkedSteps || step < checkedSteps)
             StepAgreement.Check(_world, StepAgreement.Of(inputs, training, _awaitingBackward, hashContents: true), step);
         _awaitingBackward = null;
-        int batch = (int)inputs[0].shape[0];
         if (training && _deployed is not null) _memory?.StepBoundary(_world, _deployed.Plan, LogOnce);
-        _deployed ??= Deploy(inputs, batch);
+        _deployed ??= Deploy(inputs);
         CheckInputsMatchFirstStep(inputs);
+        int batch = _deployed.Slicer.BatchSize(inputs);
         if (batch != _deployed.Plan.GlobalBatchSize)
         {
             throw new ArgumentException(
@@ -162,8 +172,11 @@ public sealed class RanncModule : IDisposable
         }));
     }
 
-    /// <summary>Every call passes as many inputs as forward() takes, with the dtypes and ranks of the first call.</summary>
-    private void CheckInputsMatchFirstStep(Tensor[] inputs)
+    /// <summary>
+    /// Every call passes as many inputs as forward() takes: tensors with the dtypes and ranks of the first call, null
+    /// where the first call passed null (the graph was built for it), other values equal to the first call's.
+    /// </summary>
+    private void CheckInputsMatchFirstStep(object?[] inputs)
     {
         Deployed deployed = _deployed!;
         if (inputs.Length != deployed.Graph.Inputs.Count)
@@ -173,13 +186,14 @@ public sealed class RanncModule : IDisposable
         }
         for (int i = 0; i < inputs.Length; i++)
         {
-            (ScalarType dtype, int dims) = deployed.FirstInputs[i];
-            if (inputs[i].dtype != dtype || inputs[i].dim() != dims)
-            {
-                throw new ArgumentException(
-                    $"Input {i} is {inputs[i].dtype} with {inputs[i].dim()} dimension(s), but the plan was made for {dtype} with {dims}: " +
-                    "pass inputs of the same kind every step.", nameof(inputs));
-            }
+            string name = deployed.Graph.Values[deployed.Graph.Inputs[i]].Name;
+            string first = deployed.FirstInputs[i], now = InputKind(inputs[i]);
+            if (first == now) continue;
+            string rule = inputs[i] is Tensor && first.StartsWith("tensor", StringComparison.Ordinal)
+                ? "pass tensors of the same dtype and number of dimensions every step"
+                : "the graph was built for the first call's null arguments and values (int, bool, enum arguments): pass the same every step";
+            throw new ArgumentException(
+                $"Argument {i} ('{name}') of forward() is {now}, but the plan was made for {first}: {rule}.", nameof(inputs));
         }
     }
 
@@ -415,7 +429,15 @@ public sealed class RanncModule : IDisposable
         _anchor.Dispose();
     }
 
-    private Tensor Loss(StepResult step, bool training, long stepNumber, Tensor[] inputs)
+    /// <summary>What must stay the same about an argument from step to step: a tensor's dtype and rank, null, or a value.</summary>
+    private static string InputKind(object? input) => input switch
+    {
+        Tensor t => $"tensor {t.dtype} with {t.dim()} dimension(s)",
+        null => "null",
+        _ => $"{input.GetType().Name} {Convert.ToString(input, CultureInfo.InvariantCulture)}",
+    };
+
+    private Tensor Loss(StepResult step, bool training, long stepNumber, object?[] inputs)
     {
         // Σ weight × slice loss and Σ weight over every slice of every rank (LossCombination).
         using var totals = torch.tensor(new[] { step.LossNumerator, step.LossDenominator }, ScalarType.Float64);
@@ -452,7 +474,7 @@ public sealed class RanncModule : IDisposable
     }
 
     /// <summary>Runs the verify mode's comparison for this step (every rank).</summary>
-    private void VerifyStep(long step, Tensor[] inputs, double loss, IReadOnlyDictionary<string, Tensor> gradients, double inverse)
+    private void VerifyStep(long step, object?[] inputs, double loss, IReadOnlyDictionary<string, Tensor> gradients, double inverse)
     {
         Deployed deployed = _deployed!;
         using var scope = torch.NewDisposeScope();
@@ -477,7 +499,7 @@ public sealed class RanncModule : IDisposable
                 _residency.ReleaseAgain();
             };
         }
-        if (new StepVerifier(deployed.Graph, deployed.Plan, deployed.Placement, deployed.Loss, _world)
+        if (new StepVerifier(deployed.Graph, deployed.Plan, deployed.Placement, deployed.Loss, _world, deployed.Slicer)
             .Verify(step, inputs, loss, normalised, ValueOf, Restore, _options.DeviceMemoryBytes ?? DefaultMemoryBudget(), Log))
         {
             LogOnce($"Rannc verify: step {step} matches the unpartitioned step.");
@@ -508,11 +530,16 @@ public sealed class RanncModule : IDisposable
     /// <summary>Every rank gets the whole output: the last stage's replicas fill their slices, a sum joins them.</summary>
     private Tensor GatherOutput(IReadOnlyList<(SampleRange Samples, Tensor Value)> slices)
     {
-        long[]?[] shapes = _world.AllGather(slices.Count > 0 ? slices[0].Value.shape : null);
-        long[] sliceShape = shapes.First(s => s is not null)!;
-        long[] shape = [_deployed!.Plan.GlobalBatchSize, .. sliceShape.Skip(1)];
+        // The first slice's sample count, then its shape.
+        long[]?[] shapes = _world.AllGather<long[]?>(slices.Count > 0 ? [slices[0].Samples.Count, .. slices[0].Value.shape] : null);
+        long[] first = shapes.First(s => s is not null)!;
+        int sliceSamples = (int)first[0];
+        long[] sliceShape = first[1..];
+        int outputValue = _deployed!.Graph.Outputs[0];
+        long[] shape = _deployed.Layout.ShapeForSamples(outputValue, sliceShape, sliceSamples, _deployed.Plan.GlobalBatchSize);
         Tensor output = torch.zeros(shape, _deployed.OutputDType);
-        foreach ((SampleRange samples, Tensor value) in slices) output.narrow(0, samples.Start, samples.Count).copy_(value);
+        foreach ((SampleRange samples, Tensor value) in slices)
+            _deployed.Layout.SliceSamples(outputValue, output, samples.Start, samples.Count).copy_(value);
         _world.AllReduce(output, ReduceOp.Sum);
         return output;
     }
@@ -544,7 +571,7 @@ public sealed class RanncModule : IDisposable
         }
     }
 
-    private Deployed Deploy(Tensor[] inputs, int batch)
+    private Deployed Deploy(object?[] inputs)
     {
         var clock = Stopwatch.StartNew();
         CheckSharedSettings();
@@ -553,14 +580,16 @@ public sealed class RanncModule : IDisposable
         // Profiling (and resolving branches on shapes while building) runs the model: keep buffers (batch-norm
         // statistics) and the random state as they were.
         using var preserved = new PreservedState(_model);
-        CapturedGraph graph = CapturedGraph.Build(_model, inputs.Cast<object?>().ToArray());
+        CapturedGraph graph = CapturedGraph.Build(_model, inputs);
         if (graph.Inputs.Count != inputs.Length)
             throw new ArgumentException($"The model's forward() takes {graph.Inputs.Count} argument(s) but {inputs.Length} were given.");
         if (graph.Outputs.Count != 1)
             throw new NotSupportedException($"forward() returns {graph.Outputs.Count} values; Rannc supports one tensor (the loss) for now.");
+        var slicer = new InputSlicer(graph, _options.InputBatching);
+        int batch = slicer.BatchSize(inputs);
 
         int measureSamples = Math.Max(1, batch / 2);
-        object?[] SampleInputs(int n) => inputs.Select(t => (object?)t.narrow(0, 0, Math.Min(n, batch))).ToArray();
+        object?[] SampleInputs(int n) => slicer.Slice(inputs, 0, Math.Min(n, batch));
         IReadOnlyList<ValueMeasurement> small = graph.Measure(SampleInputs(measureSamples));
         IReadOnlyList<ValueMeasurement> large = batch >= 2 * measureSamples ? graph.Measure(SampleInputs(2 * measureSamples)) : small;
         PlanningGraph planningGraph = graph.ToPlanningGraph(small, large, measureSamples);
@@ -635,7 +664,7 @@ public sealed class RanncModule : IDisposable
             _tracing.Prediction = new PredictionInputs(planningGraph, costs, cluster, planning);
         }
         var layout = new StageLayout(graph, planningGraph, plan, batchDerived, small, large, measureSamples);
-        CheckBoundaries(graph, layout);
+        CheckBoundaries(graph, layout, small);
         PipelineSchedule schedule = ScheduleBuilder.Build(plan.Schedule, PipelineTopology.FromPlan(plan));
         (int Stage, int Replica)? role = plan.RoleOf(_world.Rank);
         var placement = new ParameterPlacement(graph, plan);
@@ -648,7 +677,7 @@ public sealed class RanncModule : IDisposable
         ICommunicator replicas = _world.Split(role?.Stage ?? plan.Stages.Count, _world.Rank);
         var owned = OwnedParameters(graph, placement, role?.Stage);
         var shared = SharedGroupCommunicators(placement, role?.Stage);
-        var executor = new PipelineExecutor(graph, layout, plan, schedule, _world, replicas, owned, shared, lossCombination);
+        var executor = new PipelineExecutor(graph, layout, plan, schedule, _world, replicas, owned, shared, lossCombination, slicer);
         // Only the parameters of this rank's stage stay in memory; the others are owned by other ranks.
         var usedElsewhere = graph.Nodes.SelectMany(n => n.Parameters).ToHashSet();
         usedElsewhere.ExceptWith(owned.Select(o => o.Name));
@@ -662,11 +691,12 @@ public sealed class RanncModule : IDisposable
             Log(Summary(plan, graph, planningGraph, loaded, clock.Elapsed, simulated) + Environment.NewLine + DescribeExtras(lossCombination, placement));
         }
         var buffers = role is { } mine
-            ? _model.named_buffers().Where(b => b.buffer.is_floating_point() && graph.CanonicalName(b.name) == b.name && placement.IsHeldBy(b.name, mine.Stage))
+            ? _model.named_buffers().Where(b => b.buffer.is_floating_point() && graph.CanonicalName(b.name) == b.name && placement.IsHeldBy(b.name, mine.Stage)
+                && !placement.ReadOnlyBuffers.Contains(b.name))
                 .Select(b => b.buffer).ToList()
             : [];
         return new Deployed(graph, plan, executor, replicas, shared, owned, Owners(placement, plan), output.Shape!.Length == 0, outputDType, loaded,
-            lossCombination, buffers, placement, inputs.Select(t => (t.dtype, (int)t.dim())).ToArray());
+            lossCombination, buffers, placement, inputs.Select(InputKind).ToArray(), slicer, layout);
     }
 
     /// <summary>Every node's forward and backward cost on this machine, the profiling shared out among the ranks.</summary>
@@ -706,18 +736,22 @@ public sealed class RanncModule : IDisposable
     }
 
     /// <summary>Refuses a plan whose cut carries a value that cannot travel, before anything runs.</summary>
-    private static void CheckBoundaries(CapturedGraph graph, StageLayout layout)
+    private static void CheckBoundaries(CapturedGraph graph, StageLayout layout, IReadOnlyList<ValueMeasurement> measured)
     {
         for (int s = 0; s < layout.Boundaries.Length; s++)
         {
             foreach (int v in layout.Boundaries[s])
             {
                 CapturedValue value = graph.Values[v];
-                if (ValueTransfer.CanCross(value)) continue;
+                bool complex = PlanningGraphConverter.IsComplex(measured[v].DType);
+                if (ValueTransfer.CanCross(value) && !complex) continue;
                 string producer = value.Producer >= 0 ? $"{graph.Nodes[value.Producer].Name} ({graph.Nodes[value.Producer].Location})" : "an input";
+                string type = complex ? $"a {measured[v].DType} tensor" : value.TypeName;
                 throw new NotSupportedException(
-                    $"The plan cuts between stage {s} and {s + 1} where value '{value.Name}' ({value.TypeName}, made by {producer}) would cross; " +
-                    "values of that type cannot travel between stages. Let the planner choose the cut, or force a plan whose cuts avoid it.");
+                    $"The plan cuts between stage {s} and {s + 1} where value '{value.Name}' ({type}, made by {producer}) would cross; " +
+                    (complex ? "complex tensors cannot travel between stages yet (write rotary embeddings with real cos/sin tables, or keep the complex values inside one stage). "
+                        : "values of that type cannot travel between stages. ") +
+                    "Let the planner choose the cut, or force a plan whose cuts avoid it.");
             }
         }
     }
@@ -862,7 +896,7 @@ public sealed class RanncModule : IDisposable
         IReadOnlyList<(SharedParameterGroup Group, ICommunicator Communicator)> SharedGroups,
         IReadOnlyList<(string Name, Tensor Parameter)> OwnedParameters, IReadOnlyDictionary<string, int> Owners,
         bool OutputIsScalar, ScalarType OutputDType, bool Loaded, LossCombination Loss, IReadOnlyList<Tensor> ReplicaBuffers,
-        ParameterPlacement Placement, (ScalarType DType, int Dims)[] FirstInputs);
+        ParameterPlacement Placement, string[] FirstInputs, InputSlicer Slicer, StageLayout Layout);
 
     /// <summary>Saves the model's buffers and the random state, and puts them back on dispose.</summary>
     internal sealed class PreservedState : IDisposable

@@ -64,8 +64,10 @@ internal sealed record BranchModel(
 
 internal sealed record ArmModel(EquatableArray<StepModel> Body, EquatableArray<int> Outputs);
 
+/// <param name="InputBatching">Per input, the C# expression of its declared <c>InputBatch</c> ("null" where none); empty when no parameter declares one.</param>
 internal sealed record TemplateModel(
-    EquatableArray<ValueModel> Values, EquatableArray<int> Inputs, EquatableArray<int> Outputs, EquatableArray<StepModel> Body);
+    EquatableArray<ValueModel> Values, EquatableArray<int> Inputs, EquatableArray<int> Outputs, EquatableArray<StepModel> Body,
+    EquatableArray<string> InputBatching = default);
 
 /// <summary>Everything the emitter needs for one <c>[RaNNC]</c> class.</summary>
 /// <param name="Errors">Messages of the diagnostics that prevent capture; when non-empty the template is not emitted.</param>

@@ -70,6 +70,7 @@ internal static class ModuleParser
             else
             {
                 template = new ForwardWalker(known, type, semanticModels, findings, cancellation).Walk(forward, body);
+                template = template with { InputBatching = DeclaredBatching(forward) };
             }
         }
 
@@ -143,6 +144,36 @@ internal static class ModuleParser
             return "forward() must return a tensor or a tuple of tensors, not '" + forward.ReturnType.ToDisplayString() + "'";
         }
         return null;
+    }
+
+    /// <summary>
+    /// Per forward() parameter, the <c>InputBatch</c> its <c>[Batch(dim)]</c>, <c>[NotBatched]</c> or <c>[OffsetsOf("x")]</c>
+    /// attribute declares, as C# ("null" where none); empty when no parameter declares one.
+    /// </summary>
+    private static EquatableArray<string> DeclaredBatching(IMethodSymbol forward)
+    {
+        var declared = forward.Parameters.Select(DeclaredBatching).ToList();
+        return declared.All(d => d == "null") ? default : declared.ToEquatableArray();
+    }
+
+    private static string DeclaredBatching(IParameterSymbol parameter)
+    {
+        const string InputBatch = "global::Rannc.Capture.InputBatch.";
+        foreach (var attribute in parameter.GetAttributes())
+        {
+            var name = attribute.AttributeClass?.ToDisplayString();
+            var argument = attribute.ConstructorArguments.Length == 1 ? attribute.ConstructorArguments[0].Value : null;
+            switch (name)
+            {
+                case "Rannc.BatchAttribute" when argument is int dim:
+                    return InputBatch + "Along(" + dim.ToString(CultureInfo.InvariantCulture) + ")";
+                case "Rannc.NotBatchedAttribute":
+                    return InputBatch + "NotBatched";
+                case "Rannc.OffsetsOfAttribute" when argument is string input:
+                    return InputBatch + "OffsetsOf(" + SymbolDisplay.FormatLiteral(input, quote: true) + ")";
+            }
+        }
+        return "null";
     }
 
     private static bool IsTensorOrTupleOfTensors(ITypeSymbol type, KnownSymbols known)

@@ -102,8 +102,13 @@ public sealed record TemplateValue(int Id, string Name, string TypeName, ValueKi
 /// <param name="Outputs">Values returned (one per tuple element when <c>forward()</c> returns a tuple).</param>
 /// <param name="Body">The steps of <c>forward()</c> in program order.</param>
 /// <param name="Errors">Why the class could not be captured (empty when it was); each names a RANNC diagnostic.</param>
+/// <param name="InputBatching">
+/// Per input, how it holds the batch as declared on its parameter (<c>[Batch(1)]</c>, <c>[NotBatched]</c>,
+/// <c>[OffsetsOf("tokens")]</c>); null (or a null entry) where nothing was declared.
+/// </param>
 public sealed record CaptureTemplate(
-    string ModuleType, TemplateValue[] Values, int[] Inputs, int[] Outputs, TemplateStep[] Body, string[] Errors)
+    string ModuleType, TemplateValue[] Values, int[] Inputs, int[] Outputs, TemplateStep[] Body, string[] Errors,
+    InputBatch?[]? InputBatching = null)
 {
     /// <summary>True when <c>forward()</c> was captured; otherwise <see cref="Errors"/> says why not.</summary>
     public bool IsCaptured => Errors.Length == 0;

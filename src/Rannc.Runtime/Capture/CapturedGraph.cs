@@ -184,6 +184,12 @@ public sealed class CapturedGraph
     /// <exception cref="CaptureException">The class was not captured (the errors say why) or is not <c>[RaNNC]</c>.</exception>
     public static CapturedGraph Build(nn.Module model, object?[] sampleInputs) => GraphBuilder.Build(model, sampleInputs);
 
+    /// <summary>
+    /// Per input of <see cref="Inputs"/>, how it holds the batch as declared on forward()'s parameter; tensors without a
+    /// declaration hold it along dimension 0, other values (numbers, flags) are not batched.
+    /// </summary>
+    public IReadOnlyList<InputBatch> InputBatching { get; internal init; } = [];
+
     /// <summary>The branches on shapes resolved for the first batch; every execution checks that a batch takes the same arms.</summary>
     public IReadOnlyList<ShapeGuard> Guards { get; internal init; } = [];
 

@@ -100,7 +100,13 @@ internal sealed class GraphBuilder
         }
         builder.Unroll(captured, template, template.Body, scope, string.Empty, []);
         var outputs = template.Outputs.Select(scope.Lookup).ToList();
-        return new CapturedGraph(model, builder._nodes, builder._values, builder._parameters, inputs, outputs, builder._canonicalNames) { Guards = builder._guards };
+        return new CapturedGraph(model, builder._nodes, builder._values, builder._parameters, inputs, outputs, builder._canonicalNames) {
+            Guards = builder._guards,
+            InputBatching = template.Inputs
+                .Select((input, i) => template.InputBatching?.ElementAtOrDefault(i)
+                    ?? (template.Values[input].Kind == ValueKind.Tensor ? InputBatch.Along(0) : InputBatch.NotBatched))
+                .ToList(),
+        };
     }
 
     /// <summary>

@@ -58,6 +58,9 @@ public static class PlanningGraphConverter
         return graph.ToPlanningGraph(small, large, microBatchSize);
     }
 
+    /// <summary>Complex tensors (rotary embeddings) cannot travel between stages yet: the planner keeps them inside one.</summary>
+    internal static bool IsComplex(ScalarType? dtype) => dtype is ScalarType.ComplexFloat32 or ScalarType.ComplexFloat64;
+
     /// <summary>The partitioner's view from two measurements, at <paramref name="samples"/> and at twice as many samples.</summary>
     public static PlanningGraph ToPlanningGraph(
         this CapturedGraph graph, IReadOnlyList<ValueMeasurement> atSamples, IReadOnlyList<ValueMeasurement> atTwiceSamples, int samples)
@@ -74,9 +77,12 @@ public static class PlanningGraphConverter
             var perSample = Math.Max(0, (atTwiceSamples[value.Id].Bytes - atSamples[value.Id].Bytes) / samples);
             var fixedBytes = Math.Max(0, atSamples[value.Id].Bytes - (perSample * samples));
             // Arrays and tuples of tensors (chunk's result) cannot travel: the planner keeps their producer and users together.
-            return new Partitioner.GraphValue(value.Id, value.Name, perSample, fixedBytes, atSamples[value.Id].RequiresGrad)
+            bool complex = IsComplex(atSamples[value.Id].DType);
+            // The name is what a refused plan file names: it says why the value stays inside a stage.
+            string name = complex ? $"{value.Name}, a {atSamples[value.Id].DType} tensor: complex tensors cannot travel between stages yet" : value.Name;
+            return new Partitioner.GraphValue(value.Id, name, perSample, fixedBytes, atSamples[value.Id].RequiresGrad)
             {
-                CanCrossStage = Execution.ValueTransfer.CanCross(value),
+                CanCrossStage = Execution.ValueTransfer.CanCross(value) && !complex,
             };
         }).ToList();
         var nodes = graph.Nodes.Select(node => new Partitioner.GraphNode(

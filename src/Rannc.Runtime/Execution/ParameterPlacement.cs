@@ -34,8 +34,16 @@ internal sealed class ParameterPlacement
             .OrderBy(g => g.Key, StringComparer.Ordinal)
             .Select(g => new SharedParameterGroup(g.First().Value, g.Select(h => h.Key).Order(StringComparer.Ordinal).ToArray()))
             .ToArray();
-        SharedBuffers = _holders.Where(h => h.Value.Length > 1 && buffers.Contains(h.Key)).Select(h => h.Key).ToArray();
+        // A buffer that only field reads use, and that no node writes into, stays as rank 0 broadcast it (a rotary
+        // table): every stage that reads it may hold a copy. One a module reads (batch norm's statistics) may change.
+        ReadOnlyBuffers = buffers.Where(name => graph.Nodes.Where(n => n.Buffers.Contains(name)).All(n =>
+            n.Kind == NodeKind.Attribute && !n.Outputs.Any(graph.ModifiedInPlace.Contains))).ToHashSet(StringComparer.Ordinal);
+        SharedBuffers = _holders.Where(h => h.Value.Length > 1 && buffers.Contains(h.Key) && !ReadOnlyBuffers.Contains(h.Key))
+            .Select(h => h.Key).ToArray();
     }
+
+    /// <summary>Buffers no node changes: only read as fields, never written in place. Stages may share them.</summary>
+    public IReadOnlySet<string> ReadOnlyBuffers { get; }
 
     /// <summary>Parameters held by more than one stage, grouped by the set of stages that hold them.</summary>
     public IReadOnlyList<SharedParameterGroup> SharedGroups { get; }

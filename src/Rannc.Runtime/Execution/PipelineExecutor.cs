@@ -48,10 +48,12 @@ internal sealed class PipelineExecutor
     private readonly IReadOnlyList<(SharedParameterGroup Group, ICommunicator Communicator)> _sharedGroups;
     private readonly HashSet<string> _sharedNames;
     private readonly LossCombination _lossCombination;
+    private readonly InputSlicer _slicer;
 
     public PipelineExecutor(CapturedGraph graph, StageLayout layout, PartitionPlan plan, PipelineSchedule schedule,
         ICommunicator world, ICommunicator? replicas, IReadOnlyList<(string Name, Tensor Parameter)> ownedParameters,
-        IReadOnlyList<(SharedParameterGroup Group, ICommunicator Communicator)>? sharedGroups = null, LossCombination? lossCombination = null)
+        IReadOnlyList<(SharedParameterGroup Group, ICommunicator Communicator)>? sharedGroups = null, LossCombination? lossCombination = null,
+        InputSlicer? slicer = null)
     {
         _tagValues = Math.Max(1, layout.Boundaries.Select(b => b.Length).DefaultIfEmpty(0).Max());
         int maxMicroBatches = (TensorBuffers.MaxTag + 1) / (2 * _tagValues);
@@ -69,6 +71,7 @@ internal sealed class PipelineExecutor
         _sharedGroups = sharedGroups ?? [];
         _sharedNames = _sharedGroups.SelectMany(g => g.Group.Names).ToHashSet(StringComparer.Ordinal);
         _lossCombination = lossCombination ?? LossCombination.PerSample;
+        _slicer = slicer ?? new InputSlicer(graph);
     }
 
     public bool IsIdle => _stage < 0;
@@ -296,7 +299,7 @@ internal sealed class PipelineExecutor
             {
                 int inputIndex = Array.IndexOf(Layout.GraphInputs, v);
                 // A node that writes into a graph input writes into a copy: the caller's batch stays as it was.
-                if (inputIndex >= 0) stageInputs[v] = owner._graph.BindExternal(v, SliceInput(inputs[inputIndex], slice));
+                if (inputIndex >= 0) stageInputs[v] = owner._graph.BindExternal(v, owner._slicer.SliceInput(inputIndex, inputs, slice.Start, slice.Count));
             }
             var leaves = new Dictionary<int, Tensor>();
             var aliased = new HashSet<int>();
@@ -418,7 +421,7 @@ internal sealed class PipelineExecutor
                 Tensor gradient = _outputGradient ?? throw new InvalidOperationException("The output's gradient has not been given.");
                 SampleRange slice = MySlice(m);
                 outputs.Add(output);
-                outputGradients.Add(gradient.narrow(0, slice.Start, slice.Count).to_type(output.dtype));
+                outputGradients.Add(Layout.SliceSamples(Layout.GraphOutputs[0], gradient, slice.Start, slice.Count).to_type(output.dtype));
             }
             else
             {
@@ -642,9 +645,6 @@ internal sealed class PipelineExecutor
 
         /// <summary>autograd.grad returns an undefined tensor (no handle) for an input the outputs do not depend on.</summary>
         private static Tensor? Defined(Tensor? gradient) => gradient is { IsInvalid: false } ? gradient : null;
-
-        private static object? SliceInput(object? input, SampleRange slice) =>
-            input is Tensor t && t.dim() > 0 ? t.narrow(0, slice.Start, slice.Count) : input;
 
         /// <summary>
         /// Runs an action of micro-batch <paramref name="m"/> in a dispose scope and keeps the tensors it creates

@@ -48,6 +48,13 @@ public sealed record RanncOptions
     /// <summary>Use the plan in this file instead of profiling and planning (<c>RANNC_LOAD_DEPLOYMENT</c>).</summary>
     public string? LoadDeploymentPath { get; init; }
 
+    /// <summary>
+    /// How forward()'s arguments hold the batch, by parameter name, for a model one cannot annotate with
+    /// <c>[Batch(dim)]</c>, <c>[NotBatched]</c> or <c>[OffsetsOf("x")]</c>; replaces what the parameters declare.
+    /// E.g. <c>new Dictionary&lt;string, InputBatch&gt; { ["src"] = InputBatch.Along(1), ["mask"] = InputBatch.NotBatched }</c>.
+    /// </summary>
+    public IReadOnlyDictionary<string, Capture.InputBatch>? InputBatching { get; init; }
+
     /// <summary>Timed repetitions per node when profiling (<c>RANNC_PROFILE_REPEATS</c>).</summary>
     public int ProfileRepeats { get; init; } = 3;
 

@@ -94,6 +94,15 @@ internal sealed class StageLayout
         return tensor.narrow(axis.Dim, first * axis.PerSample, count * axis.PerSample);
     }
 
+    /// <summary>The shape of value <paramref name="value"/> for <paramref name="samples"/> samples, from its shape for <paramref name="sliceSamples"/>.</summary>
+    public long[] ShapeForSamples(int value, long[] sliceShape, int sliceSamples, int samples)
+    {
+        BatchAxis axis = AxisOf(value);
+        long[] shape = (long[])sliceShape.Clone();
+        shape[axis.Dim] = shape[axis.Dim] / sliceSamples * samples;
+        return shape;
+    }
+
     /// <summary>Joins pieces of consecutive samples (in sample order) along the batch axis.</summary>
     public Tensor JoinSamples(int value, IList<Tensor> pieces) => torch.cat(pieces, AxisOf(value).Dim);
 

@@ -17,8 +17,13 @@ namespace Rannc.Execution;
 /// <param name="MissedBackward">The number of a previous training step whose <c>backward()</c> this rank never ran, if any.</param>
 internal sealed record StepAgreement(string[] Inputs, bool Training, long? MissedBackward)
 {
-    public static StepAgreement Of(IReadOnlyList<Tensor> inputs, bool training, long? missedBackward, bool hashContents) =>
-        new(inputs.Select(t => Fingerprint(t, hashContents)).ToArray(), training, missedBackward);
+    public static StepAgreement Of(IReadOnlyList<object?> inputs, bool training, long? missedBackward, bool hashContents) =>
+        new(inputs.Select(input => input switch
+        {
+            Tensor t => Fingerprint(t, hashContents),
+            null => "null",
+            _ => $"{input.GetType().Name} {Convert.ToString(input, CultureInfo.InvariantCulture)}",
+        }).ToArray(), training, missedBackward);
 
     /// <summary>"float64[8, 6] #1a2b…": enough to tell two batches apart without moving them.</summary>
     public static string Fingerprint(Tensor tensor, bool hashContents)

@@ -14,7 +14,8 @@ namespace Rannc.Execution;
 /// stage(s) that computed it. Every rank must call <see cref="Verify"/>; it costs one whole-model broadcast of
 /// parameters and gradients and one unpartitioned forward and backward on rank 0 per verified step.
 /// </summary>
-internal sealed class StepVerifier(CapturedGraph graph, PartitionPlan plan, ParameterPlacement placement, LossCombination loss, ICommunicator world)
+internal sealed class StepVerifier(CapturedGraph graph, PartitionPlan plan, ParameterPlacement placement, LossCombination loss, ICommunicator world,
+    InputSlicer slicer)
 {
     /// <summary>Compares the step's <paramref name="pipelineLoss"/> and <paramref name="gradients"/> (graph names, for a loss of 1) with rank 0's unpartitioned step.</summary>
     /// <param name="valueOf">A copy of a parameter or buffer (graph name) as this rank holds it; zeros of its shape where it is released.</param>
@@ -88,7 +89,7 @@ internal sealed class StepVerifier(CapturedGraph graph, PartitionPlan plan, Para
             {
                 foreach (SampleRange slice in slices)
                 {
-                    object?[] part = inputs.Select(i => i is Tensor t && t.dim() > 0 ? (object?)t.narrow(0, slice.Start, slice.Count) : i).ToArray();
+                    object?[] part = slicer.Slice(inputs, slice.Start, slice.Count);
                     object?[] all = graph.ExecuteAll(part);
                     var byId = new Dictionary<int, object?>();
                     foreach (int v in loss.InputValues) byId[v] = all[v];

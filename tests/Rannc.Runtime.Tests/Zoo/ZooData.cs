@@ -27,6 +27,31 @@ public static class ZooData
         return torch.randint(0, classes, [batch], ScalarType.Int64, generator: generator);
     }
 
+    /// <summary>A sequence-first translation batch: source [6, batch], target [5, batch], causal mask [5, 5], labels [5, batch].</summary>
+    public static Tensor[] Translation(int batch, int step)
+    {
+        const int vocabulary = 11, sourceLength = 6, targetLength = 5;
+        using var generator = new Generator((ulong)(9000 + step));
+        Tensor source = torch.randint(0, vocabulary, [sourceLength, batch], ScalarType.Int64, generator: generator);
+        Tensor target = torch.randint(0, vocabulary, [targetLength, batch], ScalarType.Int64, generator: generator);
+        Tensor labels = torch.randint(0, vocabulary, [targetLength, batch], ScalarType.Int64, generator: generator);
+        Tensor mask = torch.triu(torch.full([targetLength, targetLength], double.NegativeInfinity, ScalarType.Float64), 1);
+        return [source, target, mask, labels];
+    }
+
+    /// <summary>A ragged batch of bags of 1 to 6 token ids: the flat ids, each sample's start offset, class labels.</summary>
+    public static Tensor[] Bags(int batch, int step, int classes)
+    {
+        const int vocabulary = 23;
+        using var generator = new Generator((ulong)(9500 + step));
+        long[] lengths = torch.randint(1, 7, [batch], ScalarType.Int64, generator: generator).data<long>().ToArray();
+        long[] offsets = new long[batch];
+        for (int i = 1; i < batch; i++) offsets[i] = offsets[i - 1] + lengths[i - 1];
+        Tensor tokens = torch.randint(0, vocabulary, [lengths.Sum()], ScalarType.Int64, generator: generator);
+        Tensor labels = torch.randint(0, classes, [batch], ScalarType.Int64, generator: generator);
+        return [tokens, torch.tensor(offsets), labels];
+    }
+
     /// <summary>Builds a model from the zoo's seed in float64 (every rank and the reference build the same one).</summary>
     public static nn.Module Seeded(Func<nn.Module> create)
     {

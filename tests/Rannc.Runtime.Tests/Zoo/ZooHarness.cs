@@ -15,8 +15,10 @@ namespace Rannc.Tests.Zoo;
 /// <param name="Classes">Number of classes of the labels.</param>
 /// <param name="BatchNorm">True when the model normalises over the batch: the reference then runs the plan's slices.</param>
 /// <param name="Target">The second argument of a step, from (batch, step); null: class labels.</param>
+/// <param name="Arguments">For a model whose forward() takes other arguments: all of them for a step, from (batch, step).</param>
+/// <param name="Forward">How plain TorchSharp calls the model with those arguments (null: forward(input, labels)).</param>
 public sealed record ZooModel(string Name, Func<nn.Module> Create, Func<int, int, Tensor> Input, int Classes, bool BatchNorm,
-    Func<int, int, Tensor>? Target = null);
+    Func<int, int, Tensor>? Target = null, Func<int, int, Tensor[]>? Arguments = null, Func<nn.Module, Tensor[], Tensor>? Forward = null);
 
 /// <summary>
 /// How a zoo test places its stages: by the planner under a forced shape, or by cutting before named nodes
@@ -48,19 +50,25 @@ internal static class ZooHarness
     public static nn.Module CreateSeeded(ZooModel model) => SeededModels.Create(() => ZooData.Seeded(model.Create), 4321);
 
     public static Tensor[] BatchOf(ZooModel model, int step) =>
-        [model.Input(Batch, step), model.Target?.Invoke(Batch, step) ?? ZooData.Labels(Batch, model.Classes, step)];
+        model.Arguments?.Invoke(Batch, step) ?? [model.Input(Batch, step), model.Target?.Invoke(Batch, step) ?? ZooData.Labels(Batch, model.Classes, step)];
 
     /// <summary>Leaf layers (modules without children) that forward() calls: every one must be a node of its own.</summary>
     public static void AssertOneNodePerLeafLayer(nn.Module model, CapturedGraph graph)
     {
-        var nodePaths = graph.Nodes.Where(n => n.Kind == NodeKind.Module).Select(n => n.ModulePath).ToHashSet();
+        // A [RaNNC] module without children (RMSNorm) is inlined: its operations are nodes under its path.
+        var nodePaths = graph.Nodes.Where(n => n.Kind == NodeKind.Module).Select(n => n.ModulePath)
+            .Concat(graph.Nodes.Where(n => n.Kind != NodeKind.Module).Select(n => n.ModulePath)
+                .Where(path => model.named_modules().Any(m => m.name == path && m.module is ICapturedModule)))
+            .ToHashSet();
         var leaves = model.named_modules().Where(m => !m.module.children().Any() && m.name.Length > 0).Select(m => m.name).ToList();
         Assert.NotEmpty(leaves);
         foreach (string leaf in leaves) Assert.Contains(leaf, nodePaths);
         Assert.DoesNotContain(graph.Nodes, n => n.OpaqueReason is not null);
     }
 
-    public static void AssertMatchesReference(ZooModel zoo, ZooPlan zooPlan, string schedule, string optimizerName)
+    /// <param name="inputBatching">Passed as <see cref="RanncOptions.InputBatching"/>.</param>
+    public static void AssertMatchesReference(ZooModel zoo, ZooPlan zooPlan, string schedule, string optimizerName,
+        IReadOnlyDictionary<string, InputBatch>? inputBatching = null)
     {
         IReadOnlyList<int> replicas = zooPlan.Replicas;
         Tensor[][] batches = Enumerable.Range(0, Steps).Select(step => BatchOf(zoo, step)).ToArray();
@@ -75,7 +83,7 @@ internal static class ZooHarness
             TrainReference(zoo, batches, slices, optimizerName);
 
         var log = new System.Collections.Concurrent.ConcurrentQueue<string>();
-        string? deployment = zooPlan.CutsBefore is { } cuts ? WriteDeployment(zoo, replicas, cuts, schedule, zooPlan.InsideSequential) : null;
+        string? deployment = zooPlan.CutsBefore is { } cuts ? WriteDeployment(zoo, replicas, cuts, schedule, zooPlan.InsideSequential, inputBatching) : null;
         var options = new RanncOptions
         {
             ForcedReplicas = replicas,
@@ -85,6 +93,7 @@ internal static class ZooHarness
             MicroBatches = MicroBatches,
             LoadDeploymentPath = deployment,
             DeviceMemoryBytes = DeviceMemory,
+            InputBatching = inputBatching,
             Log = log.Enqueue,
         };
         try
@@ -156,11 +165,13 @@ internal static class ZooHarness
     /// A plan with stages starting at the named nodes, written as a deployment file for <see cref="RanncOptions.LoadDeploymentPath"/>.
     /// Each cut must fall inside a <c>Sequential</c> (the nodes on both sides belong to one).
     /// </summary>
-    private static string WriteDeployment(ZooModel zoo, IReadOnlyList<int> replicas, IReadOnlyList<string> cuts, string schedule, bool insideSequential)
+    private static string WriteDeployment(ZooModel zoo, IReadOnlyList<int> replicas, IReadOnlyList<string> cuts, string schedule, bool insideSequential,
+        IReadOnlyDictionary<string, InputBatch>? inputBatching)
     {
         PipelineScheduleKind kind = RanncOptions.ParseSchedule(schedule)!.Value;
         nn.Module model = CreateSeeded(zoo);
-        CapturedGraph graph = CapturedGraph.Build(model);
+        // Built for a batch, as RanncModule builds it: branches on shapes (if (seqLen > 1)) resolve from it.
+        CapturedGraph graph = CapturedGraph.Build(model, BatchOf(zoo, 0).Cast<object?>().ToArray());
         var sequentials = model.named_modules().Where(m => m.module is Sequential).Select(m => m.name).ToList();
         var starts = new List<int> { 0 };
         foreach (string cut in cuts)
@@ -184,8 +195,9 @@ internal static class ZooHarness
         var plan = new PartitionPlan("zoo", replicas.Sum(), Batch, Enumerable.Range(0, MicroBatches).Select(layout.MicroBatchSize).ToList(),
             kind, stages, 0, 0, false);
         // A loaded plan must record the peaks the memory model gives (as RanncModule plans: half and whole batch measured).
-        Tensor[] sample = BatchOf(zoo, 0);
-        object?[] Inputs(int n) => sample.Select(t => (object?)t.narrow(0, 0, n)).ToArray();
+        object?[] sample = BatchOf(zoo, 0);
+        var slicer = new InputSlicer(graph, inputBatching);
+        object?[] Inputs(int n) => slicer.Slice(sample, 0, n);
         Graph planning = graph.ToPlanningGraph(graph.Measure(Inputs(Batch / 2)), graph.Measure(Inputs(Batch)), Batch / 2);
         var cluster = new Cluster(1, replicas.Sum(), DeviceMemory, 4e9, 5e-6, 4e9, 5e-6);
         var options = new PlanningOptions(Batch)
@@ -212,7 +224,8 @@ internal static class ZooHarness
     internal static (double[] Losses, Dictionary<string, Tensor> LastGradients, Dictionary<string, Tensor> Parameters) TrainReference(
         ZooModel zoo, Tensor[][] batches, SampleRange[] slices, string optimizerName)
     {
-        var model = (nn.Module<Tensor, Tensor, Tensor>)CreateSeeded(zoo);
+        nn.Module model = CreateSeeded(zoo);
+        Func<nn.Module, Tensor[], Tensor> forward = zoo.Forward ?? ((m, b) => ((nn.Module<Tensor, Tensor, Tensor>)m).forward(b[0], b[1]));
         optim.Optimizer optimizer = CreateOptimizer(model, optimizerName);
         var losses = new double[Steps];
         var gradients = new Dictionary<string, Tensor>();
@@ -222,8 +235,10 @@ internal static class ZooHarness
             foreach (SampleRange slice in slices)
             {
                 // The model may write into its input in place: give it a copy, as Rannc keeps the caller's batch unchanged.
-                Tensor input = batches[step][0].narrow(0, slice.Start, slice.Count).clone();
-                Tensor loss = model.forward(input, batches[step][1].narrow(0, slice.Start, slice.Count)) * ((double)slice.Count / Batch);
+                Tensor[] inputs = slice.Count == Batch
+                    ? batches[step].Select(t => t.clone()).ToArray()
+                    : batches[step].Select(t => t.narrow(0, slice.Start, slice.Count).clone()).ToArray();
+                Tensor loss = forward(model, inputs) * ((double)slice.Count / Batch);
                 loss.backward();
                 losses[step] += loss.item<double>();
             }

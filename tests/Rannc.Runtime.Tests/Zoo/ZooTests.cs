@@ -19,6 +19,9 @@ public sealed class ZooTests
         ["inplace"] = ZooCatalog.InPlace,
         ["alias"] = ZooCatalog.Alias,
         ["unet"] = ZooCatalog.UNet,
+        ["transformer"] = ZooCatalog.Transformer,
+        ["text"] = ZooCatalog.TextClassifier,
+        ["llama"] = ZooCatalog.Llama,
     };
 
     /// <summary>Per model: the planner's cut, and hand-made cuts inside Sequentials (before in-place layers where possible).</summary>
@@ -37,6 +40,11 @@ public sealed class ZooTests
         Add("mobilenet", "features.4.conv.2", "features.3.conv.2;features.4.conv.3;features.5.conv.5", "features.5.conv.2");
         Add("inplace", "relu_", "relu_;mul_;act_1", "mul_");
         Add("unet", "down1.1.3", "inc.2;down2.1.0;conv1.3", "down1.1.2");
+        // Sequence-first inputs ([Batch(1)]) with a shared [NotBatched] mask, and a ragged batch cut by its offsets.
+        Add("transformer", "decoder.0.feedForward.1", "encoder.0.feedForward.1;encoder.1.feedForward.2;decoder.1.feedForward.1", "encoder.1.feedForward.1");
+        Add("text", "classifier.3", "classifier.1;classifier.3;classifier.5", "classifier.1");
+        // Blocks of four arguments, a shape branch for the mask, a rotary table every stage reads (cuts between layers, no Sequential).
+        Add("llama", "layers.0.ffnNorm.pow", "layers.0.wk;layers.0.ffnNorm.pow;layers.1.wv", "layers.1.attentionNorm.pow");
         // The middle stage writes into a received value that the last stage reads too: its gradient flows back through the ReLU.
         data.Add("alias", "act;addition 1,1,1", "1f1b", "sgd");
         data.Add("alias", "act;addition 1,1,1", "gpipe", "adam");
@@ -51,7 +59,7 @@ public sealed class ZooTests
         var replicas = parts[1].Split(',').Select(int.Parse).ToList();
         var zooPlan = parts[0] == "planned"
             ? new ZooPlan(replicas)
-            : new ZooPlan(replicas, parts[0].Split(';'), InsideSequential: model is not ("inplace" or "alias"));
+            : new ZooPlan(replicas, parts[0].Split(';'), InsideSequential: model is not ("inplace" or "alias" or "llama"));
         ZooHarness.AssertMatchesReference(Models[model], zooPlan, schedule, optimizer);
     }
 
@@ -61,10 +69,13 @@ public sealed class ZooTests
     [InlineData("mobilenet")]
     [InlineData("inplace")]
     [InlineData("unet")]
+    [InlineData("transformer")]
+    [InlineData("text")]
+    [InlineData("llama")]
     public void Zoo_CapturesOneNodePerLeafLayer(string model)
     {
         nn.Module module = ZooHarness.CreateSeeded(Models[model]);
-        ZooHarness.AssertOneNodePerLeafLayer(module, CapturedGraph.Build(module));
+        ZooHarness.AssertOneNodePerLeafLayer(module, CapturedGraph.Build(module, ZooHarness.BatchOf(Models[model], 0).Cast<object?>().ToArray()));
     }
 
     /// <summary>[RaNNC] blocks are inlined whatever holds them; a Sequential inside a Sequential expands; a plain module stays one named node.</summary>
