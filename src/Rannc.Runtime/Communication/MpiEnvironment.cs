@@ -145,8 +145,43 @@ public static class MpiEnvironment
             Check(MpiNative.MPI_Finalized(out int finalized), "MPI_Finalized");
             if (finalized != 0) return;
             MpiWatchdog.AnnounceLeaving(leaveTimeout); // also withdraws the pending notice receive, which must not outlive MPI
+            using var guard = new FinalizeGuard(FinalizeTimeout);
             MpiNative.MPI_Finalize();
         }
+    }
+
+    /// <summary>
+    /// MPI_Finalize starts when every rank has left (the leave notices and a barrier), so it normally takes well under a
+    /// second. Debian 12's MPICH 4.0.2 with UCX 1.13 over TCP sometimes never returns from it (an endpoint close stays
+    /// unflushed while the peers wait in the launcher's exit barrier), which would hold the job for ever after training.
+    /// </summary>
+    internal static readonly TimeSpan FinalizeTimeout = TimeSpan.FromSeconds(30);
+
+    [DllImport("libc", EntryPoint = "_exit")]
+    private static extern void ExitImmediately(int status);
+
+    /// <summary>Ends the process if MPI_Finalize does not return in time (nothing is left to do by then).</summary>
+    private sealed class FinalizeGuard : IDisposable
+    {
+        private readonly ManualResetEventSlim _done = new();
+
+        public FinalizeGuard(TimeSpan timeout)
+        {
+            var thread = new Thread(() =>
+            {
+                if (_done.Wait(timeout)) return;
+                // Every rank's work is done and its notices are exchanged: ending here loses nothing, and the launcher
+                // sees each rank exit with the code the program meant.
+                Console.Error.WriteLine($"Rannc: MPI_Finalize did not return in {timeout.TotalSeconds:0} s (a known hang of MPICH 4.0 with " +
+                    "UCX over TCP); the job's work is done, so this rank exits without it.");
+                Console.Out.Flush();
+                Console.Error.Flush();
+                ExitImmediately(Environment.ExitCode);
+            }) { IsBackground = true, Name = "Rannc finalize guard" };
+            thread.Start();
+        }
+
+        public void Dispose() => _done.Set();
     }
 
     private static void InstallResolver()

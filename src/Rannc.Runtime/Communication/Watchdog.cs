@@ -71,6 +71,7 @@ internal static unsafe class MpiWatchdog
     private static delegate* unmanaged<int*, int> s_cancel;
     private static delegate* unmanaged<int*, int> s_requestFree;
     private static delegate* unmanaged<int, int*, int> s_commDup;
+    private static delegate* unmanaged<int, int*, int> s_ibarrier;
 
     /// <summary>Called once after MPI_Init: binds the calls MPI.NET lacks, posts the notice receive.</summary>
     public static void Start(IntPtr library)
@@ -82,6 +83,7 @@ internal static unsafe class MpiWatchdog
             s_cancel = (delegate* unmanaged<int*, int>)NativeLibrary.GetExport(library, "MPI_Cancel");
             s_requestFree = (delegate* unmanaged<int*, int>)NativeLibrary.GetExport(library, "MPI_Request_free");
             s_commDup = (delegate* unmanaged<int, int*, int>)NativeLibrary.GetExport(library, "MPI_Comm_dup");
+            s_ibarrier = (delegate* unmanaged<int, int*, int>)NativeLibrary.GetExport(library, "MPI_Ibarrier");
             MpiEnvironment.Check(MpiNative.MPI_Comm_rank(MpiNative.MPI_COMM_WORLD, out s_worldRank), "MPI_Comm_rank");
             MpiEnvironment.Check(MpiNative.MPI_Comm_size(MpiNative.MPI_COMM_WORLD, out int size), "MPI_Comm_size");
             int dup;
@@ -171,7 +173,25 @@ internal static unsafe class MpiWatchdog
                 MpiNative.MPI_Wait(ref request, out _);
                 s_noticeRequest = MpiNative.MPI_REQUEST_NULL;
             }
+            if (sends.Count == 0 && EveryOtherRankLeft()) EnterFinalizeTogether(timeout - clock.Elapsed);
         }
+    }
+
+    /// <summary>
+    /// A last barrier, polled without sleeping, so every rank starts MPI_Finalize within a message latency of the others.
+    /// MPICH 4.0's UCX netmod closes its endpoints in MPI_Finalize without a barrier first (later MPICH added one), and
+    /// over UCX's TCP transport a close that races with the peers' own closes can stay unflushed for ever. This makes
+    /// that rarer; <see cref="MpiEnvironment"/>'s finalize guard ends a rank that is caught anyway.
+    /// </summary>
+    private static void EnterFinalizeTogether(TimeSpan timeout)
+    {
+        int request;
+        if (s_ibarrier(s_noticeComm, &request) != MpiNative.MPI_SUCCESS) return;
+        var clock = Stopwatch.StartNew();
+        int flag = 0;
+        MpiNative.MPI_Status status;
+        while (flag == 0 && clock.Elapsed < timeout) s_test(&request, &flag, &status);
+        if (flag == 0) s_requestFree(&request);
     }
 
     private static bool EveryOtherRankLeft()

@@ -607,6 +607,8 @@ internal sealed class PipelineExecutor
         {
             (long[] x, long[] y) => x.SequenceEqual(y),
             (Tensor x, Tensor y) => x.shape.SequenceEqual(y.shape) && x.dtype == y.dtype && x.eq(y).all().item<bool>(),
+            // Device has reference equality; replicas in one process send distinct instances of the same device.
+            (Device x, Device y) => x.type == y.type && x.index == y.index,
             _ => Equals(a, b),
         };
 
