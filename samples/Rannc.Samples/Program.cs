@@ -71,9 +71,11 @@ Tensor[] Batch(int step) =>
 (double[] Losses, double StepMs, PlanSummary Plan) TrainWithRannc(ICommunicator comm)
 {
     nn.Module model = CreateModel();
-    var optimizer = torch.optim.Adam(model.parameters(), lr: options.LearningRate);
-    using var rannc = new RanncModule(model, optimizer, options.ToRanncOptions()); // this rank's communicator comes from RankLauncher
-    (double[] losses, double stepMs) = Train(optimizer, rannc.forward, print: comm.Rank == 0);
+    // This rank's communicator comes from RankLauncher. With --optimizer-factory, Adam gets only this rank's parameters.
+    using var rannc = options.OptimizerFactory
+        ? new RanncModule(model, parameters => torch.optim.Adam(parameters, lr: options.LearningRate), options.ToRanncOptions())
+        : new RanncModule(model, torch.optim.Adam(model.parameters(), lr: options.LearningRate), options.ToRanncOptions());
+    (double[] losses, double stepMs) = Train(rannc.Optimizer, rannc.forward, print: comm.Rank == 0);
     if (options.Dot is { } dotFile && comm.Rank == 0 && rannc.WriteGraph(dotFile) is { } svg && !options.Json)
         Console.WriteLine($"wrote {dotFile} and {svg}");
     var plan = rannc.Plan!;

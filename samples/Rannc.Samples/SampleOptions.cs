@@ -24,6 +24,9 @@ public sealed record SampleOptions
     public long? MemoryBytes { get; init; }
     public double LearningRate { get; init; } = 1e-3;
     public bool Reference { get; init; }
+
+    /// <summary>Whether the optimizer is made by RanncModule's factory overload (state for this rank's parameters only).</summary>
+    public bool OptimizerFactory { get; init; }
     public bool Json { get; init; }
     public string? PlanCache { get; init; }
     public string? Dot { get; init; }
@@ -64,6 +67,7 @@ public sealed record SampleOptions
         LearningRate = parsed.GetValue(LearningRateOption),
         PlanCache = parsed.GetValue(PlanCacheOption),
         Reference = parsed.GetValue(ReferenceOption),
+        OptimizerFactory = parsed.GetValue(OptimizerFactoryOption),
         Json = parsed.GetValue(JsonOption),
         Dot = parsed.GetValue(DotOption),
         Trace = parsed.GetValue(TraceOption),
@@ -161,6 +165,11 @@ public sealed record SampleOptions
         Description = "Train with plain TorchSharp on one process instead (for comparison)",
     };
 
+    private static readonly Option<bool> OptimizerFactoryOption = new("--optimizer-factory")
+    {
+        Description = "Give RanncModule a factory for the optimizer instead of an optimizer over the whole model, so each rank allocates Adam's state only for its own stage's parameters",
+    };
+
     private static readonly Option<bool> JsonOption = new("--json")
     {
         Description = "End with one line of JSON: ranks, stages, replicas, micro_batches, schedule, losses, step_ms, plan_cache",
@@ -209,7 +218,7 @@ public sealed record SampleOptions
     private static readonly Option[] All =
     [
         ModelOption, RanksOption, StepsOption, BatchOption, LayersOption, HiddenOption, SequenceOption, SeedOption, DTypeOption,
-        PlanOption, ScheduleOption, MicroBatchesOption, MemoryOption, LearningRateOption, PlanCacheOption, ReferenceOption, JsonOption, DotOption,
+        PlanOption, ScheduleOption, MicroBatchesOption, MemoryOption, LearningRateOption, PlanCacheOption, ReferenceOption, OptimizerFactoryOption, JsonOption, DotOption,
         TraceOption, TraceStepOption, DryRunOption, DevicesOption, DevicesPerNodeOption, RenderTraceOption,
     ];
 

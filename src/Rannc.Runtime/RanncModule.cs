@@ -70,7 +70,60 @@ public sealed class RanncModule : IDisposable
         if (_options.TracePath is { } tracePath) _tracing = new StepTracing(tracePath, _options.TraceStep, communicator, Log);
     }
 
+    /// <summary>
+    /// Creates the optimizer for this rank's own parameters only, so no optimizer state is ever allocated for the
+    /// parameters of other stages (TorchSharp's Adam allocates its two moments of every parameter it is given when it
+    /// is constructed: with the one-line form, every rank briefly holds them for the whole model).
+    /// <paramref name="createOptimizer"/> is called once, now, with no parameters (write it as for the model's, e.g.
+    /// <c>ps =&gt; torch.optim.Adam(ps, lr: 1e-3)</c>); the first <see cref="forward"/> adds the parameters of this rank's
+    /// stage to it as one more parameter group with the optimizer's defaults. <see cref="Optimizer"/> is that optimizer:
+    /// step it, and give it to learning-rate schedulers, as usual.
+    /// </summary>
+    public RanncModule(nn.Module model, Func<IEnumerable<Parameter>, optim.Optimizer> createOptimizer, RanncOptions? options = null)
+        : this(model, CreateEmpty(createOptimizer), AmbientCommunicator.Current, options)
+    {
+        _optimizerGetsOwnedParameters = true;
+    }
+
+    /// <inheritdoc cref="RanncModule(nn.Module, Func{IEnumerable{Parameter}, optim.Optimizer}, RanncOptions?)"/>
+    public RanncModule(nn.Module model, Func<IEnumerable<Parameter>, optim.Optimizer> createOptimizer, ICommunicator communicator, RanncOptions? options = null)
+        : this(model, CreateEmpty(createOptimizer), communicator, options)
+    {
+        _optimizerGetsOwnedParameters = true;
+    }
+
+    private static optim.Optimizer CreateEmpty(Func<IEnumerable<Parameter>, optim.Optimizer> createOptimizer)
+    {
+        ArgumentNullException.ThrowIfNull(createOptimizer);
+        optim.Optimizer optimizer = createOptimizer([]) ?? throw new ArgumentException("The optimizer factory returned null.", nameof(createOptimizer));
+        if (optimizer is not OptimizerHelper helper || helper.parameters().Any())
+        {
+            throw new ArgumentException(
+                $"The optimizer factory must build one of TorchSharp's optimizers over the parameters it is given (it got none); it returned a " +
+                $"{optimizer.GetType().Name}{(optimizer is OptimizerHelper ? " that holds parameters" : "")}.", nameof(createOptimizer));
+        }
+        return optimizer;
+    }
+
+    /// <summary>Whether the optimizer was made empty by a factory and gets this rank's parameters at deployment.</summary>
+    private readonly bool _optimizerGetsOwnedParameters;
+
     public optim.Optimizer Optimizer { get; }
+
+    /// <summary>
+    /// Adds this rank's parameters to the optimizer a factory made, as a parameter group of the optimizer's own kind
+    /// (its <c>step</c> reads groups as that type) with no options set, so the optimizer's defaults apply.
+    /// </summary>
+    private void GiveOptimizerOwnedParameters(IEnumerable<Tensor> owned)
+    {
+        var optimizer = (OptimizerHelper)Optimizer;
+        ParamGroup template = optimizer.ParamGroups.OfType<ParamGroup>().LastOrDefault()
+            ?? throw new InvalidOperationException($"{Optimizer.GetType().Name} has no parameter group to copy the kind of.");
+        var group = (ParamGroup)(Activator.CreateInstance(template.GetType())
+            ?? throw new InvalidOperationException($"Cannot create a {template.GetType().Name}."));
+        group.Parameters = owned.OfType<Parameter>().ToList();
+        optimizer.add_param_group(group);
+    }
 
     /// <summary>The plan in use (null before the first <see cref="forward"/>).</summary>
     public PartitionPlan? Plan => _deployed?.Plan;
@@ -234,6 +287,12 @@ public sealed class RanncModule : IDisposable
     public void GatherOptimizerState()
     {
         if (Optimizer is not OptimizerHelper optimizer) throw new NotSupportedException($"{Optimizer.GetType().Name} does not expose its state.");
+        if (_optimizerGetsOwnedParameters)
+        {
+            throw new NotSupportedException(
+                "This optimizer was made by a factory and holds only this rank's parameters, so it cannot hold the whole model's state; " +
+                "save a checkpoint (SaveCheckpoint) instead, or pass an optimizer over all the parameters.");
+        }
         IReadOnlyDictionary<string, int> owners = _deployed?.Owners ?? new Dictionary<string, int>();
         var nameOfHandle = _model.named_parameters().ToDictionary(p => p.parameter.Handle, p => p.name);
         // The released parameters' state gets its storage back, to receive the owners' values.
@@ -321,6 +380,12 @@ public sealed class RanncModule : IDisposable
             }
         }
         if (!loadOptimizerState) return;
+        if (_optimizerGetsOwnedParameters && _deployed is null)
+        {
+            throw new InvalidOperationException(
+                "The optimizer made by the factory gets this rank's parameters at the first forward(); load the checkpoint after it " +
+                "(or pass loadOptimizerState: false to load only the parameters now).");
+        }
         var stored = manifest.Entries.Where(e => e.Kind == CheckpointEntry.OptimizerKind).ToDictionary(e => e.Name);
         if (manifest.Optimizer is null || stored.Count == 0)
         {
@@ -683,8 +748,10 @@ public sealed class RanncModule : IDisposable
         usedElsewhere.ExceptWith(owned.Select(o => o.Name));
         var released = _model.named_parameters().Where(p => usedElsewhere.Contains(p.name)).Select(p => (p.name, (Tensor)p.parameter)).ToList();
         _residency.Release(released);
-        // The user's optimizer keeps no state for them either (Adam allocated its moments when it was constructed).
-        _optimizerResidency.Release(Optimizer, released.Select(p => p.Item2));
+        // The user's optimizer keeps no state for them either (Adam allocated its moments when it was constructed);
+        // one made by a factory never had them and now gets this rank's own.
+        if (_optimizerGetsOwnedParameters) GiveOptimizerOwnedParameters(owned.Select(o => o.Parameter));
+        else _optimizerResidency.Release(Optimizer, released.Select(p => p.Item2));
         if (_world.Rank == 0)
         {
             SimulationResult? simulated = costs is null ? null : PipelineSimulator.Simulate(plan, planningGraph, costs, cluster, planning);

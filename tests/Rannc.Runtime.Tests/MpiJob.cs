@@ -27,13 +27,14 @@ public static partial class MpiJob
     /// <param name="onLine">Sees each output line as it arrives (e.g. to act on a rank's pid while the job runs).</param>
     /// <param name="wrapper">A command that runs the launcher (e.g. <c>ip netns exec NAME</c>).</param>
     /// <param name="launcherOptions">Options for mpiexec itself (e.g. <c>-hosts</c>), before <c>-n</c>.</param>
+    /// <param name="rankWrapper">A command that runs each rank's <c>dotnet</c> (e.g. <c>prlimit --data=…</c>).</param>
     public static MpiJobResult Run(int ranks, IEnumerable<string> programAndArgs, TimeSpan timeout,
         IReadOnlyDictionary<string, string>? environment = null, Action<string>? onLine = null,
-        IReadOnlyList<string>? wrapper = null, IReadOnlyList<string>? launcherOptions = null)
+        IReadOnlyList<string>? wrapper = null, IReadOnlyList<string>? launcherOptions = null, IReadOnlyList<string>? rankWrapper = null)
     {
         if (Launcher is null)
             throw new InvalidOperationException("MPICH's mpiexec (mpiexec.hydra / mpiexec.mpich) is not installed: run ./test.sh as root, or apt-get install mpich.");
-        string[] command = [.. wrapper ?? [], Launcher, .. launcherOptions ?? [], "-n", ranks.ToString(), "-prepend-rank", "dotnet", .. programAndArgs];
+        string[] command = [.. wrapper ?? [], Launcher, .. launcherOptions ?? [], "-n", ranks.ToString(), "-prepend-rank", .. rankWrapper ?? [], "dotnet", .. programAndArgs];
         var start = new ProcessStartInfo(command[0])
         {
             RedirectStandardOutput = true,

@@ -100,7 +100,7 @@ public sealed class PlanToolsTests
         Assert.True(json.RootElement.GetProperty("simulated_step_ms").GetDouble() > 0);
     }
 
-    private static (int ExitCode, string Output, string Errors) RunSample(params string[] args)
+    internal static (int ExitCode, string Output, string Errors) RunSample(params string[] args)
     {
         var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         start.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "Rannc.Samples.dll"));

@@ -10,7 +10,8 @@ namespace Rannc.Tests.Memory;
 /// <summary>
 /// The user's optimizer keeps no state for parameters other ranks own (issue #13): Adam's moments and SGD's momentum
 /// buffers of released parameters hold no storage, training still equals plain TorchSharp, and gathering the state
-/// still gives every rank the whole model's state.
+/// still gives every rank the whole model's state. An optimizer made by RanncModule's factory overload holds this
+/// rank's parameters only, so it never allocates state for the others.
 /// </summary>
 public sealed class OptimizerStateTests
 {
@@ -68,6 +69,71 @@ public sealed class OptimizerStateTests
         Assert.Equal(perParameter * wholeModelElements, firstReplicas);
     }
 
+    [Theory]
+    [InlineData(Kind.Adam, 2, 1)]
+    [InlineData(Kind.SgdWithMomentum, 2, 1)]
+    [InlineData(Kind.Adam, 4, 1)]
+    [InlineData(Kind.SgdWithMomentum, 2, 2)]
+    public void OptimizerFromAFactory_HoldsOnlyThisRanksParameters_AndTrainingEqualsPlainTorchSharp(Kind kind, int stages, int replicas)
+    {
+        const int steps = 3;
+        var reference = Reference(kind, steps);
+        var results = InProcessLauncher.Run(stages * replicas, comm =>
+        {
+            nn.Module model = CreateSeeded();
+            using var rannc = new RanncModule(model, parameters => CreateOptimizer(parameters, kind), comm, Options((stages, replicas)));
+            bool emptyBefore = !rannc.Optimizer.parameters().Any();
+            double[] losses = Train(rannc, steps);
+            int stage = rannc.Plan!.RoleOf(comm.Rank)!.Value.Stage;
+            var own = rannc.Plan.Stages[stage].NodeIds.SelectMany(n => rannc.Graph!.Nodes[n].Parameters).ToHashSet();
+            var nameOf = model.named_parameters().ToDictionary(p => p.parameter.Handle, p => p.name);
+            List<OptimizerState> states = ((OptimizerHelper)rannc.Optimizer).state_dict().State;
+            var held = rannc.Optimizer.parameters().Select((p, i) => (Name: nameOf[p.Handle], Parameter: p.numel(), State: StateElements(states[i]))).ToList();
+            return (losses, State: rannc.StateDict(), own, held, emptyBefore);
+        }, Launch);
+        int perParameter = kind == Kind.Adam ? 2 : 1;
+        foreach ((double[] losses, Dictionary<string, Tensor> state, HashSet<string> own, var held, bool emptyBefore) in results)
+        {
+            Assert.True(emptyBefore, "the optimizer held parameters before the first forward()");
+            for (int s = 0; s < steps; s++) AssertClose(reference.Losses[s], losses[s], $"loss of step {s}");
+            AssertSameTensors(reference.Model.state_dict(), state);
+            Assert.Equal(own.Order(), held.Select(p => p.Name).Order());
+            foreach (var p in held) Assert.True(p.State == perParameter * p.Parameter, $"{p.Name}: {p.State} state elements, expected {perParameter * p.Parameter}");
+        }
+    }
+
+    [Fact]
+    public void OptimizerFactory_ThatIgnoresItsParameters_IsRefused()
+    {
+        nn.Module model = CreateSeeded();
+        var error = Assert.Throws<ArgumentException>(() => new RanncModule(model, _ => CreateOptimizer(model.parameters(), Kind.Adam), new RanncOptions()));
+        Assert.Contains("over the parameters it is given", error.Message);
+    }
+
+    [Fact]
+    public void OptimizerFactory_LoadingOptimizerStateBeforeTheFirstForward_SaysWhen()
+    {
+        string folder = Directory.CreateTempSubdirectory("rannc-factory-").FullName;
+        try
+        {
+            var messages = InProcessLauncher.Run(2, comm =>
+            {
+                nn.Module model = CreateSeeded();
+                using var rannc = new RanncModule(model, parameters => CreateOptimizer(parameters, Kind.Adam), comm, Options((2, 1)));
+                Train(rannc, 1);
+                rannc.SaveCheckpoint(folder);
+                nn.Module fresh = CreateSeeded();
+                using var restarted = new RanncModule(fresh, parameters => CreateOptimizer(parameters, Kind.Adam), comm, Options((2, 1)));
+                return Assert.Throws<InvalidOperationException>(() => restarted.LoadCheckpoint(folder)).Message;
+            }, Launch);
+            Assert.All(messages, m => Assert.Contains("load the checkpoint after it", m));
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
+
     [Fact]
     public void GatheredAdamState_OnEveryRank_EqualsPlainTorchSharpsState()
     {
@@ -108,9 +174,11 @@ public sealed class OptimizerStateTests
     private static RanncOptions Options((int, int) shape) =>
         new() { ForcedShape = shape, PlanCacheDirectory = "", ProfileRepeats = 1, Log = _ => { } };
 
-    private static optim.Optimizer CreateOptimizer(nn.Module model, Kind kind) => kind == Kind.Adam
-        ? torch.optim.Adam(model.parameters(), lr: 0.01)
-        : torch.optim.SGD(model.parameters(), 0.05, momentum: 0.9);
+    private static optim.Optimizer CreateOptimizer(nn.Module model, Kind kind) => CreateOptimizer(model.parameters(), kind);
+
+    private static optim.Optimizer CreateOptimizer(IEnumerable<Parameter> parameters, Kind kind) => kind == Kind.Adam
+        ? torch.optim.Adam(parameters, lr: 0.01)
+        : torch.optim.SGD(parameters, 0.05, momentum: 0.9);
 
     private static double[] Train(RanncModule rannc, int steps)
     {
