@@ -164,7 +164,30 @@ public sealed class RanncModule : IDisposable
     /// Runs the pipeline on forward()'s arguments: tensors (the batch), null for an optional <c>Tensor?</c>, and values
     /// (<c>int startPos</c>, flags, enums) that every rank passes the same and that stay the same every step.
     /// </summary>
-    public Tensor forward(params object?[] inputs)
+    public Tensor forward(params object?[] inputs) => Forward(inputs, extraOutputs: null);
+
+    /// <summary>
+    /// Runs the pipeline like <see cref="forward(object?[])"/> for a model whose forward() returns the loss and more
+    /// (a tuple: <c>(loss, logits)</c>), and returns every output in order: the loss first, exactly as
+    /// <c>forward</c> returns it (call <c>backward()</c> on it), then the others whole (all samples) on every rank,
+    /// without gradients: they are for metrics, training follows the loss alone.
+    /// </summary>
+    public Tensor[] ForwardOutputs(params object?[] inputs)
+    {
+        var extras = new List<Tensor>();
+        Tensor first = Forward(inputs, extras);
+        return [first, .. extras];
+    }
+
+    /// <inheritdoc cref="ForwardOutputs(object?[])"/>
+    public Tensor[] ForwardOutputs(params Tensor[] inputs)
+    {
+        ArgumentNullException.ThrowIfNull(inputs);
+        return ForwardOutputs(Array.ConvertAll<Tensor, object?>(inputs, t => t));
+    }
+
+    /// <param name="extraOutputs">Receives the outputs after the first (gathered from the last stage), or null to skip them.</param>
+    private Tensor Forward(object?[] inputs, List<Tensor>? extraOutputs)
     {
         ArgumentNullException.ThrowIfNull(inputs);
         if (_failedBackward is { } failure)
@@ -190,7 +213,16 @@ public sealed class RanncModule : IDisposable
         StepRecorder? recorder = training ? _tracing?.Begin(trainingStep, _deployed.Executor) : null;
         if (_deployed.OutputIsScalar)
         {
-            Tensor loss = Loss(_deployed.Executor.Run(inputs, training), training, step, inputs);
+            StepResult result = _deployed.Executor.Run(inputs, training);
+            Tensor loss = Loss(result, training, step, inputs);
+            if (extraOutputs is not null)
+            {
+                for (int k = 1; k < _deployed.Graph.Outputs.Count; k++)
+                {
+                    extraOutputs.Add(GatherOutput(_deployed.Graph.Outputs[k], _deployed.ExtraOutputDTypes[k - 1],
+                        result.ExtraOutputSlices.Where(o => o.Output == k).Select(o => (o.Samples, o.Value)).ToList()));
+                }
+            }
             if (recorder is not null) _tracing!.Finish(recorder, _deployed.Executor, _deployed.Plan, trainingStep);
             if (training)
             {
@@ -199,12 +231,12 @@ public sealed class RanncModule : IDisposable
             }
             return loss;
         }
-        if (!training) return GatherOutput(_deployed.Executor.Run(inputs, computeGradients: false).OutputSlices);
+        if (!training) return GatherOutput(_deployed.Graph.Outputs[0], _deployed.OutputDType, _deployed.Executor.Run(inputs, computeGradients: false).OutputSlices);
 
         // The loss is computed from the gathered output after this call, so the backward passes wait for its gradient.
         PipelineExecutor.DeferredStep pending = _deployed.Executor.RunForward(inputs);
         AverageReplicaBuffers();
-        using Tensor output = GatherOutput(pending.OutputSlices);
+        using Tensor output = GatherOutput(_deployed.Graph.Outputs[0], _deployed.OutputDType, pending.OutputSlices);
         var owned = _deployed.OwnedParameters;
         Deployed deployed = _deployed;
         _awaitingBackward = step;
@@ -593,16 +625,15 @@ public sealed class RanncModule : IDisposable
     }
 
     /// <summary>Every rank gets the whole output: the last stage's replicas fill their slices, a sum joins them.</summary>
-    private Tensor GatherOutput(IReadOnlyList<(SampleRange Samples, Tensor Value)> slices)
+    private Tensor GatherOutput(int outputValue, ScalarType dtype, IReadOnlyList<(SampleRange Samples, Tensor Value)> slices)
     {
         // The first slice's sample count, then its shape.
         long[]?[] shapes = _world.AllGather<long[]?>(slices.Count > 0 ? [slices[0].Samples.Count, .. slices[0].Value.shape] : null);
         long[] first = shapes.First(s => s is not null)!;
         int sliceSamples = (int)first[0];
         long[] sliceShape = first[1..];
-        int outputValue = _deployed!.Graph.Outputs[0];
-        long[] shape = _deployed.Layout.ShapeForSamples(outputValue, sliceShape, sliceSamples, _deployed.Plan.GlobalBatchSize);
-        Tensor output = torch.zeros(shape, _deployed.OutputDType);
+        long[] shape = _deployed!.Layout.ShapeForSamples(outputValue, sliceShape, sliceSamples, _deployed.Plan.GlobalBatchSize);
+        Tensor output = torch.zeros(shape, dtype);
         foreach ((SampleRange samples, Tensor value) in slices)
             _deployed.Layout.SliceSamples(outputValue, output, samples.Start, samples.Count).copy_(value);
         _world.AllReduce(output, ReduceOp.Sum);
@@ -648,8 +679,6 @@ public sealed class RanncModule : IDisposable
         CapturedGraph graph = CapturedGraph.Build(_model, inputs);
         if (graph.Inputs.Count != inputs.Length)
             throw new ArgumentException($"The model's forward() takes {graph.Inputs.Count} argument(s) but {inputs.Length} were given.");
-        if (graph.Outputs.Count != 1)
-            throw new NotSupportedException($"forward() returns {graph.Outputs.Count} values; Rannc supports one tensor (the loss) for now.");
         var slicer = new InputSlicer(graph, _options.InputBatching);
         int batch = slicer.BatchSize(inputs);
 
@@ -729,6 +758,7 @@ public sealed class RanncModule : IDisposable
             _tracing.Prediction = new PredictionInputs(planningGraph, costs, cluster, planning);
         }
         var layout = new StageLayout(graph, planningGraph, plan, batchDerived, small, large, measureSamples);
+        ScalarType[] extraOutputDTypes = ExtraOutputTypes(graph, layout, small);
         CheckBoundaries(graph, layout, small);
         PipelineSchedule schedule = ScheduleBuilder.Build(plan.Schedule, PipelineTopology.FromPlan(plan));
         (int Stage, int Replica)? role = plan.RoleOf(_world.Rank);
@@ -763,7 +793,34 @@ public sealed class RanncModule : IDisposable
                 .Select(b => b.buffer).ToList()
             : [];
         return new Deployed(graph, plan, executor, replicas, shared, owned, Owners(placement, plan), output.Shape!.Length == 0, outputDType, loaded,
-            lossCombination, buffers, placement, inputs.Select(InputKind).ToArray(), slicer, layout);
+            lossCombination, buffers, placement, inputs.Select(InputKind).ToArray(), slicer, layout, extraOutputDTypes);
+    }
+
+    /// <summary>
+    /// The dtypes of the outputs after the first, checked: with several outputs the first is the scalar loss, and every
+    /// other is a tensor that holds the batch (it is returned joined from the slices, so it must grow with them).
+    /// </summary>
+    private static ScalarType[] ExtraOutputTypes(CapturedGraph graph, StageLayout layout, IReadOnlyList<ValueMeasurement> measured)
+    {
+        if (graph.Outputs.Count == 1) return [];
+        if (measured[graph.Outputs[0]].Shape is not { Length: 0 })
+        {
+            throw new NotSupportedException(
+                $"forward() returns {graph.Outputs.Count} values; with several, Rannc needs the first to be the scalar loss (the others are returned for metrics).");
+        }
+        var types = new ScalarType[graph.Outputs.Count - 1];
+        for (int k = 1; k < graph.Outputs.Count; k++)
+        {
+            int v = graph.Outputs[k];
+            if (measured[v].DType is not ScalarType dtype || !layout.BatchDependent[v])
+            {
+                throw new NotSupportedException(
+                    $"Output {k} of forward() ('{graph.Values[v].Name}') is {(measured[v].DType is null ? "not a tensor" : "a tensor that does not hold the batch")}; " +
+                    "outputs after the loss are returned joined from the batch slices, so each must be a tensor with the batch in it (e.g. logits).");
+            }
+            types[k - 1] = dtype;
+        }
+        return types;
     }
 
     /// <summary>Every node's forward and backward cost on this machine, the profiling shared out among the ranks.</summary>
@@ -963,7 +1020,7 @@ public sealed class RanncModule : IDisposable
         IReadOnlyList<(SharedParameterGroup Group, ICommunicator Communicator)> SharedGroups,
         IReadOnlyList<(string Name, Tensor Parameter)> OwnedParameters, IReadOnlyDictionary<string, int> Owners,
         bool OutputIsScalar, ScalarType OutputDType, bool Loaded, LossCombination Loss, IReadOnlyList<Tensor> ReplicaBuffers,
-        ParameterPlacement Placement, string[] FirstInputs, InputSlicer Slicer, StageLayout Layout);
+        ParameterPlacement Placement, string[] FirstInputs, InputSlicer Slicer, StageLayout Layout, ScalarType[] ExtraOutputDTypes);
 
     /// <summary>Saves the model's buffers and the random state, and puts them back on dispose.</summary>
     internal sealed class PreservedState : IDisposable

@@ -13,8 +13,10 @@ namespace Rannc.Execution;
 /// <param name="OutputSlices">For a non-scalar graph output: this rank's slices of it (last stage only).</param>
 /// <param name="Gradients">Gradients of the parameters this rank owns, summed over micro-batches and replicas,
 /// for a loss of 1 and before division by the step's total loss weight (null when the step ran without gradients).</param>
+/// <param name="ExtraOutputSlices">For a model that returns the loss and more: this rank's slices of graph output
+/// <c>Output</c> (1 and up), detached (last stage only).</param>
 internal sealed record StepResult(double LossNumerator, double LossDenominator, IReadOnlyList<(SampleRange Samples, Tensor Value)> OutputSlices,
-    IReadOnlyDictionary<string, Tensor>? Gradients);
+    IReadOnlyDictionary<string, Tensor>? Gradients, IReadOnlyList<(int Output, SampleRange Samples, Tensor Value)> ExtraOutputSlices);
 
 /// <summary>
 /// Runs this rank's part of one training (or inference) step: its actions of the schedule, in order, with one
@@ -84,7 +86,7 @@ internal sealed class PipelineExecutor
     /// <summary>Runs one step on <paramref name="inputs"/> (forward()'s arguments, whole batch, on every rank).</summary>
     public StepResult Run(IReadOnlyList<object?> inputs, bool computeGradients)
     {
-        if (IsIdle) return new StepResult(0, 0, [], computeGradients ? new Dictionary<string, Tensor>() : null);
+        if (IsIdle) return new StepResult(0, 0, [], computeGradients ? new Dictionary<string, Tensor>() : null, []);
         var step = new Step(this, inputs, computeGradients);
         try
         {
@@ -271,6 +273,7 @@ internal sealed class PipelineExecutor
         private Tensor? _outputGradient;
         private readonly Dictionary<string, Tensor> _gradients = [];
         private readonly List<(SampleRange, Tensor)> _outputSlices = [];
+        private readonly List<(int, SampleRange, Tensor)> _extraOutputSlices = [];
         private readonly Dictionary<int, List<IDisposable>> _microBatchTensors = [];
         private readonly List<IDisposable> _stepTensors = [];
         private readonly HashSet<int> _backwardDone = [];
@@ -344,6 +347,11 @@ internal sealed class PipelineExecutor
                 if (combination.Rule != LossRule.Sum) _lossDenominator += weight;
                 _lossWeights[m] = weight;
                 _losses[m] = result;
+                // Outputs after the loss (logits for metrics) are returned without gradients: the loss alone is trained on.
+                for (int k = 1; k < Layout.GraphOutputs.Length; k++)
+                {
+                    if (values[Layout.GraphOutputs[k]] is Tensor extra) _extraOutputSlices.Add((k, slice, extra.detach()));
+                }
             }
             else
             {
@@ -547,7 +555,7 @@ internal sealed class PipelineExecutor
             _gradients.TryGetValue(name, out Tensor? g) ? g : _gradients[name] = torch.zeros_like(parameter);
 
         public StepResult Result() =>
-            new(_lossNumerator, _lossDenominator, _outputSlices, computeGradients ? _gradients : null);
+            new(_lossNumerator, _lossDenominator, _outputSlices, computeGradients ? _gradients : null, _extraOutputSlices);
 
         /// <summary>Whether stage boundaries carry a gradient for value <paramref name="v"/> (both sides agree).</summary>
         private bool GradientCrosses(int v) => Layout.NeedsGradient[v];
@@ -660,7 +668,8 @@ internal sealed class PipelineExecutor
             var created = scope.DisposablesView.ToList();
             // The step's results outlive the micro-batch: accumulated gradients and gathered output slices.
             // By reference: Tensor.Equals compares values, and a NaN tensor is not equal to itself.
-            var keep = new HashSet<IDisposable>(_gradients.Values.Concat(_outputSlices.Select(o => o.Item2)), ReferenceEqualityComparer.Instance);
+            var keep = new HashSet<IDisposable>(_gradients.Values.Concat(_outputSlices.Select(o => o.Item2)).Concat(_extraOutputSlices.Select(o => o.Item3)),
+                ReferenceEqualityComparer.Instance);
             scope.Detach(created);
             ListFor(_microBatchTensors, m).AddRange(created.Where(t => !keep.Contains(t)));
         }
