@@ -28,6 +28,27 @@ public sealed partial class ClassifierWithLogits : Module<Tensor, Tensor, (Tenso
     }
 }
 
+/// <summary>A classifier that returns its loss and the mean logit: a second output without the batch in it.</summary>
+[RaNNC]
+public sealed partial class ClassifierWithMeanLogit : Module<Tensor, Tensor, (Tensor Loss, Tensor MeanLogit)>
+{
+    private readonly Linear first;
+    private readonly Linear second;
+
+    public ClassifierWithMeanLogit() : base(nameof(ClassifierWithMeanLogit))
+    {
+        first = Linear(6, 16);
+        second = Linear(16, 3);
+        RegisterComponents();
+    }
+
+    public override (Tensor Loss, Tensor MeanLogit) forward(Tensor features, Tensor labels)
+    {
+        Tensor logits = second.forward(functional.relu(first.forward(features)));
+        return (functional.cross_entropy(logits, labels), logits.mean());
+    }
+}
+
 /// <summary>
 /// A model that returns the loss and more (the logits): <see cref="RanncModule.ForwardOutputs"/> returns every output,
 /// the loss with its gradient as <c>forward</c> returns it and the others whole on every rank; training equals plain
@@ -117,6 +138,21 @@ public sealed class MultipleOutputsTests
             using (torch.no_grad()) return rannc.forward(batch).item<double>();
         }, new InProcessOptions(Timeout: TimeSpan.FromMinutes(2)));
         Assert.All(losses, l => Equivalence.AssertClose(expected, l, "loss"));
+    }
+
+    [Fact]
+    public void SecondOutputWithoutTheBatch_IsRefusedNamingIt()
+    {
+        Tensor[] batch = Batch0f(0);
+        var error = Assert.Throws<RankFailedException>(() => InProcessLauncher.Run(2, comm =>
+        {
+            var model = new ClassifierWithMeanLogit().to(ScalarType.Float64);
+            using var rannc = new RanncModule(model, torch.optim.SGD(model.parameters(), 0.1), comm,
+                new RanncOptions { ForcedReplicas = [1, 1], PlanCacheDirectory = "", ProfileRepeats = 1, Log = _ => { } });
+            return rannc.ForwardOutputs(batch).Length;
+        }, new InProcessOptions(Timeout: TimeSpan.FromMinutes(2))));
+        Assert.Contains("Output 1 of forward()", error.ToString());
+        Assert.Contains("a tensor that does not hold the batch", error.ToString());
     }
 
     private static nn.Module<Tensor, Tensor, (Tensor Loss, Tensor Logits)> Seeded()
