@@ -53,8 +53,15 @@ public static class TrainingScenarios
         torch.manual_seed(seed);
         nn.Module model = Create();
         var optimizer = Optimizer(model);
-        // The median of 5 timings: one stray slow timing of a tiny node (seen on CI) made the planner keep the tied weight in one stage.
-        var options = new RanncOptions { ForcedReplicas = Enumerable.Repeat(1, comm.Size).ToList(), PlanCacheDirectory = "", ProfileRepeats = 5, MicroBatches = 2 };
+        // The planner prices the tied weight's gradient sum and the activations by the link it measures; on a loaded CI
+        // machine the measured latency was 2 ms, so keeping everything in one stage (a first stage of one shape node) was
+        // the cheaper plan and the tie was never split. A fixed fast link makes the split the cheaper plan whatever the load;
+        // the median of 5 timings keeps one stray slow timing from steering the cut.
+        var options = new RanncOptions
+        {
+            ForcedReplicas = Enumerable.Repeat(1, comm.Size).ToList(), PlanCacheDirectory = "", ProfileRepeats = 5, MicroBatches = 2,
+            IntraHostLink = new LinkSpeed(BytesPerSecond: 10e9, LatencySeconds: 1e-6),
+        };
         using var rannc = new RanncModule(model, optimizer, comm, options);
         for (int step = 0; step < Steps; step++)
         {

@@ -52,8 +52,10 @@ public sealed class VerifyTests
         };
         var failure = Assert.Throws<RankFailedException>(() => Train(Task("bert"), "1,1", options));
         string message = failure.ToString();
-        Assert.Contains("Rannc verify (step 0)", message);
-        Assert.Contains("the gradient of parameter 'encoder.layers.1.feedForward.output.weight' (stage 1,", message);
+        // The whole message on failure: a different failure (not the verifier's) must show what it was.
+        Assert.True(message.Contains("Rannc verify (step 0)", StringComparison.Ordinal), message);
+        // The planner picks the cut from profiled timings, so the stage holding the node is not fixed: any stage, named.
+        Assert.Matches(@"the gradient of parameter 'encoder\.layers\.1\.feedForward\.output\.weight' \(stage \d+, node encoder\.layers\.1\.feedForward\.output\)", message);
         Assert.DoesNotContain("parameter 'encoder.layers.0", message);
     }
 
