@@ -34,7 +34,8 @@ public static class CommunicatorScenarios
         };
 
     public static readonly IReadOnlyList<ScalarType> DTypes =
-        [ScalarType.Float32, ScalarType.Float64, ScalarType.BFloat16, ScalarType.Float16, ScalarType.Int64, ScalarType.Bool];
+        [ScalarType.Float32, ScalarType.Float64, ScalarType.BFloat16, ScalarType.Float16, ScalarType.ComplexFloat32, ScalarType.ComplexFloat64,
+            ScalarType.Int64, ScalarType.Int32, ScalarType.Int16, ScalarType.Int8, ScalarType.Byte, ScalarType.Bool];
 
     public static readonly IReadOnlyList<long[]> Shapes = [[], [1], [7], [3, 5, 17], [2, 0, 3], [1023, 3]];
 
@@ -46,6 +47,12 @@ public static class CommunicatorScenarios
         {
             ScalarType.Bool => torch.rand(shape, generator: generator) > 0.5,
             ScalarType.Int64 => torch.randint(-1_000_000_000_000L, 1_000_000_000_000L, shape, ScalarType.Int64, generator: generator),
+            // Every bit pattern of the element: the full range of each integer type.
+            ScalarType.Int32 => torch.randint(int.MinValue, int.MaxValue, shape, ScalarType.Int32, generator: generator),
+            ScalarType.Int16 => torch.randint(short.MinValue, short.MaxValue + 1, shape, ScalarType.Int16, generator: generator),
+            ScalarType.Int8 => torch.randint(sbyte.MinValue, sbyte.MaxValue + 1, shape, ScalarType.Int8, generator: generator),
+            ScalarType.Byte => torch.randint(0, 256, shape, ScalarType.Byte, generator: generator),
+            // randn of a complex dtype draws both parts.
             _ => torch.randn(shape, dtype, generator: generator),
         };
     }
@@ -55,6 +62,14 @@ public static class CommunicatorScenarios
     {
         using var generator = new Generator((ulong)seed);
         if (dtype == ScalarType.Bool) return torch.rand(shape, generator: generator) > 0.7;
+        if (dtype == ScalarType.Byte) return torch.randint(0, 9, shape, ScalarType.Int64, generator: generator).to(dtype);
+        if (TensorBuffers.IsComplex(dtype))
+        {
+            // Both parts non-zero, so a reduction that dropped or swapped one would show.
+            using Tensor real = torch.randint(-8, 9, shape, ScalarType.Float64, generator: generator);
+            using Tensor imaginary = torch.randint(-8, 9, shape, ScalarType.Float64, generator: generator);
+            return torch.complex(real, imaginary).to(dtype);
+        }
         return torch.randint(-8, 9, shape, ScalarType.Int64, generator: generator).to(dtype);
     }
 
@@ -106,7 +121,8 @@ public static class CommunicatorScenarios
         {
             foreach (ScalarType dtype in DTypes)
             {
-                bool defined = !(dtype == ScalarType.Bool && op != ReduceOp.Max) && !(dtype == ScalarType.Int64 && op == ReduceOp.Average);
+                bool defined = !(dtype == ScalarType.Bool && op != ReduceOp.Max) && !(TensorBuffers.IsInteger(dtype) && op == ReduceOp.Average)
+                    && !(TensorBuffers.IsComplex(dtype) && op == ReduceOp.Max);
                 if (!defined) continue;
                 seed++;
                 using Tensor mine = SmallIntegerTensor(dtype, shape, seed * 100 + comm.Rank);
