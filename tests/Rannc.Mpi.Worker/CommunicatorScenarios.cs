@@ -16,6 +16,7 @@ public static class CommunicatorScenarios
     {
         ["ping-pong-all-dtypes"] = PingPongAllDtypes,
         ["ping-pong-64mb"] = PingPongLarge,
+        ["stage-values-all-dtypes"] = StageValuesAllDtypes,
         ["all-reduce"] = AllReduceMatchesLocalResult,
         ["broadcast"] = BroadcastFromLastRank,
         ["split-2x2"] = SplitIntoPairs,
@@ -84,6 +85,73 @@ public static class CommunicatorScenarios
                 PingPong(comm, partner, dtype, shape, seed: 1000 + tag, tag);
                 tag++;
             }
+        }
+    }
+
+    /// <summary>
+    /// What crosses a stage boundary (<see cref="Rannc.Execution.ValueTransfer"/>): a tensor of every dtype (some
+    /// non-contiguous views), arrays of tensors of mixed dtypes (the result of <c>chunk</c>, and an empty one), shapes
+    /// and numbers, each arriving bit-identical with its dtype and shape, in the order sent on one tag.
+    /// </summary>
+    private static void StageValuesAllDtypes(ICommunicator comm)
+    {
+        int partner = comm.Rank ^ 1;
+        List<object> Values()
+        {
+            var values = new List<object>();
+            int seed = 2000;
+            foreach (ScalarType dtype in DTypes)
+            {
+                values.Add(RandomTensor(dtype, [3, 5], seed++));
+                values.Add(RandomTensor(dtype, [4, 6], seed++).transpose(0, 1)); // a view: sent as its values, contiguous
+            }
+            values.Add(RandomTensor(ScalarType.Float64, [2, 9], seed++).chunk(3, -1));
+            values.Add(DTypes.Select(dtype => RandomTensor(dtype, [2, 3], 3000 + (int)dtype)).ToArray());
+            values.Add(Array.Empty<Tensor>());
+            values.Add(new long[] { 4, -1, 7 });
+            values.Add(42L);
+            values.Add(2.5);
+            values.Add(true);
+            return values;
+        }
+
+        const int tag = 7;
+        List<object> expected = Values();
+        if (comm.Rank % 2 == 0)
+        {
+            var requests = expected.SelectMany(v => Rannc.Execution.ValueTransfer.StartSend(comm, v, partner, tag)).ToList();
+            CommRequests.WaitAll(requests);
+            return;
+        }
+        for (int i = 0; i < expected.Count; i++)
+        {
+            object received = Rannc.Execution.ValueTransfer.Receive(comm, partner, tag);
+            RequireSameValue(expected[i], received, $"value {i}");
+        }
+    }
+
+    private static void RequireSameValue(object expected, object actual, string what)
+    {
+        switch (expected)
+        {
+            case Tensor e:
+                Require(actual is Tensor, $"{what}: a {actual.GetType().Name} arrived instead of a tensor");
+                var a = (Tensor)actual;
+                Require(a.dtype == e.dtype, $"{what}: dtype {a.dtype} arrived, {e.dtype} was sent");
+                Require(a.shape.SequenceEqual(e.shape), $"{what} ({e.dtype}): shape [{string.Join(",", a.shape)}] arrived, [{string.Join(",", e.shape)}] was sent");
+                using (Tensor contiguous = e.contiguous())
+                    Require(TensorBuffers.Bytes(contiguous).SequenceEqual(TensorBuffers.Bytes(a)), $"{what} ({e.dtype}): bytes differ");
+                break;
+            case Tensor[] e:
+                Require(actual is Tensor[] array && array.Length == e.Length, $"{what}: an array of {e.Length} tensors was sent, {actual.GetType().Name} arrived");
+                for (int i = 0; i < e.Length; i++) RequireSameValue(e[i], ((Tensor[])actual)[i], $"{what}[{i}]");
+                break;
+            case long[] e:
+                Require(actual is long[] shape && shape.SequenceEqual(e), $"{what}: the shape differs");
+                break;
+            default:
+                Require(Equals(expected, actual), $"{what}: {actual} arrived, {expected} was sent");
+                break;
         }
     }
 
