@@ -131,7 +131,7 @@ internal static class ValueTransfer
         ScalarType dtype => (ValueKind.DType, torch.tensor((long)dtype)),
         null => throw new NotSupportedException("A null value cannot cross a stage boundary."),
         _ => throw new NotSupportedException(
-            $"A value of type {value.GetType().Name} cannot cross a stage boundary; only tensors, shapes and numbers can."),
+            $"A value of type {value.GetType().Name} cannot cross a stage boundary; only tensors, arrays of tensors, shapes, numbers, devices and dtypes can."),
     };
 
     private static object Decode(ValueKind kind, Tensor data)

@@ -9,7 +9,7 @@ namespace Rannc.Tests.Correctness;
 
 /// <summary>
 /// The planner never chooses a cut the runtime cannot run: random forced plan shapes (stages, replicas, micro-batches,
-/// schedule) on every sample, the zoo and a model with values that cannot travel, each trained one step; models without
+/// schedule) on every sample, the zoo and a model whose chunk result (a Tensor[]) a cut may carry, each trained one step; models without
 /// batch norm match plain TorchSharp, and batch-norm models never get a slice of one sample.
 /// </summary>
 public sealed class RandomPlanTests
