@@ -34,7 +34,4 @@ public sealed class ZooRotaryTests
     public void EveryDtypeAndAnArrayOfTensorsOnACut_TrainLikePlainTorchSharp(string cuts, string replicas, string schedule, string optimizer) =>
         ZooHarness.AssertMatchesReference(Rotary, new ZooPlan(replicas.Split(',').Select(int.Parse).ToList(), cuts.Split(';'), InsideSequential: false),
             schedule, optimizer);
-
-    [Fact]
-    public void PlannedCut_TrainsLikePlainTorchSharp() => ZooHarness.AssertMatchesReference(Rotary, new ZooPlan([1, 1]), "1f1b", "adam");
 }
