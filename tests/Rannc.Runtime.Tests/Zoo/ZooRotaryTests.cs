@@ -25,6 +25,8 @@ public sealed class ZooRotaryTests
         { EveryKind, "1,3", "1f1b", "sgd" },
         { EveryKind, "1,3", "gpipe", "adam" },
         { EveryKind, "2,2", "gpipe", "adam" },
+        // Zero bubble: the input half sends the array's and the complex values' gradients, the weight half runs later.
+        { EveryKind, "1,3", "zb", "sgd" },
         { FourStages, "1,1,1,1", "1f1b", "sgd" },
         { FourStages, "1,1,1,1", "gpipe", "adam" },
     };
