@@ -867,15 +867,12 @@ public sealed class RanncModule : IDisposable
             foreach (int v in layout.Boundaries[s])
             {
                 CapturedValue value = graph.Values[v];
-                bool complex = PlanningGraphConverter.IsComplex(measured[v].DType);
-                if (ValueTransfer.CanCross(value) && !complex) continue;
+                string? refusal = ValueTransfer.CanCross(value) ? ValueTransfer.WhyNotSendable(measured[v]) : "values of that type cannot travel between stages";
+                if (refusal is null) continue;
                 string producer = value.Producer >= 0 ? $"{graph.Nodes[value.Producer].Name} ({graph.Nodes[value.Producer].Location})" : "an input";
-                string type = complex ? $"a {measured[v].DType} tensor" : value.TypeName;
                 throw new NotSupportedException(
-                    $"The plan cuts between stage {s} and {s + 1} where value '{value.Name}' ({type}, made by {producer}) would cross; " +
-                    (complex ? "complex tensors cannot travel between stages yet (write rotary embeddings with real cos/sin tables, or keep the complex values inside one stage). "
-                        : "values of that type cannot travel between stages. ") +
-                    "Let the planner choose the cut, or force a plan whose cuts avoid it.");
+                    $"The plan cuts between stage {s} and {s + 1} where value '{value.Name}' ({value.TypeName}, made by {producer}) would cross; " +
+                    $"{refusal}. Let the planner choose the cut, or force a plan whose cuts avoid it.");
             }
         }
     }

@@ -16,6 +16,7 @@ public static class CommunicatorScenarios
     {
         ["ping-pong-all-dtypes"] = PingPongAllDtypes,
         ["ping-pong-64mb"] = PingPongLarge,
+        ["stage-values-all-dtypes"] = StageValuesAllDtypes,
         ["all-reduce"] = AllReduceMatchesLocalResult,
         ["broadcast"] = BroadcastFromLastRank,
         ["split-2x2"] = SplitIntoPairs,
@@ -34,7 +35,8 @@ public static class CommunicatorScenarios
         };
 
     public static readonly IReadOnlyList<ScalarType> DTypes =
-        [ScalarType.Float32, ScalarType.Float64, ScalarType.BFloat16, ScalarType.Float16, ScalarType.Int64, ScalarType.Bool];
+        [ScalarType.Float32, ScalarType.Float64, ScalarType.BFloat16, ScalarType.Float16, ScalarType.ComplexFloat32, ScalarType.ComplexFloat64,
+            ScalarType.Int64, ScalarType.Int32, ScalarType.Int16, ScalarType.Int8, ScalarType.Byte, ScalarType.Bool];
 
     public static readonly IReadOnlyList<long[]> Shapes = [[], [1], [7], [3, 5, 17], [2, 0, 3], [1023, 3]];
 
@@ -46,6 +48,12 @@ public static class CommunicatorScenarios
         {
             ScalarType.Bool => torch.rand(shape, generator: generator) > 0.5,
             ScalarType.Int64 => torch.randint(-1_000_000_000_000L, 1_000_000_000_000L, shape, ScalarType.Int64, generator: generator),
+            // Every bit pattern of the element: the full range of each integer type.
+            ScalarType.Int32 => torch.randint(int.MinValue, int.MaxValue, shape, ScalarType.Int32, generator: generator),
+            ScalarType.Int16 => torch.randint(short.MinValue, short.MaxValue + 1, shape, ScalarType.Int16, generator: generator),
+            ScalarType.Int8 => torch.randint(sbyte.MinValue, sbyte.MaxValue + 1, shape, ScalarType.Int8, generator: generator),
+            ScalarType.Byte => torch.randint(0, 256, shape, ScalarType.Byte, generator: generator),
+            // randn of a complex dtype draws both parts.
             _ => torch.randn(shape, dtype, generator: generator),
         };
     }
@@ -55,6 +63,14 @@ public static class CommunicatorScenarios
     {
         using var generator = new Generator((ulong)seed);
         if (dtype == ScalarType.Bool) return torch.rand(shape, generator: generator) > 0.7;
+        if (dtype == ScalarType.Byte) return torch.randint(0, 9, shape, ScalarType.Int64, generator: generator).to(dtype);
+        if (TensorBuffers.IsComplex(dtype))
+        {
+            // Both parts non-zero, so a reduction that dropped or swapped one would show.
+            using Tensor real = torch.randint(-8, 9, shape, ScalarType.Float64, generator: generator);
+            using Tensor imaginary = torch.randint(-8, 9, shape, ScalarType.Float64, generator: generator);
+            return torch.complex(real, imaginary).to(dtype);
+        }
         return torch.randint(-8, 9, shape, ScalarType.Int64, generator: generator).to(dtype);
     }
 
@@ -69,6 +85,73 @@ public static class CommunicatorScenarios
                 PingPong(comm, partner, dtype, shape, seed: 1000 + tag, tag);
                 tag++;
             }
+        }
+    }
+
+    /// <summary>
+    /// What crosses a stage boundary (<see cref="Rannc.Execution.ValueTransfer"/>): a tensor of every dtype (some
+    /// non-contiguous views), arrays of tensors of mixed dtypes (the result of <c>chunk</c>, and an empty one), shapes
+    /// and numbers, each arriving bit-identical with its dtype and shape, in the order sent on one tag.
+    /// </summary>
+    private static void StageValuesAllDtypes(ICommunicator comm)
+    {
+        int partner = comm.Rank ^ 1;
+        List<object> Values()
+        {
+            var values = new List<object>();
+            int seed = 2000;
+            foreach (ScalarType dtype in DTypes)
+            {
+                values.Add(RandomTensor(dtype, [3, 5], seed++));
+                values.Add(RandomTensor(dtype, [4, 6], seed++).transpose(0, 1)); // a view: sent as its values, contiguous
+            }
+            values.Add(RandomTensor(ScalarType.Float64, [2, 9], seed++).chunk(3, -1));
+            values.Add(DTypes.Select(dtype => RandomTensor(dtype, [2, 3], 3000 + (int)dtype)).ToArray());
+            values.Add(Array.Empty<Tensor>());
+            values.Add(new long[] { 4, -1, 7 });
+            values.Add(42L);
+            values.Add(2.5);
+            values.Add(true);
+            return values;
+        }
+
+        const int tag = 7;
+        List<object> expected = Values();
+        if (comm.Rank % 2 == 0)
+        {
+            var requests = expected.SelectMany(v => Rannc.Execution.ValueTransfer.StartSend(comm, v, partner, tag)).ToList();
+            CommRequests.WaitAll(requests);
+            return;
+        }
+        for (int i = 0; i < expected.Count; i++)
+        {
+            object received = Rannc.Execution.ValueTransfer.Receive(comm, partner, tag);
+            RequireSameValue(expected[i], received, $"value {i}");
+        }
+    }
+
+    private static void RequireSameValue(object expected, object actual, string what)
+    {
+        switch (expected)
+        {
+            case Tensor e:
+                Require(actual is Tensor, $"{what}: a {actual.GetType().Name} arrived instead of a tensor");
+                var a = (Tensor)actual;
+                Require(a.dtype == e.dtype, $"{what}: dtype {a.dtype} arrived, {e.dtype} was sent");
+                Require(a.shape.SequenceEqual(e.shape), $"{what} ({e.dtype}): shape [{string.Join(",", a.shape)}] arrived, [{string.Join(",", e.shape)}] was sent");
+                using (Tensor contiguous = e.contiguous())
+                    Require(TensorBuffers.Bytes(contiguous).SequenceEqual(TensorBuffers.Bytes(a)), $"{what} ({e.dtype}): bytes differ");
+                break;
+            case Tensor[] e:
+                Require(actual is Tensor[] array && array.Length == e.Length, $"{what}: an array of {e.Length} tensors was sent, {actual.GetType().Name} arrived");
+                for (int i = 0; i < e.Length; i++) RequireSameValue(e[i], ((Tensor[])actual)[i], $"{what}[{i}]");
+                break;
+            case long[] e:
+                Require(actual is long[] shape && shape.SequenceEqual(e), $"{what}: the shape differs");
+                break;
+            default:
+                Require(Equals(expected, actual), $"{what}: {actual} arrived, {expected} was sent");
+                break;
         }
     }
 
@@ -106,7 +189,8 @@ public static class CommunicatorScenarios
         {
             foreach (ScalarType dtype in DTypes)
             {
-                bool defined = !(dtype == ScalarType.Bool && op != ReduceOp.Max) && !(dtype == ScalarType.Int64 && op == ReduceOp.Average);
+                bool defined = !(dtype == ScalarType.Bool && op != ReduceOp.Max) && !(TensorBuffers.IsInteger(dtype) && op == ReduceOp.Average)
+                    && !(TensorBuffers.IsComplex(dtype) && op == ReduceOp.Max);
                 if (!defined) continue;
                 seed++;
                 using Tensor mine = SmallIntegerTensor(dtype, shape, seed * 100 + comm.Rank);

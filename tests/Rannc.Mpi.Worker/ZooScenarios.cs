@@ -8,7 +8,8 @@ using static TorchSharp.torch;
 namespace Rannc.Mpi.Worker;
 
 /// <summary>
-/// Zoo models trained under mpiexec (one process per rank): 3 steps in float64 on a forced 2-stage plan; the test
+/// Zoo models trained under mpiexec (one process per rank): 3 steps in float64 on a forced 2-stage plan (or the plan the
+/// test wrote, through <c>RANNC_LOAD_DEPLOYMENT</c>); the test
 /// compares them with plain TorchSharp training in its own process. Every rank prints its report as lines starting "rannc-zoo: "
 /// whose rest, joined, is a JSON object with the losses and its own parameters and last gradients.
 /// </summary>
@@ -22,6 +23,9 @@ public static class ZooScenarios
     {
         ["zoo-resnet"] = comm => Train(comm, () => new ZooResNet([2, 1]), ZooData.Images, classes: 5, "adam", "1f1b"),
         ["zoo-vgg"] = comm => Train(comm, () => new ZooVgg([4, 0, 6, 6, 0]), ZooData.Images, classes: 5, "sgd", "gpipe"),
+        // The test passes a hand-made cut (RANNC_LOAD_DEPLOYMENT) that puts complex, Tensor[] and integer values on the boundary.
+        ["zoo-rotary"] = comm => Train(comm, () => new ZooRotaryNet(classes: 3),
+            (batch, step) => ZooData.Vectors(batch, ZooRotaryNet.Tokens * ZooRotaryNet.Features, step), classes: 3, "adam", "1f1b"),
     };
 
     public static optim.Optimizer Optimizer(nn.Module model, string name) => name == "adam"

@@ -8,8 +8,9 @@ namespace Rannc.Capture;
 /// <param name="DType">Element type for tensors; null otherwise.</param>
 /// <param name="Shape">Shape for tensors; null otherwise.</param>
 /// <param name="Bytes">Bytes the value occupies (tensors: elements × element size; shape arrays and scalars: 8 per number).</param>
-/// <param name="RequiresGrad">Whether a gradient flows back through it.</param>
-public sealed record ValueMeasurement(ScalarType? DType, long[]? Shape, long Bytes, bool RequiresGrad);
+/// <param name="RequiresGrad">Whether a gradient flows back through it (for an array: through any of its tensors).</param>
+/// <param name="Elements">For an array of tensors (<c>chunk</c>'s result): each tensor's measurement; null otherwise.</param>
+public sealed record ValueMeasurement(ScalarType? DType, long[]? Shape, long Bytes, bool RequiresGrad, IReadOnlyList<ValueMeasurement>? Elements = null);
 
 /// <summary>Measures values by running the graph, and converts a captured graph to the partitioner's pure graph.</summary>
 public static class PlanningGraphConverter
@@ -38,10 +39,17 @@ public static class PlanningGraphConverter
     private static ValueMeasurement MeasureValue(object? value) => value switch
     {
         Tensor tensor => new ValueMeasurement(tensor.dtype, tensor.shape, tensor.NumberOfElements * tensor.ElementSize, tensor.requires_grad),
+        Tensor[] array => MeasureArray(array),
         long[] shape => new ValueMeasurement(null, null, shape.LongLength * sizeof(long), false),
         bool or byte or sbyte or short or ushort or int or uint or long or ulong or float or double => new ValueMeasurement(null, null, sizeof(long), false),
         _ => new ValueMeasurement(null, null, 0, false),
     };
+
+    private static ValueMeasurement MeasureArray(Tensor[] array)
+    {
+        var elements = array.Select(MeasureValue).ToList();
+        return new ValueMeasurement(null, null, elements.Sum(e => e.Bytes), elements.Any(e => e.RequiresGrad), elements);
+    }
 
     /// <summary>
     /// The partitioner's view of the graph. Value sizes are measured at <paramref name="microBatchSize"/> and at twice
@@ -58,9 +66,6 @@ public static class PlanningGraphConverter
         return graph.ToPlanningGraph(small, large, microBatchSize);
     }
 
-    /// <summary>Complex tensors (rotary embeddings) cannot travel between stages yet: the planner keeps them inside one.</summary>
-    internal static bool IsComplex(ScalarType? dtype) => dtype is ScalarType.ComplexFloat32 or ScalarType.ComplexFloat64;
-
     /// <summary>The partitioner's view from two measurements, at <paramref name="samples"/> and at twice as many samples.</summary>
     public static PlanningGraph ToPlanningGraph(
         this CapturedGraph graph, IReadOnlyList<ValueMeasurement> atSamples, IReadOnlyList<ValueMeasurement> atTwiceSamples, int samples)
@@ -76,13 +81,16 @@ public static class PlanningGraphConverter
         {
             var perSample = Math.Max(0, (atTwiceSamples[value.Id].Bytes - atSamples[value.Id].Bytes) / samples);
             var fixedBytes = Math.Max(0, atSamples[value.Id].Bytes - (perSample * samples));
-            // Arrays and tuples of tensors (chunk's result) cannot travel: the planner keeps their producer and users together.
-            bool complex = IsComplex(atSamples[value.Id].DType);
-            // The name is what a refused plan file names: it says why the value stays inside a stage.
-            string name = complex ? $"{value.Name}, a {atSamples[value.Id].DType} tensor: complex tensors cannot travel between stages yet" : value.Name;
+            // Values of other types (objects the runtime cannot send) stay inside one stage: the planner keeps their
+            // producer and users together. The name is what a refused plan file names: it says why.
+            string? refusal = Execution.ValueTransfer.CanCross(value)
+                ? Execution.ValueTransfer.WhyNotSendable(atSamples[value.Id])
+                : "values of that type cannot travel between stages";
+            bool crosses = refusal is null;
+            string name = crosses ? value.Name : $"{value.Name}, a {value.TypeName}: {refusal}";
             return new Partitioner.GraphValue(value.Id, name, perSample, fixedBytes, atSamples[value.Id].RequiresGrad)
             {
-                CanCrossStage = Execution.ValueTransfer.CanCross(value) && !complex,
+                CanCrossStage = crosses,
             };
         }).ToList();
         var nodes = graph.Nodes.Select(node => new Partitioner.GraphNode(

@@ -112,7 +112,13 @@ public sealed class MpiCommunicator : ICommunicator
         foreach (Tensor tensor in tensors)
         {
             ScalarType accumulate = TensorBuffers.ReductionType(tensor.dtype);
-            if (accumulate != tensor.dtype)
+            if (TensorBuffers.IsComplex(tensor.dtype))
+            {
+                // A complex sum is the sum of the real and imaginary parts: reduce the same memory as float pairs.
+                using Tensor parts = torch.view_as_real(tensor);
+                ReduceInPlace(parts, op);
+            }
+            else if (accumulate != tensor.dtype)
             {
                 // MPI has no 16-bit float sum: reduce a float32 copy, as the in-process implementation does.
                 using Tensor wide = tensor.to(accumulate);
@@ -326,6 +332,10 @@ public sealed class MpiCommunicator : ICommunicator
         ScalarType.Float32 => MpiNative.MPI_FLOAT,
         ScalarType.Float64 => MpiNative.MPI_DOUBLE,
         ScalarType.Int64 => MpiEnvironment.Int64Type,
+        ScalarType.Int32 => MpiNative.MPI_INT,
+        ScalarType.Int16 => MpiNative.MPI_SHORT,
+        ScalarType.Int8 => MpiNative.MPI_SIGNED_CHAR,
+        ScalarType.Byte => MpiNative.MPI_UNSIGNED_CHAR,
         ScalarType.Bool => MpiNative.MPI_UNSIGNED_CHAR, // stored as one byte, 0 or 1: Max is logical or
         _ => throw new ArgumentException($"AllReduce does not support {dtype} directly."),
     };

@@ -7,11 +7,20 @@ namespace Rannc.Communication;
 /// <summary>Checks and raw memory access shared by the communicator implementations.</summary>
 public static class TensorBuffers
 {
-    /// <summary>The dtypes tensors may have when they cross ranks.</summary>
+    /// <summary>The dtypes tensors may have when they cross ranks (every dtype TorchSharp's CPU backend computes with).</summary>
     public static readonly IReadOnlyList<ScalarType> SupportedTypes =
     [
-        ScalarType.Float32, ScalarType.Float64, ScalarType.BFloat16, ScalarType.Float16, ScalarType.Int64, ScalarType.Bool,
+        ScalarType.Float32, ScalarType.Float64, ScalarType.BFloat16, ScalarType.Float16,
+        ScalarType.ComplexFloat32, ScalarType.ComplexFloat64,
+        ScalarType.Int64, ScalarType.Int32, ScalarType.Int16, ScalarType.Int8, ScalarType.Byte, ScalarType.Bool,
     ];
+
+    /// <summary>Whether <paramref name="dtype"/> holds integers (Bool excluded): sums wrap, averages would truncate.</summary>
+    public static bool IsInteger(ScalarType dtype) =>
+        dtype is ScalarType.Int64 or ScalarType.Int32 or ScalarType.Int16 or ScalarType.Int8 or ScalarType.Byte;
+
+    /// <summary>Whether <paramref name="dtype"/> is complex (ComplexFloat32 or ComplexFloat64).</summary>
+    public static bool IsComplex(ScalarType dtype) => dtype is ScalarType.ComplexFloat32 or ScalarType.ComplexFloat64;
 
     /// <summary>Largest user tag (the MPI implementation derives two wire tags from each).</summary>
     public const int MaxTag = (1 << 20) - 1;
@@ -48,12 +57,15 @@ public static class TensorBuffers
             CheckTransferable(t, "AllReduce");
             if (t.dtype == ScalarType.Bool && op != ReduceOp.Max)
                 throw new ArgumentException($"AllReduce {op} is not defined for Bool tensors; use Max (logical or).");
-            if (t.dtype == ScalarType.Int64 && op == ReduceOp.Average)
-                throw new ArgumentException("AllReduce Average needs a floating-point tensor; Int64 would truncate.");
+            if (IsInteger(t.dtype) && op == ReduceOp.Average)
+                throw new ArgumentException($"AllReduce Average needs a floating-point tensor; {t.dtype} would truncate.");
+            if (IsComplex(t.dtype) && op == ReduceOp.Max)
+                throw new ArgumentException($"AllReduce Max is not defined for {t.dtype} tensors (complex numbers have no order).");
         }
     }
 
-    /// <summary>The type reductions run in: 16-bit floats are summed in float32 (MPI has no 16-bit float sum).</summary>
+    /// <summary>The type reductions run in: 16-bit floats are summed in float32 (MPI has no 16-bit float sum). Complex
+    /// tensors are summed as their real and imaginary parts (<c>view_as_real</c>), which is the same sum.</summary>
     public static ScalarType ReductionType(ScalarType dtype) =>
         dtype is ScalarType.Float16 or ScalarType.BFloat16 ? ScalarType.Float32 : dtype;
 

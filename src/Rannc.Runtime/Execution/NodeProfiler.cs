@@ -107,8 +107,8 @@ internal static class NodeProfiler
                 // for every round, and the leaf itself is never written (libtorch refuses in-place writes on a leaf).
                 bool written = node.ModifiesInput && v == node.Inputs[0];
                 // Only inputs a gradient flows through become leaves, as in the pipeline: some inputs must not require one
-                // (cross_entropy's class weights).
-                if (values[v] is Tensor t && t.is_floating_point() && t.requires_grad)
+                // (cross_entropy's class weights). Complex values carry gradients too (a rotary embedding's).
+                if (values[v] is Tensor t && (t.is_floating_point() || t.is_complex()) && t.requires_grad)
                 {
                     Tensor leaf = t.detach().requires_grad_(true);
                     values[v] = written ? leaf.clone() : leaf;

@@ -261,11 +261,14 @@ internal sealed class PipelineExecutor
     internal sealed class Step(PipelineExecutor owner, IReadOnlyList<object?> inputs, bool computeGradients)
     {
         private readonly Dictionary<int, Dictionary<int, object?>> _values = [];
-        private readonly Dictionary<int, Dictionary<int, Tensor>> _leaves = [];
+        // Per micro-batch and received value: the leaf per tensor of the value (one for a tensor, one per element of an
+        // array), null for a tensor that takes no gradient (an integer chunk).
+        private readonly Dictionary<int, Dictionary<int, Tensor?[]>> _leaves = [];
         private readonly Dictionary<int, HashSet<int>> _aliased = [];
         private readonly Dictionary<int, List<(SampleRange Samples, Dictionary<int, object?> Values)>> _activationPieces = [];
-        private readonly Dictionary<int, List<(SampleRange Samples, Dictionary<int, Tensor> Gradients)>> _gradientPieces = [];
-        private readonly Dictionary<int, Dictionary<int, Tensor>> _inputGradients = [];
+        // Gradients travel in the form of their value: a tensor, or an array with one gradient per element.
+        private readonly Dictionary<int, List<(SampleRange Samples, Dictionary<int, object> Gradients)>> _gradientPieces = [];
+        private readonly Dictionary<int, Dictionary<int, object>> _inputGradients = [];
         private readonly Dictionary<int, (List<Tensor> Outputs, List<Tensor> Gradients)> _awaitingWeightPass = [];
         private readonly Dictionary<int, Tensor> _losses = [];
         private readonly Dictionary<int, double> _lossWeights = [];
@@ -304,17 +307,26 @@ internal sealed class PipelineExecutor
                 // A node that writes into a graph input writes into a copy: the caller's batch stays as it was.
                 if (inputIndex >= 0) stageInputs[v] = owner._graph.BindExternal(v, owner._slicer.SliceInput(inputIndex, inputs, slice.Start, slice.Count));
             }
-            var leaves = new Dictionary<int, Tensor>();
+            var leaves = new Dictionary<int, Tensor?[]>();
             var aliased = new HashSet<int>();
             foreach ((int v, object? value) in AssembleIncoming(m, slice))
             {
-                if (computeGradients && Layout.NeedsGradient[v] && value is Tensor t && t.is_floating_point())
+                Tensor[] tensors = TensorsOf(value);
+                if (computeGradients && Layout.NeedsGradient[v] && tensors.Any(TakesGradient))
                 {
-                    Tensor leaf = t.detach().requires_grad_(true);
-                    leaves[v] = leaf;
-                    // A node that writes into the value gets a differentiable copy (libtorch refuses in-place writes on leaves).
-                    stageInputs[v] = owner._graph.BindExternal(v, leaf);
-                    if (!ReferenceEquals(stageInputs[v], leaf)) aliased.Add(v);
+                    Tensor?[] parts = tensors.Select(t => TakesGradient(t) ? t.detach().requires_grad_(true) : null).ToArray();
+                    leaves[v] = parts;
+                    if (value is Tensor)
+                    {
+                        Tensor leaf = parts[0]!;
+                        // A node that writes into the value gets a differentiable copy (libtorch refuses in-place writes on leaves).
+                        stageInputs[v] = owner._graph.BindExternal(v, leaf);
+                        if (!ReferenceEquals(stageInputs[v], leaf)) aliased.Add(v);
+                    }
+                    else
+                    {
+                        stageInputs[v] = parts.Select((leaf, i) => leaf ?? tensors[i]).ToArray();
+                    }
                 }
                 else
                 {
@@ -373,7 +385,8 @@ internal sealed class PipelineExecutor
             {
                 int v = outgoing[i];
                 object? value = _values[m][v];
-                if (value is Tensor t && Layout.BatchDependent[v] && samples != mine) value = Layout.SliceSamples(v, t, samples.Start - mine.Start, samples.Count);
+                if (value is Tensor or Tensor[] && Layout.BatchDependent[v] && samples != mine)
+                    value = Layout.SliceValue(v, value, samples.Start - mine.Start, samples.Count);
                 requests.AddRange(ValueTransfer.StartSend(owner._world, value, peer, owner.Tag(false, m, i)));
                 CountBytes(value);
             }
@@ -412,7 +425,7 @@ internal sealed class PipelineExecutor
 
             var outputs = new List<Tensor>();
             var outputGradients = new List<Tensor>();
-            Dictionary<int, Tensor> received = owner.IsLastStage ? [] : AssembleGradients(m);
+            Dictionary<int, object> received = owner.IsLastStage ? [] : AssembleGradients(m);
             if (owner.IsLastStage && _losses.TryGetValue(m, out Tensor? loss))
             {
                 // The step's loss is Σ weight × slice loss / Σ weight; the division happens once the total is known.
@@ -433,35 +446,46 @@ internal sealed class PipelineExecutor
             }
             else
             {
-                foreach ((int v, Tensor gradient) in received)
+                foreach ((int v, object gradient) in received)
                 {
                     // A value that passed through unchanged gets its gradient added below; one that a node here wrote
                     // into (through its copy) is an output of this stage's computation like any other.
                     if (Layout.ProducerStage[v] != owner._stage && !_aliased[m].Contains(v)) continue;
-                    if (_values[m][v] is Tensor produced && produced.requires_grad)
+                    Tensor[] produced = TensorsOf(_values[m][v]);
+                    Tensor[] producedGradients = TensorsOf(gradient);
+                    for (int i = 0; i < produced.Length; i++)
                     {
-                        outputs.Add(produced);
-                        outputGradients.Add(gradient);
+                        if (!produced[i].requires_grad) continue;
+                        outputs.Add(produced[i]);
+                        outputGradients.Add(producedGradients[i]);
                     }
                 }
             }
 
-            Dictionary<int, Tensor> leaves = _leaves[m];
+            Dictionary<int, Tensor?[]> leaves = _leaves[m];
             bool whole = part == BackwardPart.Whole;
             var parameters = whole ? TrainableParameters() : [];
-            var wrt = parameters.Select(p => p.Parameter).Concat(leaves.Values).ToList();
+            var wrt = parameters.Select(p => p.Parameter).Concat(leaves.Values.SelectMany(parts => parts.OfType<Tensor>())).ToList();
             IList<Tensor?> gradients = outputs.Count > 0 && wrt.Count > 0
                 ? torch.autograd.grad(outputs, wrt, outputGradients, retain_graph: !whole, create_graph: false, allow_unused: true)!
                 : Enumerable.Repeat<Tensor?>(null, wrt.Count).ToList();
 
             AddParameterGradients(parameters, gradients);
-            var inputGradients = new Dictionary<int, Tensor>();
+            var inputGradients = new Dictionary<int, object>();
             int k = parameters.Count;
-            foreach ((int v, Tensor leaf) in leaves)
+            foreach ((int v, Tensor?[] parts) in leaves)
             {
-                Tensor g = Defined(gradients[k++]) is Tensor computed ? computed.detach() : torch.zeros_like(leaf);
-                if (!_aliased[m].Contains(v) && received.TryGetValue(v, out Tensor? passedThrough)) g = g + passedThrough; // the value went on unchanged
-                inputGradients[v] = g;
+                Tensor[] stageInputs = TensorsOf(_values[m][v]);
+                // The value went on unchanged to the next stage too: the gradient it brought back adds.
+                Tensor[]? passedThrough = !_aliased[m].Contains(v) && received.TryGetValue(v, out object? passed) ? TensorsOf(passed) : null;
+                var g = new Tensor[parts.Length];
+                for (int i = 0; i < parts.Length; i++)
+                {
+                    Tensor? computed = parts[i] is null ? null : Defined(gradients[k++]);
+                    g[i] = computed is null ? torch.zeros_like(parts[i] ?? stageInputs[i]) : computed.detach();
+                    if (passedThrough is not null) g[i] = g[i] + passedThrough[i];
+                }
+                inputGradients[v] = _values[m][v] is Tensor[] ? g : g[0];
             }
             _inputGradients[m] = inputGradients;
             if (whole) _backwardDone.Add(m);
@@ -503,8 +527,8 @@ internal sealed class PipelineExecutor
             for (int i = 0; i < incoming.Count; i++)
             {
                 int v = incoming[i];
-                if (!_inputGradients[m].TryGetValue(v, out Tensor? g)) continue;
-                if (Layout.BatchDependent[v] && samples != mine) g = Layout.SliceSamples(v, g, samples.Start - mine.Start, samples.Count);
+                if (!_inputGradients[m].TryGetValue(v, out object? g)) continue;
+                if (Layout.BatchDependent[v] && samples != mine) g = Layout.SliceValue(v, g, samples.Start - mine.Start, samples.Count);
                 requests.AddRange(ValueTransfer.StartSend(owner._world, g, peer, owner.Tag(true, m, i)));
                 CountBytes(g);
             }
@@ -515,12 +539,12 @@ internal sealed class PipelineExecutor
         {
             SampleRange samples = SharedSamples(m, owner._stage + 1, peer);
             IReadOnlyList<int> outgoing = Layout.Outgoing(owner._stage);
-            var gradients = new Dictionary<int, Tensor>();
+            var gradients = new Dictionary<int, object>();
             for (int i = 0; i < outgoing.Count; i++)
             {
                 int v = outgoing[i];
                 if (!GradientCrosses(v)) continue;
-                gradients[v] = (Tensor)ValueTransfer.Receive(owner._world, peer, owner.Tag(true, m, i));
+                gradients[v] = ValueTransfer.Receive(owner._world, peer, owner.Tag(true, m, i));
                 CountBytes(gradients[v]);
             }
             ListFor(_gradientPieces, m).Add((samples, gradients));
@@ -574,17 +598,17 @@ internal sealed class PipelineExecutor
             _activationPieces.Remove(m);
         }
 
-        private Dictionary<int, Tensor> AssembleGradients(int m)
+        private Dictionary<int, object> AssembleGradients(int m)
         {
             var pieces = _gradientPieces[m].OrderBy(p => p.Samples.Start).ToList();
             CheckCoverage(pieces.Select(p => p.Samples), MySlice(m), "gradients", m);
-            var result = new Dictionary<int, Tensor>();
+            var result = new Dictionary<int, object>();
             foreach (int v in Layout.Outgoing(owner._stage).Where(GradientCrosses))
             {
                 var parts = pieces.Select(p => p.Gradients[v]).ToList();
                 result[v] = Layout.BatchDependent[v]
-                    ? (parts.Count == 1 ? parts[0] : Layout.JoinSamples(v, parts))
-                    : parts.Aggregate((a, b) => a + b); // a batch-independent value is used by every piece: gradients add
+                    ? Layout.JoinValue(v, parts, gradients: true)
+                    : parts.Aggregate(AddGradients); // a batch-independent value is used by every piece: gradients add
             }
             _gradientPieces.Remove(m);
             return result;
@@ -592,8 +616,8 @@ internal sealed class PipelineExecutor
 
         private object? Combine(int v, List<object?> parts, int m)
         {
-            if (parts[0] is Tensor && Layout.BatchDependent[v])
-                return parts.Count == 1 ? parts[0] : Layout.JoinSamples(v, parts.Cast<Tensor>().ToList());
+            if (parts[0] is Tensor or Tensor[] && Layout.BatchDependent[v])
+                return Layout.JoinValue(v, parts.Cast<object>().ToList(), gradients: false);
             if (Layout.BatchDerived.TryGetValue(v, out BatchDerivedNumber? derived))
             {
                 // A number taken from a shape that grows with the batch: recompute it for this rank's slice.
@@ -615,6 +639,7 @@ internal sealed class PipelineExecutor
         {
             (long[] x, long[] y) => x.SequenceEqual(y),
             (Tensor x, Tensor y) => x.shape.SequenceEqual(y.shape) && x.dtype == y.dtype && x.eq(y).all().item<bool>(),
+            (Tensor[] x, Tensor[] y) => x.Length == y.Length && x.Zip(y).All(pair => SameValue(pair.First, pair.Second)),
             // Device has reference equality; replicas in one process send distinct instances of the same device.
             (Device x, Device y) => x.type == y.type && x.index == y.index,
             _ => Equals(a, b),
@@ -652,6 +677,25 @@ internal sealed class PipelineExecutor
             for (int i = 0; i < ranks.Count; i++) if (ranks[i] == rank) return i;
             throw new InvalidOperationException($"Rank {rank} is not in the neighbouring stage.");
         }
+
+        /// <summary>The tensors of a value that crosses a stage: the tensor itself, or an array's elements; none for other values.</summary>
+        private static Tensor[] TensorsOf(object? value) => value switch
+        {
+            Tensor tensor => [tensor],
+            Tensor[] array => array,
+            _ => [],
+        };
+
+        /// <summary>Whether autograd differentiates a tensor of this dtype: floating point and complex ones.</summary>
+        private static bool TakesGradient(Tensor tensor) => tensor.is_floating_point() || tensor.is_complex();
+
+        /// <summary>The sum of two gradients of one value (tensors, or arrays element by element).</summary>
+        private static object AddGradients(object a, object b) => (a, b) switch
+        {
+            (Tensor x, Tensor y) => x + y,
+            (Tensor[] x, Tensor[] y) => x.Zip(y, (p, q) => p + q).ToArray(),
+            _ => throw new InvalidOperationException($"Gradients of one value arrived as {a.GetType().Name} and {b.GetType().Name}."),
+        };
 
         /// <summary>autograd.grad returns an undefined tensor (no handle) for an input the outputs do not depend on.</summary>
         private static Tensor? Defined(Tensor? gradient) => gradient is { IsInvalid: false } ? gradient : null;

@@ -24,6 +24,9 @@ internal sealed class StageLayout
         BatchDerived = batchDerived;
         _graph = graph;
         _batchAxes = atSamples.Zip(atTwiceSamples, (a, b) => FindBatchAxis(a.Shape, b.Shape, samples)).ToArray();
+        // An array's tensors each have their own batch axis; one that does not grow with the batch travels whole.
+        _elementAxes = atSamples.Zip(atTwiceSamples, (a, b) => a.Elements is null || b.Elements is null ? null
+            : a.Elements.Zip(b.Elements, (x, y) => new ElementAxis(FindBatchAxis(x.Shape, y.Shape, samples), x.Bytes != y.Bytes)).ToArray()).ToArray();
         int stageCount = plan.Stages.Count;
         Stages = plan.Stages.Select(s => graph.CreateStage(s.NodeIds)).ToArray();
         var graphInputs = new HashSet<int>(graph.Inputs);
@@ -82,6 +85,10 @@ internal sealed class StageLayout
 
     private readonly CapturedGraph _graph;
     private readonly BatchAxis?[] _batchAxes;
+    private readonly ElementAxis[]?[] _elementAxes;
+
+    /// <summary>One tensor of an array value: its batch axis, and whether it grows with the batch at all.</summary>
+    private readonly record struct ElementAxis(BatchAxis? Axis, bool Grows);
 
     /// <summary>Where a tensor holds its samples: dimension <paramref name="Dim"/>, <paramref name="PerSample"/> rows each
     /// (1 for batch-first tensors; the sequence length for a [batch × sequence, …] view).</summary>
@@ -105,6 +112,47 @@ internal sealed class StageLayout
 
     /// <summary>Joins pieces of consecutive samples (in sample order) along the batch axis.</summary>
     public Tensor JoinSamples(int value, IList<Tensor> pieces) => torch.cat(pieces, AxisOf(value).Dim);
+
+    /// <summary>
+    /// The samples [<paramref name="first"/>, +<paramref name="count"/>) of a batch-dependent value: a tensor, or each
+    /// tensor of an array (those that do not grow with the batch whole).
+    /// </summary>
+    public object SliceValue(int value, object content, int first, int count) => content switch
+    {
+        Tensor tensor => SliceSamples(value, tensor, first, count),
+        Tensor[] array => array.Select((t, i) => ElementGrows(value, i) ? t.narrow(ElementAxisOf(value, i).Dim,
+            first * ElementAxisOf(value, i).PerSample, count * ElementAxisOf(value, i).PerSample) : t).ToArray(),
+        _ => throw new NotSupportedException($"Value '{_graph.Values[value].Name}' ({content.GetType().Name}) cannot be split between replicas."),
+    };
+
+    /// <summary>
+    /// Joins pieces of consecutive samples of a batch-dependent value (a tensor or an array of tensors). An array's
+    /// tensor that does not grow with the batch is the same in every piece for activations (the first is taken) and
+    /// is summed for gradients (every piece used it).
+    /// </summary>
+    public object JoinValue(int value, IList<object> pieces, bool gradients)
+    {
+        if (pieces.Count == 1) return pieces[0];
+        if (pieces[0] is Tensor) return JoinSamples(value, pieces.Cast<Tensor>().ToList());
+        var arrays = pieces.Cast<Tensor[]>().ToList();
+        var joined = new Tensor[arrays[0].Length];
+        for (int i = 0; i < joined.Length; i++)
+        {
+            var parts = arrays.Select(a => a[i]).ToList();
+            if (ElementGrows(value, i)) joined[i] = torch.cat(parts, ElementAxisOf(value, i).Dim);
+            else joined[i] = gradients ? parts.Aggregate((a, b) => a + b) : parts[0];
+        }
+        return joined;
+    }
+
+    private bool ElementGrows(int value, int element) => ElementAxes(value)[element].Grows;
+
+    private BatchAxis ElementAxisOf(int value, int element) => ElementAxes(value)[element].Axis ?? throw new NotSupportedException(
+        $"Tensor {element} of value '{_graph.Values[value].Name}' grows with the batch but not along one dimension, so it cannot be split " +
+        "between replicas of neighbouring stages; give them equal replica counts (e.g. RANNC_PLAN=SxR).");
+
+    private ElementAxis[] ElementAxes(int value) => _elementAxes[value] ?? throw new InvalidOperationException(
+        $"Value '{_graph.Values[value].Name}' was not measured as an array of tensors.");
 
     private BatchAxis AxisOf(int value) => _batchAxes[value] ?? throw new NotSupportedException(
         $"Value '{_graph.Values[value].Name}' grows with the batch but not along one dimension, so it cannot be split between " +

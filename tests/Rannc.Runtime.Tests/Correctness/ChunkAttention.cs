@@ -6,7 +6,7 @@ using static TorchSharp.torch.nn;
 
 namespace Rannc.Tests.Correctness;
 
-/// <summary>Self-attention written with <c>qkv.chunk(3, -1)</c>: a Tensor[] value that cannot cross a stage.</summary>
+/// <summary>Self-attention written with <c>qkv.chunk(3, -1)</c>: a Tensor[] value that random plans may cut through.</summary>
 [RaNNC]
 public sealed partial class ChunkAttentionNet : Module<Tensor, Tensor, Tensor>
 {

@@ -9,7 +9,7 @@ namespace Rannc.Tests.Correctness;
 
 /// <summary>
 /// The planner never chooses a cut the runtime cannot run: random forced plan shapes (stages, replicas, micro-batches,
-/// schedule) on every sample, the zoo and a model with values that cannot travel, each trained one step; models without
+/// schedule) on every sample, the zoo (its rotary model has values of every dtype and a chunk result) and a model whose chunk result (a Tensor[]) a cut may carry, each trained one step; models without
 /// batch norm match plain TorchSharp, and batch-norm models never get a slice of one sample.
 /// </summary>
 public sealed class RandomPlanTests
@@ -19,7 +19,7 @@ public sealed class RandomPlanTests
     public static TheoryData<string, int> Cases()
     {
         var data = new TheoryData<string, int>();
-        foreach (string model in new[] { "mlp", "bert", "resnet", "gpt", "chunk", "zoo-vgg", "zoo-mobilenet", "zoo-unet", "zoo-inplace" })
+        foreach (string model in new[] { "mlp", "bert", "resnet", "gpt", "chunk", "zoo-vgg", "zoo-mobilenet", "zoo-unet", "zoo-inplace", "zoo-rotary" })
         {
             for (int seed = 0; seed < 3; seed++) data.Add(model, seed);
         }
@@ -96,6 +96,8 @@ public sealed class RandomPlanTests
                 return FromZoo(Rannc.Tests.Zoo.ZooCatalog.UNet);
             case "zoo-inplace":
                 return FromZoo(Rannc.Tests.Zoo.ZooCatalog.InPlace);
+            case "zoo-rotary": // complex, Tensor[], integer, bool and 16-bit float values wherever the planner cuts
+                return FromZoo(Rannc.Tests.Zoo.ZooRotaryTests.Rotary);
             default:
                 using (var generator = new Generator(77))
                 {

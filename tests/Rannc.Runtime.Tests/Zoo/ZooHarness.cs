@@ -165,7 +165,7 @@ internal static class ZooHarness
     /// A plan with stages starting at the named nodes, written as a deployment file for <see cref="RanncOptions.LoadDeploymentPath"/>.
     /// Each cut must fall inside a <c>Sequential</c> (the nodes on both sides belong to one).
     /// </summary>
-    private static string WriteDeployment(ZooModel zoo, IReadOnlyList<int> replicas, IReadOnlyList<string> cuts, string schedule, bool insideSequential,
+    internal static string WriteDeployment(ZooModel zoo, IReadOnlyList<int> replicas, IReadOnlyList<string> cuts, string schedule, bool insideSequential,
         IReadOnlyDictionary<string, InputBatch>? inputBatching)
     {
         PipelineScheduleKind kind = RanncOptions.ParseSchedule(schedule)!.Value;

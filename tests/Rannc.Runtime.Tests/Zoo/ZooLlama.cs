@@ -8,8 +8,8 @@ namespace Rannc.Tests.Zoo;
 /// <summary>
 /// A LLaMA-style decoder as the TorchSharp ports write it: RMSNorm over <c>[-1L]</c>, rotary embeddings, blocks whose
 /// forward() takes four arguments (<c>x, startPos, freqs, mask</c>), and a causal mask made only when
-/// <c>seqLen &gt; 1</c>. The rotary table is real (cos and sin in the last dimension) rather than complex, as many ports
-/// write it: complex tensors cannot travel between stages yet.
+/// <c>seqLen &gt; 1</c>. The rotary table is real (cos and sin in the last dimension), as many ports write it; the complex
+/// form (<c>polar</c>, <c>view_as_complex</c>) is <see cref="ZooRotaryNet"/>.
 /// </summary>
 [RaNNC]
 public sealed partial class ZooLlama : Module<Tensor, Tensor, Tensor>

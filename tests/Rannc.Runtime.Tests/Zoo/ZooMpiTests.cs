@@ -6,17 +6,38 @@ using static TorchSharp.torch;
 
 namespace Rannc.Tests.Zoo;
 
-/// <summary>Two zoo models under <c>mpiexec -n 2</c> (one process per rank) train as plain TorchSharp does.</summary>
+/// <summary>
+/// Zoo models under <c>mpiexec -n 2</c> (one process per rank) train as plain TorchSharp does: two on the planner's cut, and
+/// the rotary model on a hand-made cut that carries complex128, Tensor[], bool, integer, float16 and bfloat16 values.
+/// </summary>
 [Collection(MpiCollection.Name)]
 public sealed class ZooMpiTests
 {
     [Theory]
-    [InlineData("zoo-resnet", "resnet", "adam")]
-    [InlineData("zoo-vgg", "vgg", "sgd")]
-    public void UnderMpiexec_MatchesPlainTorchSharp(string scenario, string model, string optimizer)
+    [InlineData("zoo-resnet", "resnet", "adam", "")]
+    [InlineData("zoo-vgg", "vgg", "sgd", "")]
+    [InlineData("zoo-rotary", "rotary", "adam", "index_1")]
+    public void UnderMpiexec_MatchesPlainTorchSharp(string scenario, string model, string optimizer, string cutBefore)
     {
-        ZooModel zoo = model == "resnet" ? ZooCatalog.ResNet : ZooCatalog.Vgg;
-        MpiJobResult result = MpiJob.RunWorker(2, scenario, TimeSpan.FromMinutes(3));
+        ZooModel zoo = model switch
+        {
+            "resnet" => ZooCatalog.ResNet,
+            "vgg" => ZooCatalog.Vgg,
+            _ => ZooRotaryTests.Rotary,
+        };
+        string? deployment = cutBefore.Length > 0
+            ? ZooHarness.WriteDeployment(zoo, [1, 1], [cutBefore], "1f1b", insideSequential: false, inputBatching: null)
+            : null;
+        MpiJobResult result;
+        try
+        {
+            result = MpiJob.RunWorker(2, scenario, TimeSpan.FromMinutes(3),
+                deployment is null ? null : new Dictionary<string, string> { ["RANNC_LOAD_DEPLOYMENT"] = deployment });
+        }
+        finally
+        {
+            if (deployment is not null) File.Delete(deployment);
+        }
         Assert.False(result.TimedOut, $"timed out:\n{result.Output}");
         Assert.True(result.ExitCode == 0, $"exit code {result.ExitCode}:\n{result.Output}");
 
