@@ -107,9 +107,13 @@ internal static class ZooHarness
                 PartitionPlan plan = rannc.Plan!;
                 CapturedGraph graph = rannc.Graph!;
                 Assert.Equal(replicas, plan.Stages.Select(s => s.ReplicaRanks.Count));
-                // Every stage holds parameters, so each trains something of its own.
-                foreach (StagePlan stage in plan.Stages)
-                    Assert.True(stage.NodeIds.Any(n => graph.Nodes[n].Parameters.Count > 0), $"stage {stage.Index} of {zoo.Name} holds no parameters");
+                // Hand-made cuts put parameters in every stage, so each trains something of its own. The planner's cut
+                // follows profiled timings: on a loaded machine it may rightly give a stage only parameter-free nodes.
+                if (zooPlan.CutsBefore is not null)
+                {
+                    foreach (StagePlan stage in plan.Stages)
+                        Assert.True(stage.NodeIds.Any(n => graph.Nodes[n].Parameters.Count > 0), $"stage {stage.Index} of {zoo.Name} holds no parameters");
+                }
                 var owned = plan.RoleOf(comm.Rank) is { } role
                     ? plan.Stages[role.Stage].NodeIds.SelectMany(n => graph.Nodes[n].Parameters).ToHashSet()
                     : [];
