@@ -18,6 +18,9 @@ public static class Planner
     /// <summary>How much wider the refinement pass's beam is than <see cref="PlanningOptions.SearchBeamWidth"/>.</summary>
     private const int RefinementBeamFactor = 2;
 
+    /// <summary>Relative slack on the cycle-balanced candidate's J as the search's bound, so that an equal J is still found.</summary>
+    private const double TieTolerance = 1e-9;
+
     /// <summary>Plans how to run <paramref name="graph"/> on <paramref name="cluster"/>.</summary>
     /// <exception cref="NoFeasiblePlanException">No plan fits in device memory; the message says how much memory the
     /// best plan would need.</exception>
@@ -89,6 +92,16 @@ public static class Planner
         bool exactMode = options.SearchBeamWidth == 0;
         List<PartitionPlan> baselines = BaselineCandidates(graph, costs, cluster, options, fingerprint);
         double bound = exactMode || baselines.Count == 0 ? double.PositiveInfinity : baselines.Min(p => p.ObjectiveSeconds);
+        if (!exactMode && CycleBalancedSplit.BestShape(graph, costs, cluster, options) is { } balancedShape)
+        {
+            // Stages balanced by cycle on the atomic units, finer than the search's blocks (see CycleBalancedSplit). Its J
+            // bounds the search too, loosened by a hair so that on a tie the search's plan (which may be exhaustive) is
+            // still found and comes first.
+            PartitionPlan balanced = BuildPlan(graph, costs, cluster, options, fingerprint, balancedShape, exhaustive: false);
+            baselines.Add(balanced);
+            bound = Math.Min(bound, balanced.ObjectiveSeconds * (1 + TieTolerance));
+        }
+
         List<PartitionPlan> candidates;
         try
         {
@@ -96,6 +109,12 @@ public static class Planner
             if (exact && exactMode)
             {
                 return candidates; // exact mode: the J-optimal plan, exactly (what the brute-force oracle checks)
+            }
+
+            if (candidates.Count == 0)
+            {
+                // Nothing beat the baselines' J: the J-best of them comes first, as the search's plan would.
+                return baselines.OrderBy(p => p.ObjectiveSeconds).ToList();
             }
         }
         catch (NoFeasiblePlanException)
