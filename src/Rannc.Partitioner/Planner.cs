@@ -36,7 +36,15 @@ public static class Planner
             }
         }
 
-        return plan;
+        if (options.SearchBeamWidth == 0 && plan.SearchWasExhaustive)
+        {
+            return plan; // exact mode: the J-optimal plan itself
+        }
+
+        // Local changes judged by the simulator, within a fixed budget of simulated work (see SimulatedRefinement).
+        string fingerprint = plan.Fingerprint;
+        return SimulatedRefinement.Refine(graph, costs, cluster, options, plan,
+            shape => BuildPlan(graph, costs, cluster, options, fingerprint, shape, exhaustive: false));
     }
 
     /// <summary>Smaller simulated step time; on a tie, smaller objective.</summary>
