@@ -79,6 +79,32 @@ internal static class SimulatedRefinement
         return best;
     }
 
+    /// <summary>The shapes the local search considers from <paramref name="plan"/> (those that fit), with their J, in the
+    /// order generated; empty when its stages are not ranges of atomic units. For the objective-versus-simulator
+    /// measurements of the benchmark.</summary>
+    public static IReadOnlyList<(PlanShape Shape, double Objective)> NeighbourShapes(
+        Graph graph, CostTable costs, Cluster cluster, PlanningOptions options, PartitionPlan plan)
+    {
+        IReadOnlyList<IReadOnlyList<int>> units = GraphBlocks.AtomicUnits(graph);
+        List<int>? bounds = UnitBounds(units, graph.Nodes.Count, plan);
+        var shapes = new List<(PlanShape, double)>();
+        if (bounds is null)
+        {
+            return shapes;
+        }
+
+        var state = new State(bounds, plan.Stages.Select(s => s.ReplicaRanks.Count).ToList(), plan.MicroBatchCount, plan.Schedule);
+        foreach (State next in Neighbours(state, units.Count, cluster.DeviceCount, options))
+        {
+            if (ShapeOf(next, units, graph, costs, cluster, options, out double objective) is { } shape)
+            {
+                shapes.Add((shape, objective));
+            }
+        }
+
+        return shapes;
+    }
+
     /// <summary>A plan in unit terms: stage <c>s</c> holds units <c>[Bounds[s], Bounds[s + 1])</c>.</summary>
     private sealed record State(IReadOnlyList<int> Bounds, IReadOnlyList<int> Replicas, int MicroBatches, PipelineScheduleKind Schedule);
 
