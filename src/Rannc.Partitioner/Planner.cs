@@ -2,8 +2,10 @@ namespace Rannc.Partitioner;
 
 /// <summary>
 /// The planner: <c>Plan(graph, costs, cluster, options)</c> chooses by simulated step time (<see cref="PipelineSimulator"/>)
-/// among the search's plans and the baselines (<see cref="Baselines"/>: uniform, parameter-balanced, data parallel), so
-/// it never returns a plan that simulates slower than any of them. The search's plans: the J-best plan found
+/// among the search's plans, the baselines (<see cref="Baselines"/>: uniform, parameter-balanced, data parallel) and the
+/// cycle-balanced split (<see cref="CycleBalancedSplit"/>), then improves the chosen plan by a local search judged by the
+/// simulator within a fixed budget (<see cref="SimulatedRefinement"/>), so it never returns a plan that simulates slower
+/// than any of them. The search's plans: the J-best plan found
 /// (<see cref="PlanObjective"/>; below the best baseline's J, which bounds the search) and, for 1F1B configurations, the
 /// best plan under J with adjacent-stage coupling. Smallest simulated time wins; ties go to the smaller objective, then
 /// to the earlier candidate (the J-best plan first). Exact mode (<see cref="PlanningOptions.SearchBeamWidth"/> = 0 and an
