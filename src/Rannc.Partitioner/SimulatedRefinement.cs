@@ -124,6 +124,11 @@ internal static class SimulatedRefinement
         var bounds = new List<int> { 0 };
         foreach (StagePlan stage in plan.Stages)
         {
+            if (stage.NodeIds.Count == 0)
+            {
+                return null;
+            }
+
             int first = stage.NodeIds.Min(n => unitOf[n]), last = stage.NodeIds.Max(n => unitOf[n]);
             int unitNodes = Enumerable.Range(first, last - first + 1).Sum(u => units[u].Count);
             if (first != bounds[^1] || unitNodes != stage.NodeIds.Count)
