@@ -115,7 +115,8 @@ public static class Planner
         List<PartitionPlan> candidates;
         try
         {
-            candidates = SearchCandidates(graph, costs, cluster, options, fingerprint, bound, out bool exact);
+            candidates = SearchCandidates(graph, costs, cluster, options, fingerprint, bound,
+                baselines.Select(p => (p.MicroBatchCount, p.Schedule)).Distinct().ToList(), out bool exact);
             if (exact && exactMode)
             {
                 return candidates; // exact mode: the J-optimal plan, exactly (what the brute-force oracle checks)
@@ -169,9 +170,11 @@ public static class Planner
     }
 
     /// <summary>The search's candidates with an objective below <paramref name="bound"/> (the best baseline's; empty when
-    /// none beats it).</summary>
+    /// none beats it). <paramref name="baselineConfigurations"/>: the (micro-batch count, schedule) of the baselines, which
+    /// the finer blocks search when nothing on the coarse blocks beat them.</summary>
     private static List<PartitionPlan> SearchCandidates(
-        Graph graph, CostTable costs, Cluster cluster, PlanningOptions options, string fingerprint, double bound, out bool exact)
+        Graph graph, CostTable costs, Cluster cluster, PlanningOptions options, string fingerprint, double bound,
+        IReadOnlyList<(int MicroBatches, PipelineScheduleKind Schedule)> baselineConfigurations, out bool exact)
     {
         exact = false;
         bool bounded = !double.IsPositiveInfinity(bound);
@@ -197,8 +200,17 @@ public static class Planner
             fineSearch = new StageSearch(RangeTable.Build(graph, costs, fine), cluster, fineOptions);
             if (best is null && bounded)
             {
-                // Nothing on the coarse blocks beat the baselines (or fitted): the finer blocks may; a baseline fits anyway.
-                best = fineSearch.FindBest(bound);
+                // Nothing on the coarse blocks beat the baselines (or fitted): the finer blocks may, in the baselines'
+                // configurations (searching every configuration on them cost seconds at the 100B scale and found nothing
+                // there); a baseline fits anyway.
+                foreach ((int microBatches, PipelineScheduleKind schedule) in baselineConfigurations)
+                {
+                    if (fineSearch.FindBest(microBatches, schedule, best?.Value ?? bound) is { } found)
+                    {
+                        best = found;
+                    }
+                }
+
                 if (best is null)
                 {
                     return [];
