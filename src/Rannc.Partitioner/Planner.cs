@@ -106,10 +106,14 @@ public static class Planner
         {
             // Stages balanced by cycle on the atomic units, finer than the search's blocks (see CycleBalancedSplit). Its J
             // bounds the search too, loosened by a hair so that on a tie the search's plan (which may be exhaustive) is
-            // still found and comes first.
+            // still found and comes first. Not when the zero-bubble schedule is allowed: its candidates are the search's
+            // shapes re-simulated with it, and a search plan with a larger J may be the faster one under that schedule.
             PartitionPlan balanced = BuildPlan(graph, costs, cluster, options, fingerprint, balancedShape, exhaustive: false);
             baselines.Add(balanced);
-            bound = Math.Min(bound, balanced.ObjectiveSeconds * (1 + TieTolerance));
+            if (!options.Schedules.Contains(PipelineScheduleKind.ZeroBubble))
+            {
+                bound = Math.Min(bound, balanced.ObjectiveSeconds * (1 + TieTolerance));
+            }
         }
 
         List<PartitionPlan> candidates;

@@ -3,7 +3,7 @@ namespace Rannc.Partitioner;
 /// <summary>
 /// Local search on a finished plan, judged by the simulator rather than by J: from the planner's best candidate it tries
 /// small changes (move a stage boundary by one atomic unit, move one device between neighbouring stages or give it an
-/// idle one, the next micro-batch count up or down on the grid, the other schedule), each with recomputation re-decided
+/// idle one, the next micro-batch count up or down on the grid, another allowed schedule), each with recomputation re-decided
 /// where memory needs it (recomputing where a stage fits only lengthens its backward), and accepts a change only when the
 /// plan still fits and its simulated step is strictly shorter. The neighbours of a plan are simulated in the order of their
 /// J, so the likeliest improvements are tried first, and the search stops after a fixed number of simulated rank ×
@@ -205,7 +205,8 @@ internal static class SimulatedRefinement
             }
         }
 
-        foreach (PipelineScheduleKind schedule in StageSearch.SearchedSchedules(options))
+        // Every allowed schedule, the zero-bubble one included (the search leaves it to the simulated choice).
+        foreach (PipelineScheduleKind schedule in options.Schedules.Distinct())
         {
             if (schedule != state.Schedule)
             {
