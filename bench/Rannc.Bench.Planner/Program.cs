@@ -8,6 +8,7 @@ using Rannc.Bench.Planning;
 //   dotnet run -c Release --project bench/Rannc.Bench.Planner -- plan 96 1024 80   one planning run with its plan
 //   dotnet run -c Release --project bench/Rannc.Bench.Planner -- quality  the plan-quality table alone
 //   dotnet run -c Release --project bench/Rannc.Bench.Planner -- zb       zero bubble vs 1F1B, simulated (issue #12)
+//   dotnet run -c Release --project bench/Rannc.Bench.Planner -- scale [paper | large | growth | objective]   issue #12's tables
 //   dotnet run -c Release --project bench/Rannc.Bench.Planner -- bdn      BenchmarkDotNet short run of the headline case
 CultureInfo.DefaultThreadCurrentCulture = CultureInfo.InvariantCulture;
 CultureInfo.CurrentCulture = CultureInfo.InvariantCulture;
@@ -63,6 +64,12 @@ if (mode == "scale")
     if (only is "all" or "growth")
     {
         ScaleTables.PrintGrowth(Console.Out);
+    }
+
+    if (only is "all" or "objective")
+    {
+        ObjectiveTable.Print(Console.Out, "RaNNC paper configurations", ScaleTables.Paper());
+        ObjectiveTable.Print(Console.Out, "100B scale", ScaleTables.Large());
     }
 
     return 0;

@@ -55,6 +55,11 @@ public static class Baselines
                     continue; // beyond 64, the even counts a person would pick (keeps large batches cheap)
                 }
 
+                if (PlainCycleBound(table, parts.Count, replicas, m, options) >= best)
+                {
+                    continue; // J cannot beat the best so far (an equal J never replaces it), whatever recomputes
+                }
+
                 // J depends on the stages that recompute, not on the schedule (which sets memory only): a schedule that
                 // recomputes the same stages as an earlier one has the same J, so it cannot beat it (ties keep the earlier).
                 var evaluated = new List<bool[]>();
@@ -79,6 +84,23 @@ public static class Baselines
         }
 
         return bestShape;
+    }
+
+    /// <summary>A lower bound on J of these stages at <paramref name="microBatches"/>: the stages' cycles without
+    /// recomputation, transfers or all-reduce, <c>Σ c + (M − 1) · max c</c>.</summary>
+    private static double PlainCycleBound(RangeTable table, int stageCount, int replicas, int microBatches, PlanningOptions options)
+    {
+        int slice = new MicroBatchLayout(options.GlobalBatchSize, microBatches).LargestSlice(replicas);
+        double sum = 0, largest = 0;
+        for (int s = 0; s < stageCount; s++)
+        {
+            StageProfile profile = table.Get(s, s + 1);
+            double cycle = profile.ForwardSeconds(slice) + profile.BackwardSeconds(slice, recompute: false);
+            sum += cycle;
+            largest = Math.Max(largest, cycle);
+        }
+
+        return sum + (microBatches - 1) * largest;
     }
 
     private static IEnumerable<(List<IReadOnlyList<int>> Parts, int Replicas)> Layouts(

@@ -368,17 +368,18 @@ public static class ScheduleBuilder
                 List<PipelineAction> actions = ranks[ranksOfStage[j]];
                 foreach ((ActionKind kind, int m) in stageOrder)
                 {
+                    // Plain loops, not LINQ: at a thousand ranks and micro-batches this runs millions of times.
                     if (kind == ActionKind.Forward)
                     {
-                        actions.AddRange(upstream[j, m].Select(p => new PipelineAction(s, ActionKind.RecvActivation, m, p)));
+                        AddTransfers(actions, upstream[j, m], s, ActionKind.RecvActivation, m);
                         actions.Add(new PipelineAction(s, kind, m));
-                        actions.AddRange(downstream[j, m].Select(p => new PipelineAction(s, ActionKind.SendActivation, m, p)));
+                        AddTransfers(actions, downstream[j, m], s, ActionKind.SendActivation, m);
                     }
                     else if (kind is ActionKind.Backward or ActionKind.BackwardInput)
                     {
-                        actions.AddRange(downstream[j, m].Select(p => new PipelineAction(s, ActionKind.RecvGradient, m, p)));
+                        AddTransfers(actions, downstream[j, m], s, ActionKind.RecvGradient, m);
                         actions.Add(new PipelineAction(s, kind, m));
-                        actions.AddRange(upstream[j, m].Select(p => new PipelineAction(s, ActionKind.SendGradient, m, p)));
+                        AddTransfers(actions, upstream[j, m], s, ActionKind.SendGradient, m);
                     }
                     else
                     {
@@ -396,6 +397,14 @@ public static class ScheduleBuilder
         return new PipelineSchedule(ranks);
     }
 
+    private static void AddTransfers(List<PipelineAction> actions, List<int> peers, int stage, ActionKind kind, int microBatch)
+    {
+        foreach (int peer in peers)
+        {
+            actions.Add(new PipelineAction(stage, kind, microBatch, peer));
+        }
+    }
+
     /// <summary>For each replica of one side of the boundary between stages <paramref name="from"/> and
     /// <paramref name="to"/> and each micro-batch, the ranks of the other side it exchanges slices with, in sample order.
     /// Empty lists at the ends of the pipeline.</summary>
@@ -404,15 +413,17 @@ public static class ScheduleBuilder
         int side = receiving ? to : from;
         int replicas = side >= 0 && side < topology.StageRanks.Count ? topology.StageRanks[side].Count : 0;
         var peers = new List<int>[replicas, microBatches];
+        bool pipelineEnd = from < 0 || to >= topology.StageRanks.Count;
+        var none = new List<int>(); // shared by every slot at the ends of the pipeline, which stay empty
         for (int j = 0; j < replicas; j++)
         {
             for (int m = 0; m < microBatches; m++)
             {
-                peers[j, m] = [];
+                peers[j, m] = pipelineEnd ? none : [];
             }
         }
 
-        if (from < 0 || to >= topology.StageRanks.Count)
+        if (pipelineEnd)
         {
             return peers;
         }

@@ -91,10 +91,11 @@ public static class PipelineSimulator
         StagePlan stagePlan = plan.Stages[stage];
         StageProfile profile = table.Get(stage, stage + 1);
         int replicas = stagePlan.ReplicaRanks.Count;
+        MicroBatchLayout layout = plan.Layout;
         long live = 0, peakLive = 0;
         foreach (PipelineAction action in actions)
         {
-            int samples = action.MicroBatch >= 0 ? plan.Layout.ReplicaSlice(action.MicroBatch, replicas, replica).Count : 0;
+            int samples = action.MicroBatch >= 0 ? layout.ReplicaSlice(action.MicroBatch, replicas, replica).Count : 0;
             if (action.Kind == ActionKind.Forward)
             {
                 live += CostModel.StashBytes(profile, samples, stagePlan.Recompute);
@@ -121,11 +122,17 @@ public static class PipelineSimulator
     {
         private readonly (int Stage, int Replica)?[] _roles = Roles(plan);
 
+        // Asked for once per action (millions at scale): kept here rather than rebuilt from the plan on every call.
+        private readonly MicroBatchLayout _layout = plan.Layout;
+        private readonly int[] _replicas = plan.Stages.Select(s => s.ReplicaRanks.Count).ToArray();
+
+        private SampleRange Slice(int stage, int replica, int microBatch) => _layout.ReplicaSlice(microBatch, _replicas[stage], replica);
+
         public double ComputeSeconds(int rank, PipelineAction action)
         {
             (int stage, int replica) = Role(rank);
             StageProfile profile = table.Get(stage, stage + 1);
-            int samples = plan.ReplicaSlice(stage, replica, action.MicroBatch).Count;
+            int samples = Slice(stage, replica, action.MicroBatch).Count;
             bool recompute = plan.Stages[stage].Recompute;
             return action.Kind switch
             {
@@ -158,8 +165,8 @@ public static class PipelineSimulator
 
             (int stage, int replica) = Role(fromRank);
             (int peerStage, int peerReplica) = Role(send.Peer);
-            SampleRange mine = plan.ReplicaSlice(stage, replica, send.MicroBatch);
-            SampleRange theirs = plan.ReplicaSlice(peerStage, peerReplica, send.MicroBatch);
+            SampleRange mine = Slice(stage, replica, send.MicroBatch);
+            SampleRange theirs = Slice(peerStage, peerReplica, send.MicroBatch);
             int samples = Math.Min(mine.End, theirs.End) - Math.Max(mine.Start, theirs.Start);
             ScaledBytes size = send.Kind == ActionKind.SendActivation
                 ? table.Get(stage, stage + 1).ActivationsOut

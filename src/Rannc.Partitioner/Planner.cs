@@ -2,8 +2,10 @@ namespace Rannc.Partitioner;
 
 /// <summary>
 /// The planner: <c>Plan(graph, costs, cluster, options)</c> chooses by simulated step time (<see cref="PipelineSimulator"/>)
-/// among the search's plans and the baselines (<see cref="Baselines"/>: uniform, parameter-balanced, data parallel), so
-/// it never returns a plan that simulates slower than any of them. The search's plans: the J-best plan found
+/// among the search's plans, the baselines (<see cref="Baselines"/>: uniform, parameter-balanced, data parallel) and the
+/// cycle-balanced split (<see cref="CycleBalancedSplit"/>), then improves the chosen plan by a local search judged by the
+/// simulator within a fixed budget (<see cref="SimulatedRefinement"/>), so it never returns a plan that simulates slower
+/// than any of them. The search's plans: the J-best plan found
 /// (<see cref="PlanObjective"/>; below the best baseline's J, which bounds the search) and, for 1F1B configurations, the
 /// best plan under J with adjacent-stage coupling. Smallest simulated time wins; ties go to the smaller objective, then
 /// to the earlier candidate (the J-best plan first). Exact mode (<see cref="PlanningOptions.SearchBeamWidth"/> = 0 and an
@@ -17,6 +19,9 @@ public static class Planner
 
     /// <summary>How much wider the refinement pass's beam is than <see cref="PlanningOptions.SearchBeamWidth"/>.</summary>
     private const int RefinementBeamFactor = 2;
+
+    /// <summary>Relative slack on the cycle-balanced candidate's J as the search's bound, so that an equal J is still found.</summary>
+    private const double TieTolerance = 1e-9;
 
     /// <summary>Plans how to run <paramref name="graph"/> on <paramref name="cluster"/>.</summary>
     /// <exception cref="NoFeasiblePlanException">No plan fits in device memory; the message says how much memory the
@@ -33,7 +38,15 @@ public static class Planner
             }
         }
 
-        return plan;
+        if (options.SearchBeamWidth == 0 && plan.SearchWasExhaustive)
+        {
+            return plan; // exact mode: the J-optimal plan itself
+        }
+
+        // Local changes judged by the simulator, within a fixed budget of simulated work (see SimulatedRefinement).
+        string fingerprint = plan.Fingerprint;
+        return SimulatedRefinement.Refine(graph, costs, cluster, options, plan,
+            shape => BuildPlan(graph, costs, cluster, options, fingerprint, shape, exhaustive: false));
     }
 
     /// <summary>Smaller simulated step time; on a tie, smaller objective.</summary>
@@ -89,13 +102,34 @@ public static class Planner
         bool exactMode = options.SearchBeamWidth == 0;
         List<PartitionPlan> baselines = BaselineCandidates(graph, costs, cluster, options, fingerprint);
         double bound = exactMode || baselines.Count == 0 ? double.PositiveInfinity : baselines.Min(p => p.ObjectiveSeconds);
+        if (!exactMode && CycleBalancedSplit.BestShape(graph, costs, cluster, options) is { } balancedShape)
+        {
+            // Stages balanced by cycle on the atomic units, finer than the search's blocks (see CycleBalancedSplit). Its J
+            // bounds the search too, loosened by a hair so that on a tie the search's plan (which may be exhaustive) is
+            // still found and comes first. Not when the zero-bubble schedule is allowed: its candidates are the search's
+            // shapes re-simulated with it, and a search plan with a larger J may be the faster one under that schedule.
+            PartitionPlan balanced = BuildPlan(graph, costs, cluster, options, fingerprint, balancedShape, exhaustive: false);
+            baselines.Add(balanced);
+            if (!options.Schedules.Contains(PipelineScheduleKind.ZeroBubble))
+            {
+                bound = Math.Min(bound, balanced.ObjectiveSeconds * (1 + TieTolerance));
+            }
+        }
+
         List<PartitionPlan> candidates;
         try
         {
-            candidates = SearchCandidates(graph, costs, cluster, options, fingerprint, bound, out bool exact);
+            candidates = SearchCandidates(graph, costs, cluster, options, fingerprint, bound,
+                baselines.Select(p => (p.MicroBatchCount, p.Schedule)).Distinct().ToList(), out bool exact);
             if (exact && exactMode)
             {
                 return candidates; // exact mode: the J-optimal plan, exactly (what the brute-force oracle checks)
+            }
+
+            if (candidates.Count == 0)
+            {
+                // Nothing beat the baselines' J: the J-best of them comes first, as the search's plan would.
+                return baselines.OrderBy(p => p.ObjectiveSeconds).ToList();
             }
         }
         catch (NoFeasiblePlanException)
@@ -140,9 +174,11 @@ public static class Planner
     }
 
     /// <summary>The search's candidates with an objective below <paramref name="bound"/> (the best baseline's; empty when
-    /// none beats it).</summary>
+    /// none beats it). <paramref name="baselineConfigurations"/>: the (micro-batch count, schedule) of the baselines, which
+    /// the finer blocks search when nothing on the coarse blocks beat them.</summary>
     private static List<PartitionPlan> SearchCandidates(
-        Graph graph, CostTable costs, Cluster cluster, PlanningOptions options, string fingerprint, double bound, out bool exact)
+        Graph graph, CostTable costs, Cluster cluster, PlanningOptions options, string fingerprint, double bound,
+        IReadOnlyList<(int MicroBatches, PipelineScheduleKind Schedule)> baselineConfigurations, out bool exact)
     {
         exact = false;
         bool bounded = !double.IsPositiveInfinity(bound);
@@ -168,8 +204,17 @@ public static class Planner
             fineSearch = new StageSearch(RangeTable.Build(graph, costs, fine), cluster, fineOptions);
             if (best is null && bounded)
             {
-                // Nothing on the coarse blocks beat the baselines (or fitted): the finer blocks may; a baseline fits anyway.
-                best = fineSearch.FindBest(bound);
+                // Nothing on the coarse blocks beat the baselines (or fitted): the finer blocks may, in the baselines'
+                // configurations (searching every configuration on them cost seconds at the 100B scale and found nothing
+                // there); a baseline fits anyway.
+                foreach ((int microBatches, PipelineScheduleKind schedule) in baselineConfigurations)
+                {
+                    if (fineSearch.FindBest(microBatches, schedule, best?.Value ?? bound) is { } found)
+                    {
+                        best = found;
+                    }
+                }
+
                 if (best is null)
                 {
                     return [];

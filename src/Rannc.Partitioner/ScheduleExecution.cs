@@ -33,11 +33,20 @@ internal static class ScheduleEngine
         double[] clock = new double[rankCount];
         double[] busy = new double[rankCount];
         double[] lastBackwardStart = new double[rankCount];
-        var channelFree = new Dictionary<(int From, int To), double>();
-        var inFlight = new Dictionary<(int From, int To, bool Gradient, int MicroBatch), Queue<double>>();
+        // Channels and messages are keyed by packed integers (see ChannelKey, MessageKey): at a thousand ranks and
+        // micro-batches a step has millions of messages, and tuple keys with a queue per message dominated the run.
+        int microBatchLimit = 1;
+        var channelFree = new Dictionary<long, double>();
+        var firstArrival = new Dictionary<long, double>();       // the oldest message not yet received, per key
+        var laterArrivals = new Dictionary<long, Queue<double>>(); // further messages with the same key (a faulty schedule)
         var groups = new Dictionary<int, List<int>>();
         for (int r = 0; r < rankCount; r++)
         {
+            foreach (PipelineAction action in schedule.Ranks[r])
+            {
+                microBatchLimit = Math.Max(microBatchLimit, action.MicroBatch + 1);
+            }
+
             foreach (int stage in schedule.Ranks[r].Where(a => a.Kind == ActionKind.AllReduce).Select(a => a.Stage).Distinct())
             {
                 (groups.TryGetValue(stage, out List<int>? g) ? g : groups[stage] = []).Add(r);
@@ -86,9 +95,12 @@ internal static class ScheduleEngine
             return new ExecutionResult(clock, busy, "The schedule deadlocks:\n" + blocked + schedule.FormatGrid());
         }
 
-        var unreceived = inFlight.Where(p => p.Value.Count > 0).Select(p =>
-            $"  {p.Value.Count} {(p.Key.Gradient ? "gradient" : "activation")} message(s) of micro-batch {p.Key.MicroBatch} "
-            + $"from rank {p.Key.From} to rank {p.Key.To}").ToList();
+        var unreceived = firstArrival.Keys.Order().Select(key =>
+        {
+            (int from, int to, bool gradient, int microBatch) = DecodeMessageKey(key);
+            int count = 1 + (laterArrivals.TryGetValue(key, out Queue<double>? later) ? later.Count : 0);
+            return $"  {count} {(gradient ? "gradient" : "activation")} message(s) of micro-batch {microBatch} from rank {from} to rank {to}";
+        }).ToList();
         if (unreceived.Count > 0)
         {
             return new ExecutionResult(clock, busy,
@@ -115,30 +127,54 @@ internal static class ScheduleEngine
 
         bool Send(int r, PipelineAction action)
         {
-            var channel = (r, action.Peer);
+            long channel = (long)r * rankCount + action.Peer;
             double start = Math.Max(clock[r], channelFree.GetValueOrDefault(channel));
             double arrival = start + timer.TransferSeconds(r, action);
             channelFree[channel] = arrival;
             record?.Invoke(r, action, clock[r], arrival);
-            var key = (r, action.Peer, action.Kind == ActionKind.SendGradient, action.MicroBatch);
-            (inFlight.TryGetValue(key, out Queue<double>? q) ? q : inFlight[key] = new Queue<double>()).Enqueue(arrival);
+            long key = MessageKey(r, action.Peer, action.Kind == ActionKind.SendGradient, action.MicroBatch);
+            if (!firstArrival.TryAdd(key, arrival))
+            {
+                (laterArrivals.TryGetValue(key, out Queue<double>? q) ? q : laterArrivals[key] = new Queue<double>()).Enqueue(arrival);
+            }
+
             next[r]++;
             return true;
         }
 
         bool Receive(int r, PipelineAction action)
         {
-            var key = (action.Peer, r, action.Kind == ActionKind.RecvGradient, action.MicroBatch);
-            if (!inFlight.TryGetValue(key, out Queue<double>? q) || q.Count == 0)
+            long key = MessageKey(action.Peer, r, action.Kind == ActionKind.RecvGradient, action.MicroBatch);
+            if (!firstArrival.Remove(key, out double arrival))
             {
                 return false;
             }
 
+            if (laterArrivals.TryGetValue(key, out Queue<double>? later))
+            {
+                // Messages with one key are received in the order they were sent.
+                firstArrival[key] = later.Dequeue();
+                if (later.Count == 0)
+                {
+                    laterArrivals.Remove(key);
+                }
+            }
+
             double waitedFrom = clock[r];
-            clock[r] = Math.Max(clock[r], q.Dequeue());
+            clock[r] = Math.Max(clock[r], arrival);
             record?.Invoke(r, action, waitedFrom, clock[r]);
             next[r]++;
             return true;
+        }
+
+        long MessageKey(int from, int to, bool gradient, int microBatch) =>
+            (((long)from * rankCount + to) * 2 + (gradient ? 1 : 0)) * microBatchLimit + microBatch;
+
+        (int From, int To, bool Gradient, int MicroBatch) DecodeMessageKey(long key)
+        {
+            long pairAndKind = key / microBatchLimit;
+            long pair = pairAndKind / 2;
+            return ((int)(pair / rankCount), (int)(pair % rankCount), pairAndKind % 2 == 1, (int)(key % microBatchLimit));
         }
 
         bool AllReduce(int r, PipelineAction action)
