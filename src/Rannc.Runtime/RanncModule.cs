@@ -701,7 +701,7 @@ public sealed class RanncModule : IDisposable
         ClusterDiscovery hosts = ClusterDiscovery.Discover(_world, _options, CacheDirectory(), Log);
         LogOnce(hosts.Description);
         Cluster cluster = hosts.ClusterFor(budget);
-        PlanningOptions planning = PlanningOptionsFor(batch);
+        PlanningOptions planning = PlanningSettings.For(_options, batch, _world.Size, scalarOutput: output.Shape.Length == 0);
         string key = DeploymentStore.Key(planningGraph, cluster, planning, "cpu");
 
         // Rank 0 decides whether a stored plan is used, so all ranks take the same path.
@@ -929,8 +929,6 @@ public sealed class RanncModule : IDisposable
     /// not assumed: bench/RESULTS.md, "Memory".
     /// </summary>
     internal const double ExecutorGradientCopies = 2;
-
-    private PlanningOptions PlanningOptionsFor(int batch) => PlanningSettings.For(_options, batch, _world.Size);
 
     private string? LoadStoredPlan(string key, PlanningGraph graph, Cluster cluster, PlanningOptions planning)
     {

@@ -6,7 +6,11 @@ namespace Rannc.Execution;
 internal static class PlanningSettings
 {
     /// <summary>The planning options; a forced plan or micro-batch count that cannot fit the batch or the ranks fails here, saying why.</summary>
-    public static PlanningOptions For(RanncOptions options, int batch, int worldSize)
+    /// <param name="scalarOutput">
+    /// Whether forward() returns the loss. Otherwise (logits) the loss is computed after the output is gathered, so the
+    /// executor runs every forward before any backward: GPipe's order, whose activation memory the plan must count.
+    /// </param>
+    public static PlanningOptions For(RanncOptions options, int batch, int worldSize, bool scalarOutput)
     {
         var planning = new PlanningOptions(batch)
         {
@@ -19,7 +23,21 @@ internal static class PlanningSettings
             // plan that counts on recomputation would need more memory than it predicts.
             AllowRecompute = false,
         };
-        if (options.Schedule is { } schedule) planning = planning with { Schedules = [schedule] };
+        if (!scalarOutput)
+        {
+            if (options.Schedule is { } forcedSchedule && forcedSchedule != PipelineScheduleKind.GPipe)
+            {
+                throw new ArgumentException(
+                    $"RANNC_SCHEDULE / Schedule asks for {forcedSchedule}, but this model's forward() returns a tensor that is not the loss " +
+                    "(e.g. logits): its backward waits for the loss computed after the output is gathered, so the pipeline runs every " +
+                    "forward first (GPipe). Leave the schedule unset or GPipe, or return the loss from forward() to use other schedules.");
+            }
+            planning = planning with { Schedules = [PipelineScheduleKind.GPipe] };
+        }
+        else if (options.Schedule is { } schedule)
+        {
+            planning = planning with { Schedules = [schedule] };
+        }
         if (options.MicroBatches is { } micro) planning = planning with { MinMicroBatches = micro, MaxMicroBatches = micro };
         if (options.MicroBatches is int forcedMicro && forcedMicro > batch)
         {

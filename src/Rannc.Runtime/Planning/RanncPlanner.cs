@@ -56,7 +56,9 @@ public static class RanncPlanner
             costs = NodeProfiler.Profile(graph, n => SampleInputs(n), Math.Max(1, sampleBatch / 4), sampleBatch, single, settings.ProfileRepeats, log);
         }
 
-        PlanningOptions planning = PlanningSettings.For(settings, batch, cluster.DeviceCount);
+        // A loss does not grow with the batch; logits do.
+        bool scalarOutput = planningGraph.Values[planningGraph.Outputs[0]].BytesPerSample == 0;
+        PlanningOptions planning = PlanningSettings.For(settings, batch, cluster.DeviceCount, scalarOutput);
         if (PlanFailure.TooFewNodes(graph, planning.ForcedReplicasPerStage) is { } tooFew) throw new InvalidOperationException(tooFew);
         PartitionPlan plan;
         try
