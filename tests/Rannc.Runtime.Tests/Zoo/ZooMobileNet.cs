@@ -8,7 +8,7 @@ namespace Rannc.Tests.Zoo;
 /// <summary>
 /// MobileNetV2's inverted residual: its layers are collected in a list and wrapped in a <c>Sequential</c>; the
 /// residual is taken only when the shape is kept (a configuration branch).
-/// Kernel sizes and strides are ints: tuple arguments (<c>kernel_size: (3, 3)</c>) are being added to the generator.
+/// Kernel sizes, strides and paddings are tuples, as torchvision-style ports write them.
 /// </summary>
 [RaNNC]
 public sealed partial class ZooInvertedResidual : Module<Tensor, Tensor>
@@ -24,14 +24,14 @@ public sealed partial class ZooInvertedResidual : Module<Tensor, Tensor>
         var layers = new List<Module<Tensor, Tensor>>();
         if (expandRatio != 1)
         {
-            layers.Add(Conv2d(inp, hidden, kernel_size: 1, bias: false));
+            layers.Add(Conv2d(inp, hidden, kernel_size: (1, 1), bias: false));
             layers.Add(BatchNorm2d(hidden));
             layers.Add(ReLU6(inplace: true));
         }
-        layers.Add(Conv2d(hidden, hidden, kernel_size: 3, stride: stride, padding: 1, groups: hidden, bias: false));
+        layers.Add(Conv2d(hidden, hidden, kernel_size: (3, 3), stride: (stride, stride), padding: (1, 1), groups: hidden, bias: false));
         layers.Add(BatchNorm2d(hidden));
         layers.Add(ReLU6(inplace: true));
-        layers.Add(Conv2d(hidden, oup, kernel_size: 1, bias: false));
+        layers.Add(Conv2d(hidden, oup, kernel_size: (1, 1), bias: false));
         layers.Add(BatchNorm2d(oup));
         conv = Sequential(layers);
         RegisterComponents();
@@ -62,7 +62,7 @@ public sealed partial class ZooMobileNet : Module<Tensor, Tensor, Tensor>
         long input = 4;
         var layers = new List<Module<Tensor, Tensor>>
         {
-            Conv2d(3, input, kernel_size: 3, stride: 1, padding: 1, bias: false),
+            Conv2d(3, input, kernel_size: (3, 3), stride: (1, 1), padding: (1, 1), bias: false),
             BatchNorm2d(input),
             ReLU6(inplace: true),
         };
@@ -82,7 +82,7 @@ public sealed partial class ZooMobileNet : Module<Tensor, Tensor, Tensor>
     public override Tensor forward(Tensor x, Tensor labels)
     {
         x = features.forward(x);
-        x = functional.adaptive_avg_pool2d(x, 1);
+        x = functional.adaptive_avg_pool2d(x, (1, 1));
         x = torch.flatten(x, 1);
         x = classifier.forward(x);
         return functional.cross_entropy(x, labels);
