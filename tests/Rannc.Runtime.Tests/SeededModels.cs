@@ -11,12 +11,19 @@ internal static class SeededModels
 {
     private static readonly object RandomLock = new();
 
-    public static nn.Module Create(Func<nn.Module> create, long seed, ScalarType dtype = ScalarType.Float64)
+    public static nn.Module Create(Func<nn.Module> create, long seed, ScalarType dtype = ScalarType.Float64) =>
+        Seeded(seed, () => create().to(dtype));
+
+    /// <summary>
+    /// Seeds and runs <paramref name="construct"/> under the lock: for deferred construction, the
+    /// <c>new RanncModule(createModel, ...)</c> call, in which rank 0 builds the model from the seed.
+    /// </summary>
+    public static T Seeded<T>(long seed, Func<T> construct)
     {
         lock (RandomLock)
         {
             torch.manual_seed(seed);
-            return create().to(dtype);
+            return construct();
         }
     }
 }

@@ -29,6 +29,10 @@ internal sealed class GraphBuilder
     private object?[]? _sample;
     private int _sampleExecuted;
 
+    // Choices of the branches and loops on shapes made by another rank for the same batch (deferred construction: this
+    // rank's model lacks the other stages' parameters, so it cannot run the nodes that decide them).
+    private IReadOnlyList<int>? _givenChoices;
+
     private GraphBuilder(nn.Module model)
     {
         _modulePaths[model] = string.Empty;
@@ -61,7 +65,7 @@ internal sealed class GraphBuilder
     private string CanonicalName(string modulePath, string localName, Tensor tensor) =>
         _tensorNames.TryGetValue(TensorIdentity.Of(tensor), out var known) ? known.Name : Join(modulePath, localName);
 
-    public static CapturedGraph Build(nn.Module model, object?[]? sampleInputs = null)
+    public static CapturedGraph Build(nn.Module model, object?[]? sampleInputs = null, IReadOnlyList<int>? guardChoices = null)
     {
         if (model is not ICapturedModule captured)
         {
@@ -80,7 +84,7 @@ internal sealed class GraphBuilder
             throw new ArgumentException(
                 $"forward() of {template.ModuleType} takes {template.Inputs.Length} argument(s) but the sample batch has {sampleInputs.Length}.", nameof(sampleInputs));
         }
-        var builder = new GraphBuilder(model);
+        var builder = new GraphBuilder(model) { _givenChoices = guardChoices };
         var scope = new Scope(null);
         var inputs = new List<int>();
         foreach (var input in template.Inputs)
@@ -115,6 +119,18 @@ internal sealed class GraphBuilder
     /// </summary>
     private int FromShapes(CaptureTemplate template, string description, string location, int templateValue, Scope scope)
     {
+        if (_givenChoices is not null)
+        {
+            if (_guards.Count >= _givenChoices.Count)
+            {
+                throw new CaptureException(
+                    $"forward() of {template.ModuleType} resolves '{description}' at {location} from shapes, but rank 0's graph had only " +
+                    $"{_givenChoices.Count} such choice(s): the model built here differs from rank 0's.");
+            }
+            var given = _givenChoices[_guards.Count];
+            _guards.Add(new ShapeGuard(template.ModuleType, description, location, scope.Lookup(templateValue), given));
+            return given;
+        }
         if (_sample is null)
         {
             throw new CaptureException(
