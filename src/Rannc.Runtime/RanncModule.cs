@@ -823,10 +823,11 @@ public sealed class RanncModule : IDisposable
                     new ParameterPlacement(graph!, plan), plan.Stages.Count)
                 : null;
             DeferredSetup setup = _world.AllGather(fromRankZero)[0]!;
+            if (setup.Refusal is { } refusal) throw new NotSupportedException(refusal);
             DeferredConstruction.DistributeParameters(_model, _world, plan, setup, _residency);
             if (follower)
             {
-                graph = CapturedGraph.Build(_model, inputs, setup.GuardChoices);
+                graph = CapturedGraph.Build(_model, inputs, setup.GuardChoices, setup.CanonicalNames);
                 if (DeferredConstruction.Signature(graph) is var signature && signature != setup.GraphSignature)
                 {
                     throw new InvalidOperationException(

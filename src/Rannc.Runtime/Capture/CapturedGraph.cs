@@ -186,10 +186,13 @@ public sealed class CapturedGraph
 
     /// <summary>
     /// As <see cref="Build(nn.Module, object?[])"/>, taking the choices of branches and loops on shapes from
-    /// <paramref name="guardChoices"/> (another rank's <see cref="Guards"/>, in order) instead of running the nodes.
+    /// <paramref name="guardChoices"/> (another rank's <see cref="Guards"/>, in order) instead of running the nodes, and
+    /// recognising tensors it cannot identify by storage by their name in <paramref name="canonicalNames"/> (another rank's
+    /// <see cref="CanonicalNames"/>).
     /// </summary>
-    internal static CapturedGraph Build(nn.Module model, object?[] sampleInputs, IReadOnlyList<int> guardChoices) =>
-        GraphBuilder.Build(model, sampleInputs, guardChoices);
+    internal static CapturedGraph Build(nn.Module model, object?[] sampleInputs, IReadOnlyList<int> guardChoices,
+        IReadOnlyDictionary<string, string> canonicalNames) =>
+        GraphBuilder.Build(model, sampleInputs, guardChoices, canonicalNames);
 
     /// <summary>
     /// Per input of <see cref="Inputs"/>, how it holds the batch as declared on forward()'s parameter; tensors without a

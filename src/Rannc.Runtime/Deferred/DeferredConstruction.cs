@@ -76,12 +76,27 @@ internal static class DeferredConstruction
     }
 
     /// <summary>What rank 0 found that another rank's copy of the graph needs and cannot find itself on meta tensors.</summary>
+    /// <remarks>
+    /// A parameter listed under a second name (<c>head.weight = wte.weight</c>, where TorchSharp's <c>Embedding.weight</c>
+    /// hands out a new wrapper of the same tensor per read) is refused: the other ranks cannot rebuild that second wrapper
+    /// from a new tensor so that its gradient reaches the tied weight (a test of it trained differently from plain
+    /// TorchSharp). A head that reads <c>wte.weight</c> in forward() works.
+    /// </remarks>
     public static DeferredSetup SetupOf(CapturedGraph graph, IReadOnlyList<ValueMeasurement> small, IReadOnlyList<ValueMeasurement> large,
         int measureSamples, IReadOnlyDictionary<int, BatchDerivedNumber?> batchDerived, LossCombination loss, ParameterPlacement placement, int stages) =>
         new(graph.Guards.Select(g => g.Choice).ToArray(), Signature(graph), [.. small], [.. large], measureSamples,
             batchDerived.ToDictionary(b => b.Key, b => b.Value), loss.Rule, loss.LossNodeId,
             Enumerable.Range(0, stages).Select(s => placement.Names.Where(n => !IsBufferName(graph, n) && placement.IsHeldBy(n, s)).ToArray()).ToArray(),
-            new Dictionary<string, string>(graph.CanonicalNames));
+            new Dictionary<string, string>(graph.CanonicalNames), graph.Model.named_parameters().Select(p => p.name).ToArray(),
+            Refusal(graph));
+
+    private static string? Refusal(CapturedGraph graph)
+    {
+        var aliases = graph.Model.named_parameters().Select(p => p.name).Where(n => graph.CanonicalName(n) != n).ToList();
+        return aliases.Count == 0 ? null
+            : $"Deferred construction cannot rebuild a parameter listed under a second name on the other ranks: {string.Join(", ", aliases.Select(a => $"{a} (= {graph.CanonicalName(a)})"))}. " +
+              "Read the tied weight in forward() instead (e.g. logits = x.matmul(wte.weight.t())), or build this model whole (new RanncModule(model, ...)).";
+    }
 
     private static bool IsBufferName(CapturedGraph graph, string name) => graph.Parameters.Any(p => p.Name == name && p.IsBuffer);
 
@@ -110,8 +125,12 @@ internal static class DeferredConstruction
         string[] owned = stage is int mine ? setup.StageParameters[mine] : [];
         var fresh = new Dictionary<string, Parameter>();
         var nameOf = new Dictionary<Tensor, string>(ReferenceEqualityComparer.Instance);
-        foreach ((string name, Parameter parameter) in model.named_parameters()) nameOf.TryAdd(parameter, Canonical(name));
-        var shapes = model.named_parameters().ToDictionary(p => Canonical(p.name), p => (Shape: p.parameter.shape, p.parameter.dtype, p.parameter.requires_grad));
+        var shapes = new Dictionary<string, (long[] Shape, ScalarType DType, bool RequiresGrad)>();
+        foreach ((string name, Parameter parameter) in model.named_parameters())
+        {
+            nameOf.TryAdd(parameter, Canonical(name));
+            shapes.TryAdd(Canonical(name), (parameter.shape, parameter.dtype, parameter.requires_grad));
+        }
         using (torch.no_grad())
         {
             foreach (string name in owned)
@@ -129,6 +148,14 @@ internal static class DeferredConstruction
             }
         }
         ModuleTensors.Replace(model, old => old is Parameter && nameOf.TryGetValue(old, out string? name) ? fresh[name] : null);
+        string[] names = model.named_parameters().Select(p => p.name).ToArray();
+        if (!names.SequenceEqual(setup.ParameterNames))
+        {
+            throw new NotSupportedException(
+                $"Rank {world.Rank}: after deferred construction the model lists its parameters as [{string.Join(", ", names.Except(setup.ParameterNames))}] " +
+                $"where rank 0 lists [{string.Join(", ", setup.ParameterNames.Except(names))}] (a tied parameter held in a way Rannc cannot rebuild). " +
+                "Build this model whole (new RanncModule(model, ...)) instead of from a factory.");
+        }
     }
 
     /// <summary>Nodes with their parameters and buffers, and the tied names: equal on two ranks when their graphs are the same.</summary>
@@ -148,7 +175,9 @@ internal static class DeferredConstruction
 /// <param name="GraphSignature">Rank 0's <see cref="DeferredConstruction.Signature"/>, to check the others built the same graph.</param>
 /// <param name="StageParameters">Per stage, the graph names of the parameters it holds.</param>
 /// <param name="CanonicalNames">Every parameter and buffer name to the graph's name of its tensor (tied weights have one).</param>
+/// <param name="ParameterNames">Rank 0's <c>named_parameters()</c> names in order: every rank's model must list the same.</param>
+/// <param name="Refusal">Why rank 0 found the model unfit for deferred construction (every rank then fails with it), or null.</param>
 internal sealed record DeferredSetup(
     int[] GuardChoices, string GraphSignature, List<ValueMeasurement> Small, List<ValueMeasurement> Large, int MeasureSamples,
     Dictionary<int, BatchDerivedNumber?> BatchDerived, LossRule LossRule, int LossNodeId, string[][] StageParameters,
-    Dictionary<string, string> CanonicalNames);
+    Dictionary<string, string> CanonicalNames, string[] ParameterNames, string? Refusal);

@@ -49,6 +49,35 @@ public sealed class DeferredConstructionTests
     public void ZooResNet_MatchesPlainTorchSharp(string plan, string optimizer) =>
         ZooHarness.AssertMatchesReference(ZooCatalog.ResNet, new ZooPlan(RanncOptions.ParsePlan(plan)!), "1f1b", optimizer, deferred: true);
 
+    /// <summary>
+    /// A tied embedding whose head reads <c>wte.weight</c> in forward(), with its users in different stages: every holding
+    /// stage gets rank 0's one tensor, and the copies train as plain TorchSharp's one weight.
+    /// </summary>
+    [Theory]
+    [InlineData("1,1,1,1", OptimizerKind.Sgd)]
+    [InlineData("1,1,1,1", OptimizerKind.Adam)]
+    [InlineData("2,2", OptimizerKind.Sgd)]
+    [InlineData("2,2", OptimizerKind.Adam)]
+    public void TiedEmbeddingReadInForward_MatchesPlainTorchSharp(string plan, OptimizerKind optimizer)
+    {
+        Func<nn.Module> create = () => new GptReadsEmbedding(13, 8, 2, 2, 5);
+        Tensor[][] batches = TiedWeightTests.Batches(3);
+        var reference = Equivalence.Reference(create, 7, batches, optimizer);
+        var ranks = Equivalence.Rannc(create, rank => 7 + rank, batches, optimizer, RanncOptions.ParsePlan(plan)!, "1f1b", microBatches: 2, deferred: true);
+        Equivalence.AssertEqual(reference, ranks);
+    }
+
+    /// <summary><c>head.weight = wte.weight</c> is refused on every rank, naming the tie and the way that works.</summary>
+    [Fact]
+    public void TiedEmbeddingAssignedToTheHead_IsRefusedOnEveryRank()
+    {
+        Tensor[][] batches = TiedWeightTests.Batches(1);
+        var error = Assert.Throws<RankFailedException>(() => Equivalence.Rannc(() => new GptLanguageModel(13, 8, 2, 2, 5), _ => 7, batches,
+            OptimizerKind.Sgd, [1, 1], "1f1b", deferred: true));
+        Assert.Contains("head.weight (= wte.weight)", error.Message);
+        Assert.Contains("Read the tied weight in forward()", error.Message);
+    }
+
     [Fact]
     public void OtherRanks_NeverAllocateOtherStagesParameters_AndRankZeroFreesThem()
     {
