@@ -101,7 +101,7 @@ internal static class DeferredConstruction
     private static bool IsBufferName(CapturedGraph graph, string name) => graph.Parameters.Any(p => p.Name == name && p.IsBuffer);
 
     /// <summary>
-    /// Gives this rank's parameters (those of <paramref name="ownedNames"/>) their storage and rank 0's values; every
+    /// Gives this rank's parameters (its stage's in <see cref="DeferredSetup.StageParameters"/>) their storage and rank 0's values; every
     /// other parameter becomes an empty tensor that <paramref name="residency"/> takes as released with its model shape.
     /// Call on every rank after <see cref="SetupOf"/> was shared: rank 0 sends, the others receive.
     /// </summary>
