@@ -87,15 +87,9 @@ Tensor[] Batch(int step) =>
 RanncModule WithWholeOptimizer(nn.Module model) =>
     new(model, torch.optim.Adam(model.parameters(), lr: options.LearningRate), options.ToRanncOptions());
 
-RanncModule CreateDeferred()
-{
-    lock (initLock)
-    {
-        torch.manual_seed(options.Seed);
-        return new RanncModule(() => task.CreateModel().to(options.DType), parameters => torch.optim.Adam(parameters, lr: options.LearningRate),
-            options.ToRanncOptions());
-    }
-}
+// In-process ranks share torch's random generator: the factory seeds (CreateModel), not the code before the call.
+RanncModule CreateDeferred() =>
+    new(CreateModel, parameters => torch.optim.Adam(parameters, lr: options.LearningRate), options.ToRanncOptions());
 
 (double[] Losses, double StepMs) TrainReference()
 {

@@ -95,9 +95,10 @@ public sealed class RanncModule : IDisposable
 
     /// <summary>
     /// Deferred construction: builds the model from <paramref name="createModel"/> so that each rank holds only its share.
-    /// Seed as for plain code, then call this: rank 0 calls the factory on the CPU (its parameters are exactly what plain
-    /// construction with that seed gives), every other rank with TorchSharp's default device set to meta (shapes only, no
-    /// storage). At the first <see cref="forward"/> rank 0 captures, profiles and plans; each rank then gives storage to
+    /// Seed as for plain code, then call this (with in-process ranks, which share one generator, seed inside the factory):
+    /// rank 0 calls the factory on the CPU (its parameters are exactly what plain construction with that seed gives), every
+    /// other rank with TorchSharp's default device set to meta (shapes only, no storage); in-process ranks wait for each
+    /// other around the constructions (every rank must call this constructor). At the first <see cref="forward"/> rank 0 captures, profiles and plans; each rank then gives storage to
     /// its own stage's parameters only and receives their values from rank 0, and rank 0 frees the rest. The optimizer
     /// comes from <paramref name="createOptimizer"/> as in the factory overload. The model is <see cref="Model"/>.
     /// </summary>
@@ -109,7 +110,7 @@ public sealed class RanncModule : IDisposable
     /// <inheritdoc cref="RanncModule(Func{nn.Module}, Func{IEnumerable{Parameter}, optim.Optimizer}, RanncOptions?)"/>
     public RanncModule(Func<nn.Module> createModel, Func<IEnumerable<Parameter>, optim.Optimizer> createOptimizer, ICommunicator communicator,
         RanncOptions? options = null)
-        : this(DeferredConstruction.Build(createModel, onMeta: (communicator ?? throw new ArgumentNullException(nameof(communicator))).Rank != 0, communicator.Rank),
+        : this(DeferredConstruction.Build(createModel, communicator ?? throw new ArgumentNullException(nameof(communicator))),
             CreateEmpty(createOptimizer), communicator, options)
     {
         _optimizerGetsOwnedParameters = true;

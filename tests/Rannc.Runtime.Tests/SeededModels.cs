@@ -11,19 +11,12 @@ internal static class SeededModels
 {
     private static readonly object RandomLock = new();
 
-    public static nn.Module Create(Func<nn.Module> create, long seed, ScalarType dtype = ScalarType.Float64) =>
-        Seeded(seed, () => create().to(dtype));
-
-    /// <summary>
-    /// Seeds and runs <paramref name="construct"/> under the lock: for deferred construction, the
-    /// <c>new RanncModule(createModel, ...)</c> call, in which rank 0 builds the model from the seed.
-    /// </summary>
-    public static T Seeded<T>(long seed, Func<T> construct)
+    public static nn.Module Create(Func<nn.Module> create, long seed, ScalarType dtype = ScalarType.Float64)
     {
         lock (RandomLock)
         {
             torch.manual_seed(seed);
-            return construct();
+            return create().to(dtype);
         }
     }
 }

@@ -26,11 +26,23 @@ internal static class DeferredConstruction
     private static readonly object DefaultDeviceLock = new();
 
     /// <summary>
-    /// Calls <paramref name="createModel"/> on the CPU (<paramref name="onMeta"/> false) or with the default device set to
-    /// meta. Building on meta still draws from libtorch's CPU generator (probed), so the random state is put back
-    /// afterwards: a meta construction on another thread then does not move the numbers rank 0's construction draws.
+    /// Calls <paramref name="createModel"/> on the CPU (rank 0) or with the default device set to meta (every other rank).
+    /// Building on meta still draws from libtorch's CPU generator (probed), so the random state is put back afterwards.
+    /// In-process ranks (threads of one process) meet before and after the constructions: while any rank builds on meta,
+    /// no rank thread runs other code that could create a tensor on the process-wide default device.
     /// </summary>
-    public static nn.Module Build(Func<nn.Module> createModel, bool onMeta, int rank)
+    public static nn.Module Build(Func<nn.Module> createModel, ICommunicator world)
+    {
+        ArgumentNullException.ThrowIfNull(createModel);
+        bool threads = world is InProcessCommunicator && world.Size > 1;
+        if (threads) world.Barrier();
+        nn.Module model = Build(createModel, onMeta: world.Rank != 0, world.Rank);
+        if (threads) world.Barrier();
+        return model;
+    }
+
+    /// <summary>One construction, on the CPU or on meta, under the default-device lock.</summary>
+    internal static nn.Module Build(Func<nn.Module> createModel, bool onMeta, int rank)
     {
         ArgumentNullException.ThrowIfNull(createModel);
         lock (DefaultDeviceLock)

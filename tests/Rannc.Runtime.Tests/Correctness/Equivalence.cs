@@ -58,9 +58,9 @@ internal static class Equivalence
         };
         return InProcessLauncher.Run(replicasPerStage.Sum(), comm =>
         {
+            // In-process ranks share one generator: the factory seeds (under the lock of seeded constructions).
             using RanncModule rannc = deferred
-                ? SeededModels.Seeded(seedOfRank(comm.Rank), () => new RanncModule(
-                    () => create().to(ScalarType.Float64), parameters => CreateOptimizer(parameters, optimizerKind), comm, options))
+                ? new RanncModule(() => SeededModels.Create(create, seedOfRank(comm.Rank)), parameters => CreateOptimizer(parameters, optimizerKind), comm, options)
                 : Whole(SeededModels.Create(create, seedOfRank(comm.Rank)), optimizerKind, comm, options);
             nn.Module model = rannc.Model;
             optim.Optimizer optimizer = rannc.Optimizer;

@@ -83,8 +83,8 @@ public sealed class DeferredConstructionTests
     {
         var results = InProcessLauncher.Run(4, comm =>
         {
-            using RanncModule rannc = SeededModels.Seeded(Seed, () => new RanncModule(
-                () => Mlp.CreateModel().to(ScalarType.Float64), parameters => torch.optim.Adam(parameters, lr: 0.01), comm, Options("1,1,1,1")));
+            using var rannc = new RanncModule(
+                () => SeededModels.Create(Mlp.CreateModel, Seed), parameters => torch.optim.Adam(parameters, lr: 0.01), comm, Options("1,1,1,1"));
             // Before the first forward: rank 0 holds the whole model on the CPU, every other rank only shapes.
             var devicesBefore = rannc.Model.parameters().Select(p => p.device_type).Distinct().ToList();
             rannc.Optimizer.zero_grad();
@@ -122,8 +122,8 @@ public sealed class DeferredConstructionTests
         {
             var results = InProcessLauncher.Run(2, comm =>
             {
-                RanncModule Create() => SeededModels.Seeded(Seed, () => new RanncModule(
-                    () => Mlp.CreateModel().to(ScalarType.Float64), parameters => torch.optim.Adam(parameters, lr: 0.01), comm, Options("1,1")));
+                RanncModule Create() => new(
+                    () => SeededModels.Create(Mlp.CreateModel, Seed), parameters => torch.optim.Adam(parameters, lr: 0.01), comm, Options("1,1"));
                 using (RanncModule trained = Create())
                 {
                     for (int step = 0; step < 2; step++)
@@ -219,7 +219,7 @@ public sealed class DeferredConstructionTests
     {
         Tensor[][] batches = Enumerable.Range(0, Steps).Select(step => BatchOf(task, step)).ToArray();
         Equivalence.Run reference = Equivalence.Reference(task.CreateModel, Seed, batches, optimizer);
-        // Every rank seeds differently: only rank 0's construction may matter.
+        // Every rank's factory seeds differently: only rank 0's construction may matter.
         Equivalence.Run[] ranks = Equivalence.Rannc(task.CreateModel, rank => Seed + 17 * rank, batches, optimizer, RanncOptions.ParsePlan(plan)!, "1f1b",
             deferred: true);
         Equivalence.AssertEqual(reference, ranks);

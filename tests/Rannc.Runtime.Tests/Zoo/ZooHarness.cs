@@ -102,8 +102,7 @@ internal static class ZooHarness
             var results = RunWithLog(log, () => InProcessLauncher.Run(replicas.Sum(), comm =>
             {
                 using RanncModule rannc = deferred
-                    ? SeededModels.Seeded(4321, () => new RanncModule(() => zoo.Create().to(ScalarType.Float64),
-                        parameters => CreateOptimizer(parameters, optimizerName), comm, options))
+                    ? new RanncModule(() => CreateSeeded(zoo), parameters => CreateOptimizer(parameters, optimizerName), comm, options)
                     : Whole(CreateSeeded(zoo), optimizerName, comm, options);
                 nn.Module model = rannc.Model;
                 optim.Optimizer optimizer = rannc.Optimizer;
