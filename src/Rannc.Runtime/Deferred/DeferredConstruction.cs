@@ -77,7 +77,10 @@ internal static class DeferredConstruction
     {
         if (world.Rank != 0)
         {
-            ModuleTensors.Replace(model, old => old is not Parameter && old.device_type != DeviceType.CPU ? torch.empty(old.shape, old.dtype) : null);
+            // Detached from any dispose scope: the first forward() may run inside the user's per-step scope.
+            ModuleTensors.Replace(model, old => old is not Parameter && old.device_type != DeviceType.CPU
+                ? torch.empty(old.shape, old.dtype).DetachFromDisposeScope()
+                : null);
         }
         var seen = new HashSet<TensorIdentity>();
         using var noGrad = torch.no_grad();
@@ -150,12 +153,13 @@ internal static class DeferredConstruction
                 var (shape, dtype, requiresGrad) = shapes[name];
                 using Tensor storage = torch.empty(shape, dtype);
                 world.Receive(storage, 0, ParameterTag);
-                fresh[name] = new Parameter(storage, requiresGrad);
+                // The model's tensors outlive the user's per-step dispose scope that the first forward() may run in.
+                fresh[name] = (Parameter)new Parameter(storage, requiresGrad).DetachFromDisposeScope();
             }
             foreach ((string name, var (shape, dtype, requiresGrad)) in shapes)
             {
                 if (fresh.ContainsKey(name)) continue;
-                fresh[name] = new Parameter(torch.empty(0, dtype), requiresGrad);
+                fresh[name] = (Parameter)new Parameter(torch.empty(0, dtype), requiresGrad).DetachFromDisposeScope();
                 residency.Adopt(name, fresh[name], shape, dtype);
             }
         }

@@ -78,6 +78,37 @@ public sealed class DeferredConstructionTests
         Assert.Contains("Read the tied weight in forward()", error.Message);
     }
 
+    /// <summary>
+    /// Deployment runs inside the first forward(), which training loops often wrap in a per-step dispose scope (the sample
+    /// does): the tensors the other ranks materialise there must outlive it.
+    /// </summary>
+    [Fact]
+    public void TrainingInPerStepDisposeScopes_KeepsTheMaterialisedTensors()
+    {
+        Tensor[][] batches = Enumerable.Range(0, Steps).Select(step => BatchOf(Bert, step)).ToArray();
+        Equivalence.Run reference = Equivalence.Reference(Bert.CreateModel, Seed, batches, OptimizerKind.Adam);
+        double[][] losses = InProcessLauncher.Run(2, comm =>
+        {
+            using var rannc = new RanncModule(() => SeededModels.Create(Bert.CreateModel, Seed),
+                parameters => Equivalence.CreateOptimizer(parameters, OptimizerKind.Adam), comm, Options("2"));
+            var perStep = new double[Steps];
+            for (int step = 0; step < Steps; step++)
+            {
+                using var scope = torch.NewDisposeScope();
+                rannc.Optimizer.zero_grad();
+                Tensor loss = rannc.forward(batches[step]);
+                loss.backward();
+                rannc.Optimizer.step();
+                perStep[step] = loss.item<double>();
+            }
+            return perStep;
+        }, new InProcessOptions(Timeout: TimeSpan.FromMinutes(2)));
+        foreach (double[] rank in losses)
+        {
+            for (int step = 0; step < Steps; step++) Equivalence.AssertClose(reference.Losses[step], rank[step], $"loss of step {step}");
+        }
+    }
+
     [Fact]
     public void OtherRanks_NeverAllocateOtherStagesParameters_AndRankZeroFreesThem()
     {
