@@ -30,16 +30,18 @@ public static class MemoryBenchmark
             return 1;
         }
         Console.WriteLine($"# Memory, BERT sample ({layers} layers, hidden {hidden}, seq 64, batch 8, Adam, float32), 4 MPI ranks, {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC");
+        string[] constructions = args.Length > 3 ? args[3].Split(',') : ["whole"];
         foreach (string plan in args.Length > 2 ? args[2].Split(',') : ["2x2", "4x1"])
+        foreach (string construction in constructions)
         {
             Console.WriteLine();
-            Console.WriteLine($"## plan {plan}");
+            Console.WriteLine($"## plan {plan}, {(construction == "deferred" ? "deferred construction (rank 0 builds the model, the others their stage)" : "the model built whole on every rank")}");
             Console.Out.Flush();
             var start = new ProcessStartInfo(launcher) { UseShellExecute = false };
             // Freed tensors go back to the system at once, so resident memory follows the live tensors.
             start.Environment["MALLOC_MMAP_THRESHOLD_"] = "65536";
             start.Environment["RANNC_MEMORY_REPORT"] = "2";
-            foreach (string a in new[] { "-n", "4", "dotnet", typeof(MemoryBenchmark).Assembly.Location, "memory-mpi-rank", plan, $"{layers}", $"{hidden}" })
+            foreach (string a in new[] { "-n", "4", "dotnet", typeof(MemoryBenchmark).Assembly.Location, "memory-mpi-rank", plan, $"{layers}", $"{hidden}", construction })
                 start.ArgumentList.Add(a);
             using Process process = Process.Start(start)!;
             if (!process.WaitForExit(TimeSpan.FromMinutes(10)))
@@ -58,15 +60,12 @@ public static class MemoryBenchmark
         string plan = args[0];
         int layers = int.Parse(args[1], CultureInfo.InvariantCulture);
         int hidden = int.Parse(args[2], CultureInfo.InvariantCulture);
+        bool deferred = args.Length > 3 && args[3] == "deferred";
         SampleTask task = SampleTasks.Bert(SampleTasks.BertConfig(layers, hidden), sequenceLength: 64, maskedPerSequence: 8);
         RankLauncher.RunMpi(comm =>
         {
             using (torch.zeros(1)) { }
             long before = ProcessMemory.ResidentBytes();
-            torch.manual_seed(7);
-            nn.Module model = task.CreateModel();
-            var optimizer = torch.optim.Adam(model.parameters());
-            long modelBytes = MemoryReport.TensorBytes(model, optimizer);
             string[] shape = plan.Split('x');
             var options = new RanncOptions
             {
@@ -75,7 +74,14 @@ public static class MemoryBenchmark
                 ProfileRepeats = 1,
                 Log = line => Console.WriteLine(line),
             };
-            using var rannc = new RanncModule(model, optimizer, comm, options);
+            torch.manual_seed(7);
+            // Deferred: rank 0 builds the model, the others build it on meta and get storage for their stage only.
+            using var rannc = deferred
+                ? new RanncModule(task.CreateModel, parameters => torch.optim.Adam(parameters), comm, options)
+                : WholeModel(task.CreateModel(), comm, options);
+            var optimizer = rannc.Optimizer;
+            // The whole model's parameters and Adam's two moments of them (rank 0 holds the whole model in either case).
+            long modelBytes = 3 * rannc.Model.parameters().Sum(p => p.numel() * p.ElementSize);
             long deploymentPeak = 0;
             for (int step = 0; step < Steps; step++)
             {
@@ -87,6 +93,8 @@ public static class MemoryBenchmark
             }
             long stepsPeak = ProcessMemory.PeakResidentBytes() - before;
             long[][] all = comm.AllGather(new[] { deploymentPeak, stepsPeak, before, modelBytes });
+            // Every rank's meta model knows the whole model's size too (shapes): take rank 0's, which was built on the CPU.
+            foreach (long[] rank in all) rank[3] = all[0][3];
             if (comm.Rank != 0) return;
             Console.WriteLine();
             Console.WriteLine("| rank | resident before the model | whole model's params + Adam state | peak over construction, deployment, step 0 | peak of step 3 |");
@@ -99,6 +107,9 @@ public static class MemoryBenchmark
         }, torchThreads: 1);
         return 0;
     }
+
+    private static RanncModule WholeModel(nn.Module model, ICommunicator comm, RanncOptions options) =>
+        new(model, torch.optim.Adam(model.parameters()), comm, options);
 
     private static string Mib(long bytes) => FormattableString.Invariant($"{bytes / 1048576.0:0.0} MiB");
 }

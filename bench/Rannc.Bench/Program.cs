@@ -7,7 +7,7 @@ using Rannc.Bench;
 //   zb      zero-bubble schedule vs 1F1B on a 2-stage pipeline, measured and simulated [layers hidden batch]
 //   checkpoint sharded atomic checkpoint save/load vs the former gather-to-rank-0 save [layers hidden]
 //   agreement  cost of the per-step agreement check of the ranks' inputs next to a training step [layers hidden batch]
-//   memory  per-rank memory of the BERT sample under mpiexec (2x2, 4x1): measured vs the plan's predicted peak [layers hidden]
+//   memory  per-rank memory of the BERT sample under mpiexec (2x2, 4x1): measured vs the plan's predicted peak [layers hidden plans whole,deferred]
 //   capture-overhead  forward+backward through the captured graph vs forward() directly (interleaved A/B)
 // Anything else goes to BenchmarkDotNet, e.g. `-- --filter '*Capture*'`.
 return args.FirstOrDefault() switch

@@ -70,11 +70,12 @@ Tensor[] Batch(int step) =>
 
 (double[] Losses, double StepMs, PlanSummary Plan) TrainWithRannc(ICommunicator comm)
 {
-    nn.Module model = CreateModel();
-    // This rank's communicator comes from RankLauncher. With --optimizer-factory, Adam gets only this rank's parameters.
-    using var rannc = options.OptimizerFactory
-        ? new RanncModule(model, parameters => torch.optim.Adam(parameters, lr: options.LearningRate), options.ToRanncOptions())
-        : new RanncModule(model, torch.optim.Adam(model.parameters(), lr: options.LearningRate), options.ToRanncOptions());
+    // This rank's communicator comes from RankLauncher. With --optimizer-factory, Adam gets only this rank's parameters;
+    // with --deferred, only rank 0 builds the whole model (seeded as plain code), the others only their stage's parameters.
+    using var rannc = options.Deferred ? CreateDeferred()
+        : options.OptimizerFactory
+        ? new RanncModule(CreateModel(), parameters => torch.optim.Adam(parameters, lr: options.LearningRate), options.ToRanncOptions())
+        : WithWholeOptimizer(CreateModel());
     (double[] losses, double stepMs) = Train(rannc.Optimizer, rannc.forward, print: comm.Rank == 0);
     if (options.Dot is { } dotFile && comm.Rank == 0 && rannc.WriteGraph(dotFile) is { } svg && !options.Json)
         Console.WriteLine($"wrote {dotFile} and {svg}");
@@ -82,6 +83,13 @@ Tensor[] Batch(int step) =>
     return (losses, stepMs, new PlanSummary(plan.Stages.Count, plan.Stages.Select(s => s.ReplicaRanks.Count).ToArray(),
         plan.MicroBatchCount, plan.Schedule switch { Rannc.Partitioner.PipelineScheduleKind.GPipe => "gpipe", Rannc.Partitioner.PipelineScheduleKind.ZeroBubble => "zb", _ => "1f1b" }, rannc.PlanLoaded ? "hit" : "miss"));
 }
+
+RanncModule WithWholeOptimizer(nn.Module model) =>
+    new(model, torch.optim.Adam(model.parameters(), lr: options.LearningRate), options.ToRanncOptions());
+
+// In-process ranks share torch's random generator: the factory seeds (CreateModel), not the code before the call.
+RanncModule CreateDeferred() =>
+    new(CreateModel, parameters => torch.optim.Adam(parameters, lr: options.LearningRate), options.ToRanncOptions());
 
 (double[] Losses, double StepMs) TrainReference()
 {

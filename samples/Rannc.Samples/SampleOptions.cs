@@ -27,6 +27,9 @@ public sealed record SampleOptions
 
     /// <summary>Whether the optimizer is made by RanncModule's factory overload (state for this rank's parameters only).</summary>
     public bool OptimizerFactory { get; init; }
+
+    /// <summary>Deferred construction: rank 0 builds the model, the others only their stage's parameters (implies the optimizer factory).</summary>
+    public bool Deferred { get; init; }
     public bool Json { get; init; }
     public string? PlanCache { get; init; }
     public string? Dot { get; init; }
@@ -68,6 +71,7 @@ public sealed record SampleOptions
         PlanCache = parsed.GetValue(PlanCacheOption),
         Reference = parsed.GetValue(ReferenceOption),
         OptimizerFactory = parsed.GetValue(OptimizerFactoryOption),
+        Deferred = parsed.GetValue(DeferredOption),
         Json = parsed.GetValue(JsonOption),
         Dot = parsed.GetValue(DotOption),
         Trace = parsed.GetValue(TraceOption),
@@ -170,6 +174,11 @@ public sealed record SampleOptions
         Description = "Give RanncModule a factory for the optimizer instead of an optimizer over the whole model, so each rank allocates Adam's state only for its own stage's parameters",
     };
 
+    private static readonly Option<bool> DeferredOption = new("--deferred")
+    {
+        Description = "Deferred construction: rank 0 builds the model, every other rank builds it on the meta device and gets storage only for its own stage's parameters (the optimizer comes from a factory)",
+    };
+
     private static readonly Option<bool> JsonOption = new("--json")
     {
         Description = "End with one line of JSON: ranks, stages, replicas, micro_batches, schedule, losses, step_ms, plan_cache",
@@ -218,7 +227,7 @@ public sealed record SampleOptions
     private static readonly Option[] All =
     [
         ModelOption, RanksOption, StepsOption, BatchOption, LayersOption, HiddenOption, SequenceOption, SeedOption, DTypeOption,
-        PlanOption, ScheduleOption, MicroBatchesOption, MemoryOption, LearningRateOption, PlanCacheOption, ReferenceOption, OptimizerFactoryOption, JsonOption, DotOption,
+        PlanOption, ScheduleOption, MicroBatchesOption, MemoryOption, LearningRateOption, PlanCacheOption, ReferenceOption, OptimizerFactoryOption, DeferredOption, JsonOption, DotOption,
         TraceOption, TraceStepOption, DryRunOption, DevicesOption, DevicesPerNodeOption, RenderTraceOption,
     ];
 

@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Text;
 using Rannc.Capture;
 using Rannc.Communication;
+using Rannc.Deferred;
 using Rannc.Execution;
 using Rannc.Execution.Checkpoints;
 using Rannc.Execution.Tracing;
@@ -91,6 +92,36 @@ public sealed class RanncModule : IDisposable
     {
         _optimizerGetsOwnedParameters = true;
     }
+
+    /// <summary>
+    /// Deferred construction: builds the model from <paramref name="createModel"/> so that each rank holds only its share.
+    /// Seed as for plain code, then call this (with in-process ranks, which share one generator, seed inside the factory):
+    /// rank 0 calls the factory on the CPU (its parameters are exactly what plain construction with that seed gives), every
+    /// other rank with TorchSharp's default device set to meta (shapes only, no storage); in-process ranks wait for each
+    /// other around the constructions (every rank must call this constructor). At the first <see cref="forward"/> rank 0 captures, profiles and plans; each rank then gives storage to
+    /// its own stage's parameters only and receives their values from rank 0, and rank 0 frees the rest. The optimizer
+    /// comes from <paramref name="createOptimizer"/> as in the factory overload. The model is <see cref="Model"/>.
+    /// </summary>
+    public RanncModule(Func<nn.Module> createModel, Func<IEnumerable<Parameter>, optim.Optimizer> createOptimizer, RanncOptions? options = null)
+        : this(createModel, createOptimizer, AmbientCommunicator.Current, options)
+    {
+    }
+
+    /// <inheritdoc cref="RanncModule(Func{nn.Module}, Func{IEnumerable{Parameter}, optim.Optimizer}, RanncOptions?)"/>
+    public RanncModule(Func<nn.Module> createModel, Func<IEnumerable<Parameter>, optim.Optimizer> createOptimizer, ICommunicator communicator,
+        RanncOptions? options = null)
+        : this(DeferredConstruction.Build(createModel, communicator ?? throw new ArgumentNullException(nameof(communicator))),
+            CreateEmpty(createOptimizer), communicator, options)
+    {
+        _optimizerGetsOwnedParameters = true;
+        _deferred = true;
+    }
+
+    /// <summary>Whether the model was built from a factory, whole on rank 0 only (deferred construction).</summary>
+    private readonly bool _deferred;
+
+    /// <summary>The model (for deferred construction: the one the factory built on this rank).</summary>
+    public nn.Module Model => _model;
 
     private static optim.Optimizer CreateEmpty(Func<IEnumerable<Parameter>, optim.Optimizer> createOptimizer)
     {
@@ -304,7 +335,9 @@ public sealed class RanncModule : IDisposable
                 string graphName = GraphName(name);
                 bool released = _residency.IsReleased(graphName);
                 Tensor gathered = released ? _residency.Zeros(graphName) : local.detach().clone();
+                // A tensor no stage reads has no owner: rank 0's copy is the one (a deferred model's other ranks hold none).
                 if (owners.TryGetValue(graphName, out int owner)) _world.Broadcast(gathered, owner);
+                else if (_deferred && _deployed is not null) _world.Broadcast(gathered, 0);
                 if (!released) local.copy_(gathered);
                 state[name] = gathered;
             }
@@ -398,6 +431,12 @@ public sealed class RanncModule : IDisposable
     /// </summary>
     public void LoadCheckpoint(string directory, bool loadOptimizerState = true)
     {
+        if (_deferred && _deployed is null)
+        {
+            throw new InvalidOperationException(
+                "This model was built from a factory (deferred construction): its parameters get storage at the first forward(), for this " +
+                "rank's stage only; load the checkpoint after it.");
+        }
         (string folder, CheckpointManifest manifest) = CheckpointFolder.Open(directory);
         Dictionary<string, CheckpointEntry> entries = CheckpointEntries(folder, manifest, _model,
             (name, tensor) => _residency.IsReleased(GraphName(name)) ? _residency.ShapeOf(GraphName(name)) : tensor.shape);
@@ -645,7 +684,7 @@ public sealed class RanncModule : IDisposable
 
     /// <summary>The options every rank must share (they decide the plan and which collectives run each step).</summary>
     private sealed record SharedSettings(string Plan, string Schedule, int? MicroBatches, double MemoryMargin, int MinSamplesPerSlice,
-        int? CheckInputSteps, int VerifySteps, double OptimizerStateFactor, string? LoadDeployment, int MemoryReportSteps, string Trace);
+        int? CheckInputSteps, int VerifySteps, double OptimizerStateFactor, string? LoadDeployment, int MemoryReportSteps, string Trace, bool Deferred);
 
     /// <summary>Fails, naming the ranks and the options, when ranks were started with different settings.</summary>
     private void CheckSharedSettings()
@@ -653,7 +692,8 @@ public sealed class RanncModule : IDisposable
         var mine = new SharedSettings(
             _options.ForcedReplicasPerStage is { } replicas ? string.Join(",", replicas) : "auto", _options.Schedule?.ToString() ?? "auto",
             _options.MicroBatches, _options.MemoryMargin, _options.MinSamplesPerSlice, _options.CheckInputSteps, _options.VerifySteps,
-            _options.OptimizerStateFactor, _options.LoadDeploymentPath, _options.MemoryReportSteps, _options.TracePath is null ? "off" : $"step {_options.TraceStep}");
+            _options.OptimizerStateFactor, _options.LoadDeploymentPath, _options.MemoryReportSteps, _options.TracePath is null ? "off" : $"step {_options.TraceStep}",
+            _deferred);
         SharedSettings[] all = _world.AllGather(mine);
         var differences = typeof(SharedSettings).GetProperties()
             .Where(p => all.Select(a => Convert.ToString(p.GetValue(a), CultureInfo.InvariantCulture)).Distinct().Count() > 1)
@@ -672,40 +712,55 @@ public sealed class RanncModule : IDisposable
         var clock = Stopwatch.StartNew();
         CheckSharedSettings();
         // Every rank starts from rank 0's parameters and buffers (as PyTorch's DDP does), whatever each was seeded with.
-        BroadcastInitialState();
+        // A deferred model shares its buffers now and its parameters once the plan says who holds which.
+        if (_deferred) DeferredConstruction.ShareBuffers(_model, _world);
+        else BroadcastInitialState();
+        // Ranks other than 0 of a deferred model hold meta parameters: they cannot run the graph, so rank 0 analyses it.
+        bool follower = _deferred && _world.Rank != 0;
         // Profiling (and resolving branches on shapes while building) runs the model: keep buffers (batch-norm
         // statistics) and the random state as they were.
         using var preserved = new PreservedState(_model);
-        CapturedGraph graph = CapturedGraph.Build(_model, inputs);
-        if (graph.Inputs.Count != inputs.Length)
-            throw new ArgumentException($"The model's forward() takes {graph.Inputs.Count} argument(s) but {inputs.Length} were given.");
-        var slicer = new InputSlicer(graph, _options.InputBatching);
-        int batch = slicer.BatchSize(inputs);
-
-        int measureSamples = Math.Max(1, batch / 2);
-        object?[] SampleInputs(int n) => slicer.Slice(inputs, 0, Math.Min(n, batch));
-        IReadOnlyList<ValueMeasurement> small = graph.Measure(SampleInputs(measureSamples));
-        IReadOnlyList<ValueMeasurement> large = batch >= 2 * measureSamples ? graph.Measure(SampleInputs(2 * measureSamples)) : small;
-        PlanningGraph planningGraph = graph.ToPlanningGraph(small, large, measureSamples);
-        IReadOnlyDictionary<int, BatchDerivedNumber?> batchDerived = batch >= 2 * measureSamples
-            ? BatchDerivedNumber.Find(graph, SampleInputs, measureSamples)
-            : new Dictionary<int, BatchDerivedNumber?>();
-        ValueMeasurement output = small[graph.Outputs[0]];
-        if (output.DType is not ScalarType outputDType) throw new NotSupportedException("forward() must return a tensor.");
-        LossCombination lossCombination = output.Shape!.Length == 0
-            ? AnalyseLoss(graph, SampleInputs(measureSamples), planningGraph)
-            : LossCombination.PerSample;
+        CapturedGraph? graph = null;
+        InputSlicer? slicer = null;
+        IReadOnlyList<ValueMeasurement>? small = null, large = null;
+        PlanningGraph? planningGraph = null;
+        IReadOnlyDictionary<int, BatchDerivedNumber?>? batchDerived = null;
+        LossCombination? lossCombination = null;
+        int batch = 0;
+        int measureSamples = 0;
+        object?[] SampleInputs(int n) => slicer!.Slice(inputs, 0, Math.Min(n, batch));
+        if (!follower)
+        {
+            graph = CapturedGraph.Build(_model, inputs);
+            if (graph.Inputs.Count != inputs.Length)
+                throw new ArgumentException($"The model's forward() takes {graph.Inputs.Count} argument(s) but {inputs.Length} were given.");
+            slicer = new InputSlicer(graph, _options.InputBatching);
+            batch = slicer.BatchSize(inputs);
+            measureSamples = Math.Max(1, batch / 2);
+            small = graph.Measure(SampleInputs(measureSamples));
+            large = batch >= 2 * measureSamples ? graph.Measure(SampleInputs(2 * measureSamples)) : small;
+            planningGraph = graph.ToPlanningGraph(small, large, measureSamples);
+            batchDerived = batch >= 2 * measureSamples
+                ? BatchDerivedNumber.Find(graph, SampleInputs, measureSamples)
+                : new Dictionary<int, BatchDerivedNumber?>();
+            ValueMeasurement result = small[graph.Outputs[0]];
+            if (result.DType is null) throw new NotSupportedException("forward() must return a tensor.");
+            lossCombination = result.Shape!.Length == 0
+                ? AnalyseLoss(graph, SampleInputs(measureSamples), planningGraph)
+                : LossCombination.PerSample;
+        }
 
         // Ranks may have different budgets: every stage must fit the smallest.
         long budget = _world.AllGather(_options.DeviceMemoryBytes ?? DefaultMemoryBudget()).Min();
         ClusterDiscovery hosts = ClusterDiscovery.Discover(_world, _options, CacheDirectory(), Log);
         LogOnce(hosts.Description);
         Cluster cluster = hosts.ClusterFor(budget);
-        PlanningOptions planning = PlanningSettings.For(_options, batch, _world.Size, scalarOutput: output.Shape.Length == 0);
-        string key = DeploymentStore.Key(planningGraph, cluster, planning, "cpu");
+        // A follower of a deferred model learns the batch only with its graph; planning is rank 0's.
+        PlanningOptions? planning = follower ? null : PlanningSettings.For(_options, batch, _world.Size, scalarOutput: small![graph!.Outputs[0]].Shape!.Length == 0);
+        string? key = planningGraph is null ? null : DeploymentStore.Key(planningGraph, cluster, planning!, "cpu");
 
         // Rank 0 decides whether a stored plan is used, so all ranks take the same path.
-        string? storedJson = _world.Rank == 0 ? LoadStoredPlan(key, planningGraph, cluster, planning) : null;
+        string? storedJson = _world.Rank == 0 ? LoadStoredPlan(key!, planningGraph!, cluster, planning!) : null;
         storedJson = _world.AllGather(storedJson)[0];
         PartitionPlan plan;
         CostTable? costs = null;
@@ -717,32 +772,42 @@ public sealed class RanncModule : IDisposable
         }
         else
         {
-            if (PlanFailure.TooFewNodes(graph, planning.ForcedReplicasPerStage) is { } tooFew) throw new InvalidOperationException(tooFew);
-            costs = ProfileNodes(graph, SampleInputs, batch);
-            // Rank 0 plans and every rank takes its plan (or its reason for having none), so ranks cannot disagree.
             PlanOutcome? outcome = null;
-            if (_world.Rank == 0)
+            if (!_deferred)
+            {
+                if (PlanFailure.TooFewNodes(graph!, planning!.ForcedReplicasPerStage) is { } tooFew) throw new InvalidOperationException(tooFew);
+                costs = ProfileNodes(graph!, SampleInputs, batch);
+            }
+            else
+            {
+                // Only rank 0 has the whole model's parameters, so it profiles every node itself.
+                string? tooFew = _world.Rank == 0 ? PlanFailure.TooFewNodes(graph!, planning!.ForcedReplicasPerStage) : null;
+                if (tooFew is not null) outcome = new PlanOutcome(null, tooFew);
+                costs = ProfileOnRankZero(graph, SampleInputs, batch, profile: tooFew is null);
+            }
+            // Rank 0 plans and every rank takes its plan (or its reason for having none), so ranks cannot disagree.
+            if (_world.Rank == 0 && outcome is null)
             {
                 try
                 {
-                    outcome = new PlanOutcome(PlanJson.Serialize(Planner.Plan(planningGraph, costs!, cluster, planning)), null);
+                    outcome = new PlanOutcome(PlanJson.Serialize(Planner.Plan(planningGraph!, costs!, cluster, planning!)), null);
                 }
                 catch (NoFeasiblePlanException e)
                 {
                     outcome = new PlanOutcome(null,
-                        PlanFailure.Explain(e, graph, planning.ForcedReplicasPerStage, _world.Size, FormatBytes(budget), _options.MemoryMargin));
+                        PlanFailure.Explain(e, graph!, planning!.ForcedReplicasPerStage, _world.Size, FormatBytes(budget), _options.MemoryMargin));
                 }
             }
             outcome = _world.AllGather(outcome)[0]!;
             if (outcome.Error is { } error) throw new InvalidOperationException(error);
             plan = PlanJson.Deserialize(outcome.Plan!);
-            if (_world.Rank == 0) SavePlan(key, plan);
+            if (_world.Rank == 0) SavePlan(key!, plan);
         }
         if (_options.SaveDeploymentPath is { } savePath && _world.Rank == 0)
         {
             try
             {
-                DeploymentStore.Write(savePath, key, plan);
+                DeploymentStore.Write(savePath, key!, plan);
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException or NotSupportedException)
             {
@@ -750,14 +815,48 @@ public sealed class RanncModule : IDisposable
             }
         }
 
+        if (_deferred)
+        {
+            // Rank 0 tells the others what their graph needs, then sends each its stage's parameters; they build their graph
+            // from their now partly materialised model with rank 0's choices of branches on shapes, and check it is the same.
+            DeferredSetup? fromRankZero = _world.Rank == 0
+                ? DeferredConstruction.SetupOf(graph!, small!, large!, measureSamples, batchDerived!, lossCombination!,
+                    new ParameterPlacement(graph!, plan), plan.Stages.Count)
+                : null;
+            DeferredSetup setup = _world.AllGather(fromRankZero)[0]!;
+            if (setup.Refusal is { } refusal) throw new NotSupportedException(refusal);
+            DeferredConstruction.DistributeParameters(_model, _world, plan, setup, _residency);
+            if (follower)
+            {
+                graph = CapturedGraph.Build(_model, inputs, setup.GuardChoices, setup.CanonicalNames);
+                if (DeferredConstruction.Signature(graph) is var signature && signature != setup.GraphSignature)
+                {
+                    throw new InvalidOperationException(
+                        $"Rank {_world.Rank} built a different graph from its model ({signature}) than rank 0 ({setup.GraphSignature}): the model " +
+                        "factory must build the same model on every rank.");
+                }
+                slicer = new InputSlicer(graph, _options.InputBatching);
+                batch = slicer.BatchSize(inputs);
+                measureSamples = setup.MeasureSamples;
+                small = setup.Small;
+                large = setup.Large;
+                planningGraph = graph.ToPlanningGraph(small, large, measureSamples);
+                batchDerived = setup.BatchDerived;
+                lossCombination = LossCombination.Of(setup.LossRule, setup.LossNodeId, graph);
+            }
+        }
+        ValueMeasurement output = small![graph!.Outputs[0]];
+        ScalarType outputDType = output.DType!.Value;
+
         if (_tracing is not null)
         {
             // The trace sets the simulator's prediction beside the measurement; a loaded plan has no profile to predict from.
             if (costs is null) LogOnce("Rannc: profiling the nodes for the trace's predicted timeline (the plan itself was loaded).");
-            costs ??= ProfileNodes(graph, SampleInputs, batch);
-            _tracing.Prediction = new PredictionInputs(planningGraph, costs, cluster, planning);
+            // A deferred model's other ranks have only their stage's parameters: rank 0 profiles alone (before they were freed).
+            costs ??= _deferred ? ProfileOnRankZero(graph, SampleInputs, batch, profile: true) : ProfileNodes(graph, SampleInputs, batch);
+            if (costs is not null) _tracing.Prediction = new PredictionInputs(planningGraph!, costs, cluster, planning!);
         }
-        var layout = new StageLayout(graph, planningGraph, plan, batchDerived, small, large, measureSamples);
+        var layout = new StageLayout(graph, planningGraph!, plan, batchDerived!, small, large!, measureSamples);
         ScalarType[] extraOutputDTypes = ExtraOutputTypes(graph, layout, small);
         CheckBoundaries(graph, layout, small);
         PipelineSchedule schedule = ScheduleBuilder.Build(plan.Schedule, PipelineTopology.FromPlan(plan));
@@ -772,7 +871,7 @@ public sealed class RanncModule : IDisposable
         ICommunicator replicas = _world.Split(role?.Stage ?? plan.Stages.Count, _world.Rank);
         var owned = OwnedParameters(graph, placement, role?.Stage);
         var shared = SharedGroupCommunicators(placement, role?.Stage);
-        var executor = new PipelineExecutor(graph, layout, plan, schedule, _world, replicas, owned, shared, lossCombination, slicer);
+        var executor = new PipelineExecutor(graph, layout, plan, schedule, _world, replicas, owned, shared, lossCombination!, slicer!);
         // Only the parameters of this rank's stage stay in memory; the others are owned by other ranks.
         var usedElsewhere = graph.Nodes.SelectMany(n => n.Parameters).ToHashSet();
         usedElsewhere.ExceptWith(owned.Select(o => o.Name));
@@ -784,8 +883,8 @@ public sealed class RanncModule : IDisposable
         else _optimizerResidency.Release(Optimizer, released.Select(p => p.Item2));
         if (_world.Rank == 0)
         {
-            SimulationResult? simulated = costs is null ? null : PipelineSimulator.Simulate(plan, planningGraph, costs, cluster, planning);
-            Log(Summary(plan, graph, planningGraph, loaded, clock.Elapsed, simulated) + Environment.NewLine + DescribeExtras(lossCombination, placement));
+            SimulationResult? simulated = costs is null ? null : PipelineSimulator.Simulate(plan, planningGraph!, costs, cluster, planning!);
+            Log(Summary(plan, graph, planningGraph!, loaded, clock.Elapsed, simulated) + Environment.NewLine + DescribeExtras(lossCombination!, placement));
         }
         var buffers = role is { } mine
             ? _model.named_buffers().Where(b => b.buffer.is_floating_point() && graph.CanonicalName(b.name) == b.name && placement.IsHeldBy(b.name, mine.Stage)
@@ -793,7 +892,7 @@ public sealed class RanncModule : IDisposable
                 .Select(b => b.buffer).ToList()
             : [];
         return new Deployed(graph, plan, executor, replicas, shared, owned, Owners(placement, plan), output.Shape!.Length == 0, outputDType, loaded,
-            lossCombination, buffers, placement, inputs.Select(InputKind).ToArray(), slicer, layout, extraOutputDTypes);
+            lossCombination!, buffers, placement, inputs.Select(InputKind).ToArray(), slicer!, layout, extraOutputDTypes);
     }
 
     /// <summary>
@@ -833,6 +932,22 @@ public sealed class RanncModule : IDisposable
         CostTable costs = NodeProfiler.Profile(graph, n => sampleInputs(n), smallSamples, largeSamples, _world, _options.ProfileRepeats,
             _world.Rank == 0 ? Log : null);
         LogOnce($"Rannc: profiled {graph.Nodes.Count} nodes on {_world.Size} rank(s) in {profileClock.Elapsed.TotalSeconds:0.0} s.");
+        return costs;
+    }
+
+    /// <summary>
+    /// Every node's cost, profiled by rank 0 alone (deferred construction: the other ranks hold meta parameters). Every rank
+    /// calls it (the split is collective); only rank 0 gets costs.
+    /// </summary>
+    private CostTable? ProfileOnRankZero(CapturedGraph? graph, Func<int, object?[]> sampleInputs, int batch, bool profile)
+    {
+        using ICommunicator alone = _world.Split(_world.Rank == 0 ? 0 : 1, _world.Rank);
+        if (_world.Rank != 0 || !profile) return null;
+        var profileClock = Stopwatch.StartNew();
+        int largeSamples = Math.Max(1, batch / Math.Max(1, _world.Size));
+        int smallSamples = Math.Max(1, largeSamples / 4);
+        CostTable costs = NodeProfiler.Profile(graph!, n => sampleInputs(n), smallSamples, largeSamples, alone, _options.ProfileRepeats, Log);
+        Log($"Rannc: rank 0 profiled {graph!.Nodes.Count} nodes in {profileClock.Elapsed.TotalSeconds:0.0} s (deferred construction: only it holds the whole model).");
         return costs;
     }
 

@@ -18,7 +18,84 @@ public static class TrainingScenarios
         // that Adam would hide, Adam checks its state of the shared weight.
         ["tied-gpt-sgd"] = comm => TiedGpt(comm, seed: 21 + comm.Rank, adam: false),
         ["tied-gpt-adam"] = comm => TiedGpt(comm, seed: 21 + comm.Rank, adam: true),
+        // Deferred construction (issue #13): rank 0 builds the model, the other ranks only their stage's parameters.
+        ["deferred-mlp-sgd"] = comm => Deferred(comm, () => new Mlp(6, 10, 4, 3), Batches(step => [torch.randn([8, 6]), torch.randint(0, 3, [8], ScalarType.Int64)]), adam: false),
+        ["deferred-bert-adam"] = comm => Deferred(comm, () => new BertForMaskedLM(new BertConfig(40, 16, 2, 2, 24, 8, 0)), Batches(step =>
+        {
+            Tensor ids = torch.randint(0, 40, [8, 6], ScalarType.Int64);
+            return [ids, torch.where(torch.rand([8, 6]) < 0.3, ids, torch.full([8, 6], -100L, ScalarType.Int64))];
+        }), adam: true),
+        ["deferred-bert-sgd"] = comm => Deferred(comm, () => new BertForMaskedLM(new BertConfig(40, 16, 2, 2, 24, 8, 0)), Batches(step =>
+        {
+            Tensor ids = torch.randint(0, 40, [8, 6], ScalarType.Int64);
+            return [ids, torch.where(torch.rand([8, 6]) < 0.3, ids, torch.full([8, 6], -100L, ScalarType.Int64))];
+        }), adam: false),
+        ["deferred-vgg-adam"] = comm => Deferred(comm, () => new Rannc.Tests.Zoo.ZooVgg([4, 0, 6, 6, 0]),
+            Batches(step => [Rannc.Tests.Zoo.ZooData.Images(8, step), Rannc.Tests.Zoo.ZooData.Labels(8, 5, step)]), adam: true),
     };
+
+    /// <summary>Three batches, the same in every process (a fixed generator seed per step).</summary>
+    private static Tensor[][] Batches(Func<int, Tensor[]> create) => Enumerable.Range(0, Steps).Select(step =>
+    {
+        torch.manual_seed(900 + step);
+        return create(step).Select(t => t.is_floating_point() ? t.to_type(ScalarType.Float64) : t).ToArray();
+    }).ToArray();
+
+    /// <summary>
+    /// Deferred construction under MPI: every rank seeds differently (only rank 0's construction may count), ranks other
+    /// than 0 must hold meta parameters until the first forward and afterwards storage for their own stage's only; losses
+    /// and the held parameters equal plain TorchSharp's built from seed 31 in this process.
+    /// </summary>
+    private static void Deferred(ICommunicator comm, Func<nn.Module> create, Tensor[][] batches, bool adam)
+    {
+        optim.Optimizer Optimizer(IEnumerable<TorchSharp.Modules.Parameter> parameters) =>
+            adam ? torch.optim.Adam(parameters, lr: 0.01) : torch.optim.SGD(parameters, 0.1);
+        torch.manual_seed(31);
+        nn.Module plain = create().to(ScalarType.Float64);
+        var plainOptimizer = Optimizer(plain.parameters());
+        var expected = new double[Steps];
+        for (int step = 0; step < Steps; step++)
+        {
+            plainOptimizer.zero_grad();
+            Tensor loss = ((nn.Module<Tensor, Tensor, Tensor>)plain).forward(batches[step][0], batches[step][1]);
+            loss.backward();
+            plainOptimizer.step();
+            expected[step] = loss.item<double>();
+        }
+
+        torch.manual_seed(comm.Rank == 0 ? 31 : 31 + comm.Rank);
+        var options = new RanncOptions { ForcedReplicas = Enumerable.Repeat(1, comm.Size).ToList(), PlanCacheDirectory = "", ProfileRepeats = 1, MicroBatches = 2 };
+        using var rannc = new RanncModule(() => create().to(ScalarType.Float64), Optimizer, comm, options);
+        var devices = rannc.Model.parameters().Select(p => p.device_type).Distinct().ToList();
+        DeviceType expectedDevice = comm.Rank == 0 ? DeviceType.CPU : DeviceType.META;
+        if (devices.Count != 1 || devices[0] != expectedDevice)
+            throw new ScenarioFailedException($"rank {comm.Rank}: the model was built on {string.Join(", ", devices)}, expected {expectedDevice}");
+        for (int step = 0; step < Steps; step++)
+        {
+            rannc.Optimizer.zero_grad();
+            Tensor loss = rannc.forward(batches[step]);
+            loss.backward();
+            rannc.Optimizer.step();
+            double actual = loss.item<double>();
+            if (Math.Abs(actual - expected[step]) > 1e-9 * Math.Abs(expected[step]))
+                throw new ScenarioFailedException($"rank {comm.Rank}: loss of step {step} is {actual:R}, plain TorchSharp gives {expected[step]:R}");
+        }
+        var plainParameters = plain.named_parameters().ToDictionary(p => p.name, p => p.parameter);
+        var stage = rannc.Plan!.RoleOf(comm.Rank)!.Value.Stage;
+        var held = rannc.Plan.Stages[stage].NodeIds.SelectMany(n => rannc.Graph!.Nodes[n].Parameters).ToHashSet();
+        foreach ((string name, var parameter) in rannc.Model.named_parameters())
+        {
+            bool own = held.Contains(rannc.Graph!.CanonicalName(name));
+            if (!own)
+            {
+                if (parameter.numel() != 0) throw new ScenarioFailedException($"rank {comm.Rank}: {name} of another stage holds {parameter.numel()} elements");
+                continue;
+            }
+            double difference = (parameter - plainParameters[name]).abs().max().item<double>();
+            double scale = Math.Max(1e-12, plainParameters[name].abs().max().item<double>());
+            if (difference > 1e-9 * scale) throw new ScenarioFailedException($"rank {comm.Rank}: parameter {name} differs by {difference:e3}");
+        }
+    }
 
     private const int Steps = 3;
 

@@ -185,6 +185,16 @@ public sealed class CapturedGraph
     public static CapturedGraph Build(nn.Module model, object?[] sampleInputs) => GraphBuilder.Build(model, sampleInputs);
 
     /// <summary>
+    /// As <see cref="Build(nn.Module, object?[])"/>, taking the choices of branches and loops on shapes from
+    /// <paramref name="guardChoices"/> (another rank's <see cref="Guards"/>, in order) instead of running the nodes, and
+    /// recognising tensors it cannot identify by storage by their name in <paramref name="canonicalNames"/> (another rank's
+    /// <see cref="CanonicalNames"/>).
+    /// </summary>
+    internal static CapturedGraph Build(nn.Module model, object?[] sampleInputs, IReadOnlyList<int> guardChoices,
+        IReadOnlyDictionary<string, string> canonicalNames) =>
+        GraphBuilder.Build(model, sampleInputs, guardChoices, canonicalNames);
+
+    /// <summary>
     /// Per input of <see cref="Inputs"/>, how it holds the batch as declared on forward()'s parameter; tensors without a
     /// declaration hold it along dimension 0, other values (numbers, flags) are not batched.
     /// </summary>

@@ -29,8 +29,18 @@ internal sealed class GraphBuilder
     private object?[]? _sample;
     private int _sampleExecuted;
 
-    private GraphBuilder(nn.Module model)
+    // Choices of the branches and loops on shapes made by another rank for the same batch (deferred construction: this
+    // rank's model lacks the other stages' parameters, so it cannot run the nodes that decide them).
+    private IReadOnlyList<int>? _givenChoices;
+
+    // The other rank's names of every parameter and buffer to the graph's name of its tensor. A parameter of another stage
+    // is an empty tensor here, identified only by its wrapper, and a layer may hand out a new wrapper on each read
+    // (Embedding.weight): such a read is recognised by its name instead.
+    private readonly IReadOnlyDictionary<string, string>? _givenCanonicalNames;
+
+    private GraphBuilder(nn.Module model, IReadOnlyDictionary<string, string>? givenCanonicalNames)
     {
+        _givenCanonicalNames = givenCanonicalNames;
         _modulePaths[model] = string.Empty;
         foreach (var (name, module) in model.named_modules())
         {
@@ -48,6 +58,13 @@ internal sealed class GraphBuilder
 
     private void AddTensorName(string name, bool isBuffer, Tensor tensor)
     {
+        if (_givenCanonicalNames is not null && _givenCanonicalNames.TryGetValue(name, out var given) && given != name)
+        {
+            // Another name of a tensor the other rank found tied, whether or not this rank's wrappers show it.
+            _tensorNames.TryAdd(TensorIdentity.Of(tensor), (given, isBuffer, tensor));
+            _canonicalNames.TryAdd(name, given);
+            return;
+        }
         if (!_tensorNames.TryGetValue(TensorIdentity.Of(tensor), out var first))
         {
             first = (name, isBuffer, tensor);
@@ -59,9 +76,12 @@ internal sealed class GraphBuilder
 
     /// <summary>The model's first name for the tensor behind a submodule's parameter or buffer.</summary>
     private string CanonicalName(string modulePath, string localName, Tensor tensor) =>
-        _tensorNames.TryGetValue(TensorIdentity.Of(tensor), out var known) ? known.Name : Join(modulePath, localName);
+        _tensorNames.TryGetValue(TensorIdentity.Of(tensor), out var known) ? known.Name
+        : _givenCanonicalNames is not null && _givenCanonicalNames.TryGetValue(Join(modulePath, localName), out var given) ? given
+        : Join(modulePath, localName);
 
-    public static CapturedGraph Build(nn.Module model, object?[]? sampleInputs = null)
+    public static CapturedGraph Build(nn.Module model, object?[]? sampleInputs = null, IReadOnlyList<int>? guardChoices = null,
+        IReadOnlyDictionary<string, string>? canonicalNames = null)
     {
         if (model is not ICapturedModule captured)
         {
@@ -80,7 +100,7 @@ internal sealed class GraphBuilder
             throw new ArgumentException(
                 $"forward() of {template.ModuleType} takes {template.Inputs.Length} argument(s) but the sample batch has {sampleInputs.Length}.", nameof(sampleInputs));
         }
-        var builder = new GraphBuilder(model);
+        var builder = new GraphBuilder(model, canonicalNames) { _givenChoices = guardChoices };
         var scope = new Scope(null);
         var inputs = new List<int>();
         foreach (var input in template.Inputs)
@@ -115,6 +135,18 @@ internal sealed class GraphBuilder
     /// </summary>
     private int FromShapes(CaptureTemplate template, string description, string location, int templateValue, Scope scope)
     {
+        if (_givenChoices is not null)
+        {
+            if (_guards.Count >= _givenChoices.Count)
+            {
+                throw new CaptureException(
+                    $"forward() of {template.ModuleType} resolves '{description}' at {location} from shapes, but rank 0's graph had only " +
+                    $"{_givenChoices.Count} such choice(s): the model built here differs from rank 0's.");
+            }
+            var given = _givenChoices[_guards.Count];
+            _guards.Add(new ShapeGuard(template.ModuleType, description, location, scope.Lookup(templateValue), given));
+            return given;
+        }
         if (_sample is null)
         {
             throw new CaptureException(
@@ -258,6 +290,12 @@ internal sealed class GraphBuilder
                 {
                     (known.IsBuffer ? buffers : parameters).Add(known.Name);
                     name = UniqueName(known.Name);
+                }
+                else if (tensor is not null && _givenCanonicalNames is not null && _givenCanonicalNames.TryGetValue(Join(prefix, node.Target), out var given)
+                    && _tensorsByName.TryGetValue(given, out var named))
+                {
+                    (named.IsBuffer ? buffers : parameters).Add(given);
+                    name = UniqueName(given);
                 }
                 else
                 {

@@ -11,8 +11,11 @@ internal readonly record struct TensorIdentity(IntPtr Address, ScalarType DType,
 {
     public static TensorIdentity Of(Tensor tensor)
     {
-        // An empty or strided tensor has no single data span; its handle is the best identity left.
-        var address = tensor.numel() == 0 || !tensor.is_contiguous() ? tensor.Handle : TensorBuffers.Address(tensor);
+        // An empty or strided tensor has no single data span, and a meta tensor (deferred construction) no data at all;
+        // its handle is the best identity left (a tied tensor is one object, so one handle).
+        var address = tensor.numel() == 0 || !tensor.is_contiguous() || tensor.device_type != TorchSharp.DeviceType.CPU
+            ? tensor.Handle
+            : TensorBuffers.Address(tensor);
         return new TensorIdentity(address, tensor.dtype, string.Join(",", tensor.shape));
     }
 }

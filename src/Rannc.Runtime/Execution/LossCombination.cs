@@ -47,6 +47,13 @@ internal sealed class LossCombination
     /// <summary>The final operation when it is a known loss, for the plan summary.</summary>
     public string? LossName => _lossNode?.Operation;
 
+    /// <summary>The loss node's id in the graph (-1 for the per-sample rule): with <see cref="Rule"/>, what another rank needs to rebuild this.</summary>
+    public int LossNodeId => _lossNode?.Id ?? -1;
+
+    /// <summary>The combination another rank found (<see cref="Rule"/>, <see cref="LossNodeId"/>), for this rank's copy of the same graph.</summary>
+    public static LossCombination Of(LossRule rule, int lossNodeId, CapturedGraph graph) =>
+        lossNodeId < 0 ? new LossCombination(rule, null) : new LossCombination(rule, graph.Nodes[lossNodeId]);
+
     /// <summary>Per-sample weighting (for graphs whose output is not a scalar).</summary>
     public static LossCombination PerSample { get; } = new(LossRule.PerSample, null);
 

@@ -100,7 +100,9 @@ internal sealed class MemoryReport
         long bytes = 0;
         foreach ((_, Tensor tensor) in model.state_dict())
         {
-            if (tensor.numel() > 0 && seen.Add(TensorIdentity.Of(tensor))) bytes += tensor.numel() * tensor.ElementSize;
+            // Meta tensors (a deferred model's other stages) hold no memory.
+            if (tensor.numel() > 0 && tensor.device_type == TorchSharp.DeviceType.CPU && seen.Add(TensorIdentity.Of(tensor)))
+                bytes += tensor.numel() * tensor.ElementSize;
         }
         if (optimizer is OptimizerHelper helper)
         {

@@ -29,10 +29,17 @@ internal sealed class ParameterResidency
     {
         foreach ((string name, Tensor parameter) in parameters)
         {
-            _released[name] = (parameter, parameter.shape, parameter.dtype);
+            // A parameter adopted already empty (deferred construction) keeps the shape it was adopted with.
+            _released.TryAdd(name, (parameter, parameter.shape, parameter.dtype));
         }
         ReleaseAgain();
     }
+
+    /// <summary>
+    /// Takes a parameter that never had storage here (deferred construction: another rank's stage) as released, with the
+    /// shape and dtype it has in the model.
+    /// </summary>
+    public void Adopt(string name, Tensor emptyParameter, long[] shape, ScalarType dtype) => _released[name] = (emptyParameter, shape, dtype);
 
     /// <summary>Gives the released parameters their storage back, with <paramref name="values"/> or zeros.</summary>
     public void RestoreAll(IReadOnlyDictionary<string, Tensor>? values)

@@ -23,10 +23,12 @@ internal static class Equivalence
     /// <summary>What one run produced: per-step losses, the last step's gradients and the final parameters, by name.</summary>
     public sealed record Run(double[] Losses, Dictionary<string, Tensor> Gradients, Dictionary<string, Tensor> Parameters);
 
-    public static optim.Optimizer CreateOptimizer(nn.Module model, OptimizerKind kind) => kind switch
+    public static optim.Optimizer CreateOptimizer(nn.Module model, OptimizerKind kind) => CreateOptimizer(model.parameters(), kind);
+
+    public static optim.Optimizer CreateOptimizer(IEnumerable<TorchSharp.Modules.Parameter> parameters, OptimizerKind kind) => kind switch
     {
-        OptimizerKind.Sgd => torch.optim.SGD(model.parameters(), 0.1),
-        _ => torch.optim.Adam(model.parameters(), lr: 0.01),
+        OptimizerKind.Sgd => torch.optim.SGD(parameters, 0.1),
+        _ => torch.optim.Adam(parameters, lr: 0.01),
     };
 
     /// <summary>Plain TorchSharp on one process: the whole batch per step.</summary>
@@ -40,8 +42,10 @@ internal static class Equivalence
     }
 
     /// <summary>Rannc on <c>Σ replicas</c> in-process ranks; <paramref name="seedOfRank"/> gives each rank's construction seed.</summary>
+    /// <param name="deferred">Build the model with deferred construction (<c>new RanncModule(createModel, createOptimizer, ...)</c>).</param>
     public static Run[] Rannc(Func<nn.Module> create, Func<int, long> seedOfRank, Tensor[][] batches, OptimizerKind optimizerKind,
-        IReadOnlyList<int> replicasPerStage, string schedule, int? microBatches = null, Func<int, int, Tensor[]>? batchOfRank = null)
+        IReadOnlyList<int> replicasPerStage, string schedule, int? microBatches = null, Func<int, int, Tensor[]>? batchOfRank = null,
+        bool deferred = false)
     {
         var options = new RanncOptions
         {
@@ -54,9 +58,12 @@ internal static class Equivalence
         };
         return InProcessLauncher.Run(replicasPerStage.Sum(), comm =>
         {
-            nn.Module model = SeededModels.Create(create, seedOfRank(comm.Rank));
-            optim.Optimizer optimizer = CreateOptimizer(model, optimizerKind);
-            using var rannc = new RanncModule(model, optimizer, comm, options);
+            // In-process ranks share one generator: the factory seeds (under the lock of seeded constructions).
+            using RanncModule rannc = deferred
+                ? new RanncModule(() => SeededModels.Create(create, seedOfRank(comm.Rank)), parameters => CreateOptimizer(parameters, optimizerKind), comm, options)
+                : Whole(SeededModels.Create(create, seedOfRank(comm.Rank)), optimizerKind, comm, options);
+            nn.Module model = rannc.Model;
+            optim.Optimizer optimizer = rannc.Optimizer;
             (double[] losses, Dictionary<string, Tensor> gradients) = TrainingLoop.Run(
                 model, optimizer, step => rannc.forward(batchOfRank?.Invoke(comm.Rank, step) ?? batches[step]), batches.Length);
             Assert.Equal(replicasPerStage, rannc.Plan!.Stages.Select(s => s.ReplicaRanks.Count));
@@ -69,6 +76,9 @@ internal static class Equivalence
             return new Run(losses, gradients, parameters);
         }, new InProcessOptions(Timeout: TimeSpan.FromMinutes(3)));
     }
+
+    private static RanncModule Whole(nn.Module model, OptimizerKind kind, ICommunicator comm, RanncOptions options) =>
+        new(model, CreateOptimizer(model, kind), comm, options);
 
     /// <summary>Every rank's losses, gradients and held parameters equal the reference's; every parameter is held somewhere.</summary>
     public static void AssertEqual(Run reference, IReadOnlyList<Run> ranks)

@@ -8,6 +8,10 @@ public sealed class MpiTrainingTests
     [InlineData("tied-gpt-sgd", 2)]
     [InlineData("tied-gpt-sgd", 3)]
     [InlineData("tied-gpt-adam", 2)]
+    [InlineData("deferred-mlp-sgd", 2)]
+    [InlineData("deferred-bert-sgd", 2)]
+    [InlineData("deferred-bert-adam", 2)]
+    [InlineData("deferred-vgg-adam", 2)]
     public void Scenario_TrainsLikePlainTorchSharp(string scenario, int ranks)
     {
         MpiJobResult result = MpiJob.RunWorker(ranks, scenario, TimeSpan.FromSeconds(180));

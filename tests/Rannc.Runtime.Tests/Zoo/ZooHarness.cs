@@ -67,8 +67,9 @@ internal static class ZooHarness
     }
 
     /// <param name="inputBatching">Passed as <see cref="RanncOptions.InputBatching"/>.</param>
+    /// <param name="deferred">Build the model with deferred construction (<c>new RanncModule(createModel, createOptimizer, ...)</c>).</param>
     public static void AssertMatchesReference(ZooModel zoo, ZooPlan zooPlan, string schedule, string optimizerName,
-        IReadOnlyDictionary<string, InputBatch>? inputBatching = null)
+        IReadOnlyDictionary<string, InputBatch>? inputBatching = null, bool deferred = false)
     {
         IReadOnlyList<int> replicas = zooPlan.Replicas;
         Tensor[][] batches = Enumerable.Range(0, Steps).Select(step => BatchOf(zoo, step)).ToArray();
@@ -100,9 +101,11 @@ internal static class ZooHarness
         {
             var results = RunWithLog(log, () => InProcessLauncher.Run(replicas.Sum(), comm =>
             {
-                nn.Module model = CreateSeeded(zoo);
-                optim.Optimizer optimizer = CreateOptimizer(model, optimizerName);
-                using var rannc = new RanncModule(model, optimizer, comm, options);
+                using RanncModule rannc = deferred
+                    ? new RanncModule(() => CreateSeeded(zoo), parameters => CreateOptimizer(parameters, optimizerName), comm, options)
+                    : Whole(CreateSeeded(zoo), optimizerName, comm, options);
+                nn.Module model = rannc.Model;
+                optim.Optimizer optimizer = rannc.Optimizer;
                 (double[] losses, Dictionary<string, Tensor> gradients) = TrainingLoop.Run(model, optimizer, step => rannc.forward(batches[step]), Steps);
                 PartitionPlan plan = rannc.Plan!;
                 CapturedGraph graph = rannc.Graph!;
@@ -218,12 +221,17 @@ internal static class ZooHarness
         return path;
     }
 
-    private static optim.Optimizer CreateOptimizer(nn.Module model, string name) => name switch
+    private static optim.Optimizer CreateOptimizer(nn.Module model, string name) => CreateOptimizer(model.parameters(), name);
+
+    private static optim.Optimizer CreateOptimizer(IEnumerable<Parameter> parameters, string name) => name switch
     {
-        "sgd" => torch.optim.SGD(model.parameters(), learningRate: 0.1),
-        "adam" => torch.optim.Adam(model.parameters(), lr: 0.01),
+        "sgd" => torch.optim.SGD(parameters, learningRate: 0.1),
+        "adam" => torch.optim.Adam(parameters, lr: 0.01),
         _ => throw new ArgumentException(name),
     };
+
+    private static RanncModule Whole(nn.Module model, string optimizerName, ICommunicator comm, RanncOptions options) =>
+        new(model, CreateOptimizer(model, optimizerName), comm, options);
 
     internal static (double[] Losses, Dictionary<string, Tensor> LastGradients, Dictionary<string, Tensor> Parameters) TrainReference(
         ZooModel zoo, Tensor[][] batches, SampleRange[] slices, string optimizerName)
