@@ -52,16 +52,7 @@ public static class TrainingScenarios
             adam ? torch.optim.Adam(parameters, lr: 0.01) : torch.optim.SGD(parameters, 0.1);
         torch.manual_seed(31);
         nn.Module plain = create().to(ScalarType.Float64);
-        var plainOptimizer = Optimizer(plain.parameters());
-        var expected = new double[Steps];
-        for (int step = 0; step < Steps; step++)
-        {
-            plainOptimizer.zero_grad();
-            Tensor loss = ((nn.Module<Tensor, Tensor, Tensor>)plain).forward(batches[step][0], batches[step][1]);
-            loss.backward();
-            plainOptimizer.step();
-            expected[step] = loss.item<double>();
-        }
+        double[] expected = PlainLosses(plain, Optimizer(plain.parameters()), batches);
 
         torch.manual_seed(comm.Rank == 0 ? 31 : 31 + comm.Rank);
         var options = new RanncOptions { ForcedReplicas = Enumerable.Repeat(1, comm.Size).ToList(), PlanCacheDirectory = "", ProfileRepeats = 1, MicroBatches = 2 };
@@ -99,6 +90,21 @@ public static class TrainingScenarios
 
     private const int Steps = 3;
 
+    /// <summary>Plain single-process training of <paramref name="plain"/> (forward(input, labels) returns the loss): the losses of each step.</summary>
+    private static double[] PlainLosses(nn.Module plain, optim.Optimizer optimizer, Tensor[][] batches)
+    {
+        var losses = new double[batches.Length];
+        for (int step = 0; step < batches.Length; step++)
+        {
+            optimizer.zero_grad();
+            Tensor loss = ((nn.Module<Tensor, Tensor, Tensor>)plain).forward(batches[step][0], batches[step][1]);
+            loss.backward();
+            optimizer.step();
+            losses[step] = loss.item<double>();
+        }
+        return losses;
+    }
+
     /// <summary>Ranks seed differently on purpose: rank 0's weights are broadcast at deployment.</summary>
     private static void TiedGpt(ICommunicator comm, long seed, bool adam)
     {
@@ -116,16 +122,7 @@ public static class TrainingScenarios
         torch.manual_seed(21);
         nn.Module plain = Create();
         optim.Optimizer Optimizer(nn.Module m) => adam ? torch.optim.Adam(m.parameters(), lr: 0.01) : torch.optim.SGD(m.parameters(), 0.1);
-        var plainOptimizer = Optimizer(plain);
-        var expected = new double[Steps];
-        for (int step = 0; step < Steps; step++)
-        {
-            plainOptimizer.zero_grad();
-            Tensor loss = ((nn.Module<Tensor, Tensor, Tensor>)plain).forward(batches[step][0], batches[step][1]);
-            loss.backward();
-            plainOptimizer.step();
-            expected[step] = loss.item<double>();
-        }
+        double[] expected = PlainLosses(plain, Optimizer(plain), batches);
 
         torch.manual_seed(seed);
         nn.Module model = Create();
