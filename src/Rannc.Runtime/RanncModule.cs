@@ -824,7 +824,6 @@ public sealed class RanncModule : IDisposable
                     new ParameterPlacement(graph!, plan), plan.Stages.Count)
                 : null;
             DeferredSetup setup = _world.AllGather(fromRankZero)[0]!;
-            if (setup.Refusal is { } refusal) throw new NotSupportedException(refusal);
             DeferredConstruction.DistributeParameters(_model, _world, plan, setup, _residency);
             if (follower)
             {
@@ -879,7 +878,13 @@ public sealed class RanncModule : IDisposable
         _residency.Release(released);
         // The user's optimizer keeps no state for them either (Adam allocated its moments when it was constructed);
         // one made by a factory never had them and now gets this rank's own.
-        if (_optimizerGetsOwnedParameters) GiveOptimizerOwnedParameters(owned.Select(o => o.Parameter));
+        if (_optimizerGetsOwnedParameters)
+        {
+            // Every name of an owned parameter, in the model's order: plain TorchSharp's parameters() lists a parameter
+            // tied by assignment (head.weight = wte.weight) once per name, as distinct wrappers, and its optimizer steps each.
+            var ownedNames = owned.Select(o => o.Name).ToHashSet();
+            GiveOptimizerOwnedParameters(_model.named_parameters().Where(p => ownedNames.Contains(graph.CanonicalName(p.name))).Select(p => (Tensor)p.parameter));
+        }
         else _optimizerResidency.Release(Optimizer, released.Select(p => p.Item2));
         if (_world.Rank == 0)
         {

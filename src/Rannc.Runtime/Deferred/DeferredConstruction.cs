@@ -92,26 +92,15 @@ internal static class DeferredConstruction
 
     /// <summary>What rank 0 found that another rank's copy of the graph needs and cannot find itself on meta tensors.</summary>
     /// <remarks>
-    /// A parameter listed under a second name (<c>head.weight = wte.weight</c>, where TorchSharp's <c>Embedding.weight</c>
-    /// hands out a new wrapper of the same tensor per read) is refused: the other ranks cannot rebuild that second wrapper
-    /// from a new tensor so that its gradient reaches the tied weight (a test of it trained differently from plain
-    /// TorchSharp). A head that reads <c>wte.weight</c> in forward() works.
+    /// A parameter listed under a second name (<c>head.weight = wte.weight</c>) is one name in the graph (<see cref="CapturedGraph.CanonicalNames"/>);
+    /// <see cref="DistributeParameters"/> gives the other ranks the second wrapper that rank 0's TorchSharp model holds.
     /// </remarks>
     public static DeferredSetup SetupOf(CapturedGraph graph, IReadOnlyList<ValueMeasurement> small, IReadOnlyList<ValueMeasurement> large,
         int measureSamples, IReadOnlyDictionary<int, BatchDerivedNumber?> batchDerived, LossCombination loss, ParameterPlacement placement, int stages) =>
         new(graph.Guards.Select(g => g.Choice).ToArray(), Signature(graph), [.. small], [.. large], measureSamples,
             batchDerived.ToDictionary(b => b.Key, b => b.Value), loss.Rule, loss.LossNodeId,
             Enumerable.Range(0, stages).Select(s => placement.Names.Where(n => !IsBufferName(graph, n) && placement.IsHeldBy(n, s)).ToArray()).ToArray(),
-            new Dictionary<string, string>(graph.CanonicalNames), graph.Model.named_parameters().Select(p => p.name).ToArray(),
-            Refusal(graph));
-
-    private static string? Refusal(CapturedGraph graph)
-    {
-        var aliases = graph.Model.named_parameters().Select(p => p.name).Where(n => graph.CanonicalName(n) != n).ToList();
-        return aliases.Count == 0 ? null
-            : $"Deferred construction cannot rebuild a parameter listed under a second name on the other ranks: {string.Join(", ", aliases.Select(a => $"{a} (= {graph.CanonicalName(a)})"))}. " +
-              "Read the tied weight in forward() instead (e.g. logits = x.matmul(wte.weight.t())), or build this model whole (new RanncModule(model, ...)).";
-    }
+            new Dictionary<string, string>(graph.CanonicalNames), graph.Model.named_parameters().Select(p => p.name).ToArray());
 
     private static bool IsBufferName(CapturedGraph graph, string name) => graph.Parameters.Any(p => p.Name == name && p.IsBuffer);
 
@@ -143,7 +132,7 @@ internal static class DeferredConstruction
         var shapes = new Dictionary<string, (long[] Shape, ScalarType DType, bool RequiresGrad)>();
         foreach ((string name, Parameter parameter) in model.named_parameters())
         {
-            nameOf.TryAdd(parameter, Canonical(name));
+            nameOf.TryAdd(parameter, name);
             shapes.TryAdd(Canonical(name), (parameter.shape, parameter.dtype, parameter.requires_grad));
         }
         using (torch.no_grad())
@@ -163,7 +152,22 @@ internal static class DeferredConstruction
                 residency.Adopt(name, fresh[name], shape, dtype);
             }
         }
-        ModuleTensors.Replace(model, old => old is Parameter && nameOf.TryGetValue(old, out string? name) ? fresh[name] : null);
+        // A parameter listed under a second name (head.weight = wte.weight: TorchSharp's Embedding.weight hands out a new
+        // wrapper of the same tensor per read) gets, as on rank 0, a second wrapper of the one new tensor: named_parameters()
+        // then lists both names and the optimizer gets both, as plain TorchSharp's does. to_type to the same dtype is
+        // libtorch's Tensor::to, which returns the tensor itself (the same TensorImpl: one storage, one gradient) in a new handle.
+        var aliases = new Dictionary<string, Parameter>();
+        using (torch.no_grad())
+        {
+            foreach (string name in nameOf.Values.Where(n => Canonical(n) != n))
+            {
+                Parameter canonical = fresh[Canonical(name)];
+                aliases[name] = (Parameter)new Parameter(canonical.to_type(canonical.dtype), canonical.requires_grad).DetachFromDisposeScope();
+            }
+        }
+        ModuleTensors.Replace(model, old => old is Parameter && nameOf.TryGetValue(old, out string? name)
+            ? aliases.TryGetValue(name, out Parameter? alias) ? alias : fresh[name]
+            : null);
         string[] names = model.named_parameters().Select(p => p.name).ToArray();
         if (!names.SequenceEqual(setup.ParameterNames))
         {
@@ -192,8 +196,7 @@ internal static class DeferredConstruction
 /// <param name="StageParameters">Per stage, the graph names of the parameters it holds.</param>
 /// <param name="CanonicalNames">Every parameter and buffer name to the graph's name of its tensor (tied weights have one).</param>
 /// <param name="ParameterNames">Rank 0's <c>named_parameters()</c> names in order: every rank's model must list the same.</param>
-/// <param name="Refusal">Why rank 0 found the model unfit for deferred construction (every rank then fails with it), or null.</param>
 internal sealed record DeferredSetup(
     int[] GuardChoices, string GraphSignature, List<ValueMeasurement> Small, List<ValueMeasurement> Large, int MeasureSamples,
     Dictionary<int, BatchDerivedNumber?> BatchDerived, LossRule LossRule, int LossNodeId, string[][] StageParameters,
-    Dictionary<string, string> CanonicalNames, string[] ParameterNames, string? Refusal);
+    Dictionary<string, string> CanonicalNames, string[] ParameterNames);

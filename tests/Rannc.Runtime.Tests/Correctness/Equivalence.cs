@@ -43,9 +43,11 @@ internal static class Equivalence
 
     /// <summary>Rannc on <c>Σ replicas</c> in-process ranks; <paramref name="seedOfRank"/> gives each rank's construction seed.</summary>
     /// <param name="deferred">Build the model with deferred construction (<c>new RanncModule(createModel, createOptimizer, ...)</c>).</param>
+    /// <param name="optimizerFactory">Build the model whole and the optimizer from a factory (<c>new RanncModule(model, createOptimizer, ...)</c>).</param>
+    /// <param name="check">Runs on every rank after training, with the module and the rank.</param>
     public static Run[] Rannc(Func<nn.Module> create, Func<int, long> seedOfRank, Tensor[][] batches, OptimizerKind optimizerKind,
         IReadOnlyList<int> replicasPerStage, string schedule, int? microBatches = null, Func<int, int, Tensor[]>? batchOfRank = null,
-        bool deferred = false)
+        bool deferred = false, bool optimizerFactory = false, Action<RanncModule, int>? check = null)
     {
         var options = new RanncOptions
         {
@@ -61,13 +63,16 @@ internal static class Equivalence
             // In-process ranks share one generator: the factory seeds (under the lock of seeded constructions).
             using RanncModule rannc = deferred
                 ? new RanncModule(() => SeededModels.Create(create, seedOfRank(comm.Rank)), parameters => CreateOptimizer(parameters, optimizerKind), comm, options)
-                : Whole(SeededModels.Create(create, seedOfRank(comm.Rank)), optimizerKind, comm, options);
+                : optimizerFactory
+                    ? new RanncModule(SeededModels.Create(create, seedOfRank(comm.Rank)), parameters => CreateOptimizer(parameters, optimizerKind), comm, options)
+                    : Whole(SeededModels.Create(create, seedOfRank(comm.Rank)), optimizerKind, comm, options);
             nn.Module model = rannc.Model;
             optim.Optimizer optimizer = rannc.Optimizer;
             (double[] losses, Dictionary<string, Tensor> gradients) = TrainingLoop.Run(
                 model, optimizer, step => rannc.forward(batchOfRank?.Invoke(comm.Rank, step) ?? batches[step]), batches.Length);
             Assert.Equal(replicasPerStage, rannc.Plan!.Stages.Select(s => s.ReplicaRanks.Count));
             if (options.Schedule is { } forced) Assert.Equal(forced, rannc.Plan.Schedule);
+            check?.Invoke(rannc, comm.Rank);
             var held = rannc.Plan.RoleOf(comm.Rank) is { } role
                 ? rannc.Plan.Stages[role.Stage].NodeIds.SelectMany(n => rannc.Graph!.Nodes[n].Parameters).ToHashSet()
                 : [];

@@ -44,6 +44,24 @@ public sealed class TiedWeightTests
         Equivalence.AssertEqual(reference, ranks);
     }
 
+    /// <summary>
+    /// With an optimizer factory the optimizer gets this rank's parameters at the first forward(): for <c>head.weight = wte.weight</c>
+    /// it gets both wrappers of the tied weight, as plain TorchSharp's optimizer over <c>parameters()</c> does (it steps the tie twice).
+    /// </summary>
+    [Theory]
+    [InlineData("1", OptimizerKind.Sgd)]
+    [InlineData("1,1", OptimizerKind.Sgd)]
+    [InlineData("1,1", OptimizerKind.Adam)]
+    [InlineData("2,2", OptimizerKind.Adam)]
+    public void TiedEmbeddingAssigned_WithAnOptimizerFactory_TrainsLikePlainTorchSharp(string plan, OptimizerKind optimizer)
+    {
+        Func<nn.Module> create = () => new GptLanguageModel(Vocabulary, 8, 2, 2, Sequence);
+        Tensor[][] batches = Batches(3);
+        var reference = Equivalence.Reference(create, 7, batches, optimizer);
+        var ranks = Equivalence.Rannc(create, _ => 7, batches, optimizer, ParsePlan(plan), "1f1b", microBatches: 2, optimizerFactory: true);
+        Equivalence.AssertEqual(reference, ranks);
+    }
+
     internal static Tensor[][] Batches(int steps) => Enumerable.Range(0, steps).Select(step =>
     {
         using var generator = new Generator((ulong)(500 + step));
