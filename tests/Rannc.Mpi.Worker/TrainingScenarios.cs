@@ -30,6 +30,11 @@ public static class TrainingScenarios
             Tensor ids = torch.randint(0, 40, [8, 6], ScalarType.Int64);
             return [ids, torch.where(torch.rand([8, 6]) < 0.3, ids, torch.full([8, 6], -100L, ScalarType.Int64))];
         }), adam: false),
+        // head.weight = wte.weight: plain parameters() lists the tie under both names, so plain optimizers step it twice.
+        ["deferred-gpt-sgd"] = comm => Deferred(comm, () => new GptLanguageModel(vocabulary: 13, width: 8, layers: 2, heads: 2, maxSequence: 5),
+            Batches(step => [torch.randint(0, 13, [8, 5], ScalarType.Int64), torch.randint(0, 13, [8, 5], ScalarType.Int64)]), adam: false),
+        ["deferred-gpt-adam"] = comm => Deferred(comm, () => new GptLanguageModel(vocabulary: 13, width: 8, layers: 2, heads: 2, maxSequence: 5),
+            Batches(step => [torch.randint(0, 13, [8, 5], ScalarType.Int64), torch.randint(0, 13, [8, 5], ScalarType.Int64)]), adam: true),
         ["deferred-vgg-adam"] = comm => Deferred(comm, () => new Rannc.Tests.Zoo.ZooVgg([4, 0, 6, 6, 0]),
             Batches(step => [Rannc.Tests.Zoo.ZooData.Images(8, step), Rannc.Tests.Zoo.ZooData.Labels(8, 5, step)]), adam: true),
     };

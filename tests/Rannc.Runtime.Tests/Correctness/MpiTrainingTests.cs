@@ -11,6 +11,8 @@ public sealed class MpiTrainingTests
     [InlineData("deferred-mlp-sgd", 2)]
     [InlineData("deferred-bert-sgd", 2)]
     [InlineData("deferred-bert-adam", 2)]
+    [InlineData("deferred-gpt-sgd", 2)]
+    [InlineData("deferred-gpt-adam", 2)]
     [InlineData("deferred-vgg-adam", 2)]
     public void Scenario_TrainsLikePlainTorchSharp(string scenario, int ranks)
     {
