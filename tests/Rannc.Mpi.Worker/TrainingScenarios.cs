@@ -72,13 +72,10 @@ public static class TrainingScenarios
             Tensor loss = rannc.forward(batches[step]);
             loss.backward();
             rannc.Optimizer.step();
-            double actual = loss.item<double>();
-            if (Math.Abs(actual - expected[step]) > 1e-9 * Math.Abs(expected[step]))
-                throw new ScenarioFailedException($"rank {comm.Rank}: loss of step {step} is {actual:R}, plain TorchSharp gives {expected[step]:R}");
+            CheckLoss(comm, step, loss.item<double>(), expected[step]);
         }
         var plainParameters = plain.named_parameters().ToDictionary(p => p.name, p => p.parameter);
-        var stage = rannc.Plan!.RoleOf(comm.Rank)!.Value.Stage;
-        var held = rannc.Plan.Stages[stage].NodeIds.SelectMany(n => rannc.Graph!.Nodes[n].Parameters).ToHashSet();
+        HashSet<string> held = HeldBy(rannc, comm.Rank);
         foreach ((string name, var parameter) in rannc.Model.named_parameters())
         {
             bool own = held.Contains(rannc.Graph!.CanonicalName(name));
@@ -94,6 +91,19 @@ public static class TrainingScenarios
     }
 
     private const int Steps = 3;
+
+    private static void CheckLoss(ICommunicator comm, int step, double actual, double expected)
+    {
+        if (Math.Abs(actual - expected) > 1e-9 * Math.Abs(expected))
+            throw new ScenarioFailedException($"rank {comm.Rank}: loss of step {step} is {actual:R}, plain TorchSharp gives {expected:R}");
+    }
+
+    /// <summary>The graph names of the parameters the stage of <paramref name="rank"/> holds.</summary>
+    private static HashSet<string> HeldBy(RanncModule rannc, int rank)
+    {
+        int stage = rannc.Plan!.RoleOf(rank)!.Value.Stage;
+        return rannc.Plan.Stages[stage].NodeIds.SelectMany(n => rannc.Graph!.Nodes[n].Parameters).ToHashSet();
+    }
 
     /// <summary>Plain single-process training of <paramref name="plain"/> (forward(input, labels) returns the loss): the losses of each step.</summary>
     private static double[] PlainLosses(nn.Module plain, optim.Optimizer optimizer, Tensor[][] batches)
@@ -148,13 +158,10 @@ public static class TrainingScenarios
             Tensor loss = rannc.forward(batches[step]);
             loss.backward();
             optimizer.step();
-            double actual = loss.item<double>();
-            if (Math.Abs(actual - expected[step]) > 1e-9 * Math.Abs(expected[step]))
-                throw new ScenarioFailedException($"rank {comm.Rank}: loss of step {step} is {actual:R}, plain TorchSharp gives {expected[step]:R}");
+            CheckLoss(comm, step, loss.item<double>(), expected[step]);
         }
         var plainParameters = plain.named_parameters().ToDictionary(p => p.name, p => p.parameter);
-        var stage = rannc.Plan!.RoleOf(comm.Rank)!.Value.Stage;
-        var held = rannc.Plan.Stages[stage].NodeIds.SelectMany(n => rannc.Graph!.Nodes[n].Parameters).ToHashSet();
+        HashSet<string> held = HeldBy(rannc, comm.Rank);
         foreach ((string name, var parameter) in model.named_parameters().Where(p => held.Contains(rannc.Graph!.CanonicalName(p.name))))
         {
             double difference = (parameter - plainParameters[name]).abs().max().item<double>();
@@ -162,7 +169,7 @@ public static class TrainingScenarios
             if (difference > 1e-9 * scale) throw new ScenarioFailedException($"rank {comm.Rank}: parameter {name} differs by {difference:e3}");
         }
         // The point of the scenario: the tied weight is held by the first and the last stage.
-        var holders = rannc.Plan.Stages.Where(s => s.NodeIds.Any(n => rannc.Graph!.Nodes[n].Parameters.Contains("wte.weight"))).Count();
+        var holders = rannc.Plan!.Stages.Where(s => s.NodeIds.Any(n => rannc.Graph!.Nodes[n].Parameters.Contains("wte.weight"))).Count();
         if (comm.Size > 1 && holders < 2) throw new ScenarioFailedException($"the tied weight is held by {holders} stage(s); the scenario needs it split");
     }
 }
