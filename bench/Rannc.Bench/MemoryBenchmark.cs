@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using Rannc.Communication;
 using Rannc.Execution;
+using Rannc.Execution.Memory;
 using Rannc.Samples;
 using TorchSharp;
 using static TorchSharp.torch;

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using Rannc.Communication;
 using Rannc.Execution;
+using Rannc.Execution.Checks;
 using Rannc.Samples;
 using TorchSharp;
 using static TorchSharp.torch;

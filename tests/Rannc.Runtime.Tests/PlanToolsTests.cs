@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Text.Json;
 using Rannc.Communication;
 using Rannc.Execution;
+using Rannc.Execution.Profiling;
 using Rannc.Partitioner;
 using Rannc.Samples;
 using TorchSharp;

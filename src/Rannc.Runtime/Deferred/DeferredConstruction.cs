@@ -3,6 +3,7 @@ using System.Text;
 using Rannc.Capture;
 using Rannc.Communication;
 using Rannc.Execution;
+using Rannc.Execution.Memory;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;

@@ -1,6 +1,7 @@
 using Rannc.Communication;
 using Rannc.Execution;
 using Rannc.Partitioner;
+using Rannc.Planning;
 
 namespace Rannc.Tests.Hosts;
 

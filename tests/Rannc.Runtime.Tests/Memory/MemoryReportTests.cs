@@ -2,6 +2,7 @@ using System.Collections.Concurrent;
 using System.Text.RegularExpressions;
 using Rannc.Communication;
 using Rannc.Execution;
+using Rannc.Execution.Memory;
 using Rannc.Samples;
 using TorchSharp;
 using static TorchSharp.torch;

@@ -1,5 +1,6 @@
 using Rannc.Communication;
 using Rannc.Execution;
+using Rannc.Execution.Memory;
 using Rannc.Samples;
 using TorchSharp;
 using TorchSharp.Modules;

@@ -2,6 +2,7 @@ using Rannc.Capture;
 using Rannc.Communication;
 using Rannc.Execution;
 using Rannc.Partitioner;
+using Rannc.Planning;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;

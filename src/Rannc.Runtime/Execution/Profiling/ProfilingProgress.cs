@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
 
-namespace Rannc.Execution;
+namespace Rannc.Execution.Profiling;
 
 /// <summary>
 /// Progress lines while the nodes are profiled (<c>Rannc: profiling: 120/288 nodes, 4.1 s</c>): at most one every

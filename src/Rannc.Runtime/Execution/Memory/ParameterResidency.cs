@@ -1,7 +1,7 @@
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Rannc.Execution;
+namespace Rannc.Execution.Memory;
 
 /// <summary>
 /// Frees the storage of parameters that other ranks own (every rank builds the whole model, but trains only its

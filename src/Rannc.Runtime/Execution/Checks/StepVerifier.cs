@@ -1,11 +1,12 @@
 using System.Globalization;
 using Rannc.Capture;
 using Rannc.Communication;
+using Rannc.Execution;
 using Rannc.Partitioner;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Rannc.Execution;
+namespace Rannc.Execution.Checks;
 
 /// <summary>
 /// The verify mode (<see cref="RanncOptions.VerifySteps"/>): for the first steps, rank 0 gathers the whole model's

@@ -1,7 +1,7 @@
 using Rannc.Capture;
 using Rannc.Partitioner;
 
-namespace Rannc.Execution;
+namespace Rannc.Planning;
 
 /// <summary>Explains why the planner found no plan: memory, or a forced plan the graph cannot be cut into.</summary>
 internal static class PlanFailure

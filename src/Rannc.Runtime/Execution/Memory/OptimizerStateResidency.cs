@@ -3,7 +3,7 @@ using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 
-namespace Rannc.Execution;
+namespace Rannc.Execution.Memory;
 
 /// <summary>
 /// Frees the optimizer state that the user's optimizer holds for parameters other ranks own. TorchSharp's managed

@@ -2,9 +2,10 @@ using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
 using Rannc.Communication;
+using Rannc.Execution;
 using Rannc.Partitioner;
 
-namespace Rannc.Execution;
+namespace Rannc.Planning;
 
 /// <summary>
 /// The cluster a run plans for: which ranks share a host (<see cref="HostTopology"/>) and how fast the links inside

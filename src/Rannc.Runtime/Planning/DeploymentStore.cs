@@ -4,7 +4,7 @@ using System.Text.Json;
 using Rannc.Partitioner;
 using PlanningGraph = Rannc.Partitioner.Graph;
 
-namespace Rannc.Execution;
+namespace Rannc.Planning;
 
 /// <summary>
 /// Plans cached across runs. The key covers what the plan depends on that is known before profiling (graph structure

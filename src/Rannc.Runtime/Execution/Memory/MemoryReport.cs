@@ -2,12 +2,13 @@ using System.Globalization;
 using System.Text;
 using Rannc.Capture;
 using Rannc.Communication;
+using Rannc.Execution;
 using Rannc.Partitioner;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 
-namespace Rannc.Execution;
+namespace Rannc.Execution.Memory;
 
 /// <summary>
 /// The resident memory of this process, from Linux's <c>/proc/self</c>: <c>VmRSS</c> (now) and <c>VmHWM</c> (the peak

@@ -5,7 +5,7 @@ using Rannc.Communication;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Rannc.Execution;
+namespace Rannc.Execution.Checks;
 
 /// <summary>
 /// What one rank brings to a step, compared across ranks before the step runs: every rank must pass the same batch,

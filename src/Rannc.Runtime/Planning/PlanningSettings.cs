@@ -1,6 +1,7 @@
+using Rannc.Execution;
 using Rannc.Partitioner;
 
-namespace Rannc.Execution;
+namespace Rannc.Planning;
 
 /// <summary>The partitioner's options for a batch and a world size, from the user's <see cref="RanncOptions"/>.</summary>
 internal static class PlanningSettings

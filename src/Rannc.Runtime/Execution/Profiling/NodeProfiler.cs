@@ -5,7 +5,7 @@ using Rannc.Partitioner;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Rannc.Execution;
+namespace Rannc.Execution.Profiling;
 
 /// <summary>
 /// Measures each node's forward and backward time on this device at one micro-batch size. The nodes are shared out

@@ -4,7 +4,7 @@ using Rannc.Capture;
 using Rannc.Partitioner;
 using PlanningGraph = Rannc.Partitioner.Graph;
 
-namespace Rannc.Execution;
+namespace Rannc.Planning;
 
 /// <summary>
 /// The plan summary rank 0 prints (and <see cref="RanncPlanner"/> returns): a heading, one table row per stage (nodes
