@@ -112,3 +112,10 @@ public static partial class MpiJob
     [GeneratedRegex(@"rannc-worker: rank (\d+) exit (-?\d+)")]
     private static partial Regex ExitLine();
 }
+
+/// <summary>MPI launches run one at a time: each already uses every core.</summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class MpiCollection
+{
+    public const string Name = "mpiexec launches";
+}

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Text.Json;
+using Rannc.Tests.SampleProgram;
 
 namespace Rannc.Tests.Hosts;
 

@@ -1,3 +1,6 @@
+using Rannc.Tests.SampleProgram;
+using Rannc.Tests.Tools;
+
 namespace Rannc.Tests.Memory;
 
 /// <summary>

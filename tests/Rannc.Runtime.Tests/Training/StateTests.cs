@@ -4,7 +4,7 @@ using Rannc.Samples;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Rannc.Tests;
+namespace Rannc.Tests.Training;
 
 /// <summary>Whole-model state across a partitioned run: gathering, checkpoints across plans, global gradient clipping.</summary>
 public sealed class StateTests

@@ -1,4 +1,4 @@
-namespace Rannc.Tests;
+namespace Rannc.Tests.Natives;
 
 /// <summary>When TorchSharp's natives cannot load, Rannc names the real cause instead of TorchSharp's guess.</summary>
 public sealed class TorchNativesTests

@@ -2,10 +2,11 @@ using Rannc.Communication;
 using Rannc.Execution;
 using Rannc.Partitioner;
 using Rannc.Samples;
+using Rannc.Tests.Training;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Rannc.Tests;
+namespace Rannc.Tests.Tools;
 
 /// <summary><see cref="RanncOptions.TracePath"/>: a Chrome trace of the chosen training step, measured and predicted, per rank.</summary>
 public sealed class TraceTests

@@ -1,6 +1,7 @@
 using System.Text.Json;
+using Rannc.Tests.SampleProgram;
 
-namespace Rannc.Tests;
+namespace Rannc.Tests.Training;
 
 /// <summary>Memory budgets and the plan cache, through the sample program (in-process ranks).</summary>
 [Collection(MpiCollection.Name)]

@@ -3,7 +3,7 @@ using Rannc.Communication;
 using Rannc.Mpi.Worker;
 using TorchSharp;
 
-namespace Rannc.Tests;
+namespace Rannc.Tests.Communication;
 
 /// <summary>
 /// The one added line, <c>new RanncModule(model, optimizer)</c>: it finds its communicator inside

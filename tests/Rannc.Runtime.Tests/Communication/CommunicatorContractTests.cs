@@ -1,7 +1,7 @@
 using Rannc.Communication;
 using Rannc.Mpi.Worker;
 
-namespace Rannc.Tests;
+namespace Rannc.Tests.Communication;
 
 /// <summary>
 /// The same scenarios (<see cref="CommunicatorScenarios"/>) against both communicator implementations:
@@ -69,11 +69,4 @@ public sealed class MpiCommunicatorContractTests
         Assert.Contains(CommunicatorScenarios.Failing[scenario].ExpectedError, result.RankOutput[1]);
         Assert.Contains("rank 1 of 2 failed", result.RankOutput[1]);
     }
-}
-
-/// <summary>MPI launches run one at a time: each already uses every core.</summary>
-[CollectionDefinition(Name, DisableParallelization = true)]
-public sealed class MpiCollection
-{
-    public const string Name = "mpiexec launches";
 }

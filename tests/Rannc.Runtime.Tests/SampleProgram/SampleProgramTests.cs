@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json;
 
-namespace Rannc.Tests;
+namespace Rannc.Tests.SampleProgram;
 
 /// <summary>
 /// The sample program end to end: under mpiexec (one process per rank) and with in-process ranks, in float64, its

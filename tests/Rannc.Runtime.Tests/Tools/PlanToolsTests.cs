@@ -8,7 +8,7 @@ using Rannc.Samples;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Rannc.Tests;
+namespace Rannc.Tests.Tools;
 
 /// <summary>The dry run for a cluster this machine is not, the plan summary table and the profiling progress lines.</summary>
 public sealed class PlanToolsTests

@@ -6,7 +6,7 @@ using TorchSharp.Modules;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;
 
-namespace Rannc.Tests;
+namespace Rannc.Tests.Training;
 
 /// <summary>A classifier whose forward() returns logits; the loss is computed by the caller.</summary>
 [RaNNC]

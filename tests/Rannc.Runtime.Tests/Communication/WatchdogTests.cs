@@ -6,7 +6,7 @@ using Rannc.Execution;
 using TorchSharp;
 using Xunit;
 
-namespace Rannc.Tests;
+namespace Rannc.Tests.Communication;
 
 public sealed class InProcessWatchdogTests
 {

@@ -1,6 +1,6 @@
 using TorchSharp;
 
-namespace Rannc.Tests;
+namespace Rannc.Tests.Natives;
 
 public class TorchLoadsTests
 {

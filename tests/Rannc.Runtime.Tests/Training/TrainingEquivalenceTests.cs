@@ -6,7 +6,7 @@ using Rannc.Samples.Models;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Rannc.Tests;
+namespace Rannc.Tests.Training;
 
 /// <summary>
 /// Rannc training against plain single-process TorchSharp training of the same model, seed and data, in float64:

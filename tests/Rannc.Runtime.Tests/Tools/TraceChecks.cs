@@ -1,7 +1,7 @@
 using System.Text.Json;
 using Rannc.Partitioner;
 
-namespace Rannc.Tests;
+namespace Rannc.Tests.Tools;
 
 /// <summary>
 /// Reads a Chrome trace written by Rannc and checks it: trace-event JSON Perfetto and chrome://tracing load (complete

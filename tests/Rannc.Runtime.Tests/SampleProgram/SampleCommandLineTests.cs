@@ -1,6 +1,6 @@
 using System.Diagnostics;
 
-namespace Rannc.Tests;
+namespace Rannc.Tests.SampleProgram;
 
 /// <summary>The sample behaves like a .NET command-line tool: help with every option, usage errors with exit code 2.</summary>
 public sealed class SampleCommandLineTests

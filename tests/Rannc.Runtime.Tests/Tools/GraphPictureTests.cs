@@ -5,7 +5,7 @@ using Rannc.Samples;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Rannc.Tests;
+namespace Rannc.Tests.Tools;
 
 /// <summary><see cref="RanncModule.WriteGraph"/>: well-formed DOT, every node in exactly one stage cluster, coloured by stage.</summary>
 public sealed partial class GraphPictureTests

@@ -6,7 +6,7 @@ using Rannc.Samples.Models;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Rannc.Tests;
+namespace Rannc.Tests.Training;
 
 /// <summary>Inference through the pipeline: eval mode and no-grad forward give the reference's loss and leave no gradients.</summary>
 public sealed class InferenceTests

@@ -2,7 +2,7 @@ using Rannc.Communication;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Rannc.Tests;
+namespace Rannc.Tests.Communication;
 
 /// <summary>Behaviour of the in-process implementation beyond the shared contract: misuse and hangs become errors.</summary>
 public sealed class InProcessCommunicatorTests
