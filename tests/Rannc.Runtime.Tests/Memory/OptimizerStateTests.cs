@@ -17,7 +17,6 @@ namespace Rannc.Tests.Memory;
 public sealed class OptimizerStateTests
 {
     private const int Batch = 8;
-    private const double Tolerance = 1e-9;
     private static readonly SampleTask Task = SampleTasks.Mlp(inputSize: 6, hiddenSize: 10, hiddenLayers: 4, classes: 3);
     private static readonly InProcessOptions Launch = new(Timeout: TimeSpan.FromMinutes(3));
 
@@ -57,8 +56,8 @@ public sealed class OptimizerStateTests
         Assert.Contains(results, r => r.stateElements.Any(p => !p.Own));
         foreach ((double[] losses, Dictionary<string, Tensor> state, var stateElements, _) in results)
         {
-            for (int s = 0; s < steps; s++) AssertClose(reference.Losses[s], losses[s], $"loss of step {s}");
-            AssertSameTensors(reference.Model.state_dict(), state);
+            for (int s = 0; s < steps; s++) Close.AssertClose(reference.Losses[s], losses[s], $"loss of step {s}");
+            Close.AssertSameTensors(reference.Model.state_dict(), state);
             foreach (var p in stateElements)
             {
                 long expected = p.Own ? perParameter * p.Parameter : 0;
@@ -96,8 +95,8 @@ public sealed class OptimizerStateTests
         foreach ((double[] losses, Dictionary<string, Tensor> state, HashSet<string> own, var held, bool emptyBefore) in results)
         {
             Assert.True(emptyBefore, "the optimizer held parameters before the first forward()");
-            for (int s = 0; s < steps; s++) AssertClose(reference.Losses[s], losses[s], $"loss of step {s}");
-            AssertSameTensors(reference.Model.state_dict(), state);
+            for (int s = 0; s < steps; s++) Close.AssertClose(reference.Losses[s], losses[s], $"loss of step {s}");
+            Close.AssertSameTensors(reference.Model.state_dict(), state);
             Assert.Equal(own.Order(), held.Select(p => p.Name).Order());
             foreach (var p in held) Assert.True(p.State == perParameter * p.Parameter, $"{p.Name}: {p.State} state elements, expected {perParameter * p.Parameter}");
         }
@@ -157,7 +156,7 @@ public sealed class OptimizerStateTests
             {
                 Adam.State actual = states[name];
                 Assert.Equal(expected.step, actual.step);
-                AssertSameTensors(new Dictionary<string, Tensor> { [name + ".exp_avg"] = expected.exp_avg, [name + ".exp_avg_sq"] = expected.exp_avg_sq },
+                Close.AssertSameTensors(new Dictionary<string, Tensor> { [name + ".exp_avg"] = expected.exp_avg, [name + ".exp_avg_sq"] = expected.exp_avg_sq },
                     new Dictionary<string, Tensor> { [name + ".exp_avg"] = actual.exp_avg, [name + ".exp_avg_sq"] = actual.exp_avg_sq });
             }
         }
@@ -207,17 +206,4 @@ public sealed class OptimizerStateTests
 
     private static nn.Module CreateSeeded() => SeededModels.Create(Task.CreateModel, 99);
 
-    private static void AssertSameTensors(IReadOnlyDictionary<string, Tensor> expected, IReadOnlyDictionary<string, Tensor> actual)
-    {
-        Assert.Equal(expected.Keys.Order(), actual.Keys.Order());
-        foreach ((string name, Tensor value) in expected)
-        {
-            double scale = Math.Max(1e-12, value.abs().max().item<double>());
-            double difference = (actual[name] - value).abs().max().item<double>();
-            Assert.True(difference <= Tolerance * scale, $"{name} differs by {difference:e3}");
-        }
-    }
-
-    private static void AssertClose(double expected, double actual, string what) =>
-        Assert.True(Math.Abs(expected - actual) <= Tolerance * Math.Max(1e-12, Math.Abs(expected)), $"{what}: expected {expected:R}, got {actual:R}");
 }

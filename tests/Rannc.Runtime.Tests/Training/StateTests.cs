@@ -10,7 +10,6 @@ namespace Rannc.Tests.Training;
 public sealed class StateTests
 {
     private const int Batch = 8;
-    private const double Tolerance = 1e-9;
     private static readonly SampleTask Task = SampleTasks.Mlp(inputSize: 6, hiddenSize: 10, hiddenLayers: 4, classes: 3);
     private static readonly InProcessOptions Launch = new(Timeout: TimeSpan.FromMinutes(3));
 
@@ -24,7 +23,7 @@ public sealed class StateTests
             trainer.Steps(0, 3);
             return trainer.Rannc.StateDict();
         }, Launch);
-        foreach (Dictionary<string, Tensor> state in states) AssertSameTensors(reference.State(), state);
+        foreach (Dictionary<string, Tensor> state in states) Close.AssertSameTensors(reference.State(), state);
     }
 
     [Fact]
@@ -62,7 +61,7 @@ public sealed class StateTests
         plain.load(modelBin);
         Tensor[] batch = BatchOf(7);
         using var noGrad = torch.no_grad();
-        AssertClose(SampleTask.Forward(reference.Model, batch).item<double>(), SampleTask.Forward(plain, batch).item<double>(), "output");
+        Close.AssertClose(SampleTask.Forward(reference.Model, batch).item<double>(), SampleTask.Forward(plain, batch).item<double>(), "output");
     });
 
     [Theory]
@@ -91,9 +90,9 @@ public sealed class StateTests
         }, Launch);
         foreach ((double[] losses, Dictionary<string, Tensor> state) in results)
         {
-            AssertClose(reference.Losses[2], losses[0], "loss of step 3");
-            AssertClose(reference.Losses[3], losses[1], "loss of step 4");
-            AssertSameTensors(reference.State(), state);
+            Close.AssertClose(reference.Losses[2], losses[0], "loss of step 3");
+            Close.AssertClose(reference.Losses[3], losses[1], "loss of step 4");
+            Close.AssertSameTensors(reference.State(), state);
         }
     });
 
@@ -108,8 +107,8 @@ public sealed class StateTests
         }, Launch);
         foreach ((double[] losses, Dictionary<string, Tensor> state) in results)
         {
-            for (int s = 0; s < 3; s++) AssertClose(reference.Losses[s], losses[s], $"loss of step {s}");
-            AssertSameTensors(reference.State(), state);
+            for (int s = 0; s < 3; s++) Close.AssertClose(reference.Losses[s], losses[s], $"loss of step {s}");
+            Close.AssertSameTensors(reference.State(), state);
         }
         Assert.True(reference.ClippedSteps > 0, "the clipping threshold never bit; the test would not show anything");
     }
@@ -130,20 +129,6 @@ public sealed class StateTests
     private static Tensor[] BatchOf(int step) => Task.CreateBatch(Batch, step).Select(t => t.is_floating_point() ? t.to_type(ScalarType.Float64) : t).ToArray();
 
     private static nn.Module CreateSeeded() => SeededModels.Create(Task.CreateModel, 99);
-
-    private static void AssertSameTensors(Dictionary<string, Tensor> expected, Dictionary<string, Tensor> actual)
-    {
-        Assert.Equal(expected.Keys.Order(), actual.Keys.Order());
-        foreach ((string name, Tensor value) in expected)
-        {
-            double scale = Math.Max(1e-12, value.abs().max().item<double>());
-            double difference = (actual[name] - value).abs().max().item<double>();
-            Assert.True(difference <= Tolerance * scale, $"{name} differs by {difference:e3}");
-        }
-    }
-
-    private static void AssertClose(double expected, double actual, string what) =>
-        Assert.True(Math.Abs(expected - actual) <= Tolerance * Math.Max(1e-12, Math.Abs(expected)), $"{what}: expected {expected:R}, got {actual:R}");
 
     /// <summary>Plain single-process training of the same model on the same batches.</summary>
     private sealed class Reference
